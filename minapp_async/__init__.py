@@ -1,0 +1,52 @@
+"""minapp_async: the asyncio SDK for 知晓云 (MinApp) cloud functions."""
+
+from __future__ import annotations
+
+from ._errors import AuthenticationError as AuthenticationError
+from ._errors import BadRequestError as BadRequestError
+from ._errors import ErrorDetails as ErrorDetails
+from ._errors import ForbiddenError as ForbiddenError
+from ._errors import FunctionError as FunctionError
+from ._errors import HError as HError
+from ._errors import HTTPError as HTTPError
+from ._errors import InvalidArgumentError as InvalidArgumentError
+from ._errors import NetworkError as NetworkError
+from ._errors import NotFoundError as NotFoundError
+from ._errors import PayloadTooLargeError as PayloadTooLargeError
+from ._errors import PoolTimeoutError as PoolTimeoutError
+from ._errors import RateLimitError as RateLimitError
+from ._errors import RequestTimeoutError as RequestTimeoutError
+from ._errors import ResponseFormatError as ResponseFormatError
+from ._errors import ServerError as ServerError
+from ._errors import SessionClosedError as SessionClosedError
+from ._errors import SessionMissingError as SessionMissingError
+from ._version import __version__ as __version__
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "ErrorDetails",
+    "ForbiddenError",
+    "FunctionError",
+    "HError",
+    "HTTPError",
+    "InvalidArgumentError",
+    "NetworkError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PoolTimeoutError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "ResponseFormatError",
+    "ServerError",
+    "SessionClosedError",
+    "SessionMissingError",
+    "__version__",
+]
+
+# Tracebacks and reprs say minapp_async.HError, not minapp_async._errors.HError.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = __name__
+del _name, _obj
