@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from ._auth import Auth as Auth
+from ._auth import CurrentUser as CurrentUser
+from ._auth import UserCredentials as UserCredentials
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import BadRequestError as BadRequestError
 from ._errors import ErrorDetails as ErrorDetails
@@ -20,27 +23,48 @@ from ._errors import ResponseFormatError as ResponseFormatError
 from ._errors import ServerError as ServerError
 from ._errors import SessionClosedError as SessionClosedError
 from ._errors import SessionMissingError as SessionMissingError
+from ._invoke import InvokeResult as InvokeResult
+from ._options import Limits as Limits
+from ._options import Timeouts as Timeouts
+from ._promise import Promise as Promise
+from ._session import Session as Session
+from ._tokens import FileTokenStore as FileTokenStore
+from ._tokens import MemoryTokenStore as MemoryTokenStore
+from ._tokens import StoredSession as StoredSession
+from ._tokens import TokenStore as TokenStore
 from ._version import __version__ as __version__
 
 __all__ = [
+    "Auth",
     "AuthenticationError",
     "BadRequestError",
+    "CurrentUser",
     "ErrorDetails",
+    "FileTokenStore",
     "ForbiddenError",
     "FunctionError",
     "HError",
     "HTTPError",
     "InvalidArgumentError",
+    "InvokeResult",
+    "Limits",
+    "MemoryTokenStore",
     "NetworkError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PoolTimeoutError",
+    "Promise",
     "RateLimitError",
     "RequestTimeoutError",
     "ResponseFormatError",
     "ServerError",
+    "Session",
     "SessionClosedError",
     "SessionMissingError",
+    "StoredSession",
+    "Timeouts",
+    "TokenStore",
+    "UserCredentials",
     "__version__",
 ]
 

@@ -25,6 +25,9 @@ Subclasses also inherit the builtin that matches, so plain ``except TimeoutError
 
 from __future__ import annotations
 
+import datetime
+import email.utils
+import math
 from typing import Any, Final
 
 import attrs
@@ -228,7 +231,12 @@ class FunctionError(HError):
 
 
 class HTTPError(HError):
-    """The server answered with a non-2xx status; ``code`` is that status."""
+    """The server answered with a non-2xx status; ``code`` is that status.
+
+    ``retry_after`` is the server's ``Retry-After`` hint in seconds, where it sent one.
+    """
+
+    retry_after: float | None = None
 
 
 class BadRequestError(HTTPError):
@@ -253,8 +261,6 @@ class PayloadTooLargeError(HTTPError):
 
 class RateLimitError(HTTPError):
     """429: too many requests; ``retry_after`` is the server's hint in seconds, if any."""
-
-    retry_after: float | None = None
 
 
 class ServerError(HTTPError):
@@ -282,6 +288,23 @@ def error_text(body: Any) -> str | None:
     return None
 
 
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
 def error_from_response(
     status: int,
     body: Any,
@@ -290,6 +313,7 @@ def error_from_response(
     request_id: str | None = None,
     method: str | None = None,
     path: str | None = None,
+    retry_after: str | None = None,
 ) -> HTTPError:
     """The one place that turns a non-2xx reply into an exception.
 
@@ -301,4 +325,6 @@ def error_from_response(
         status=status, body=snippet(raw), request_id=request_id, method=method, path=path
     )
     text = error_text(body)
-    return cls(status, redact_text(text) if text else None, details=details)
+    err = cls(status, redact_text(text) if text else None, details=details)
+    err.retry_after = parse_retry_after(retry_after)
+    return err

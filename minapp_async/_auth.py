@@ -1,0 +1,399 @@
+"""Who the Session speaks as: a MinApp user (client API) or the app itself (Open API).
+
+Both kinds share one contract with the Session: ``authorization()`` gives the header value for
+the next request (logging in or refreshing first when needed), and ``reauthenticate(stale)``
+replaces a credential the server refused. Both are single-flight: however many tasks need a
+new token at once, one request is made and the others wait for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Protocol
+
+import anyio
+import attrs
+
+from ._constants import ACCESS_TOKEN_REFRESH_MARGIN, SESSION_EXPIRY_MARGIN
+from ._errors import HError, InvalidArgumentError, ResponseFormatError, SessionMissingError
+from ._tokens import MemoryTokenStore, StoredSession, TokenStore
+
+__all__ = ["Auth", "CurrentUser", "UserCredentials"]
+
+AUTH_PREFIX: Final = "Hydrogen-r1"
+ANONYMOUS_LOGIN_PATH: Final = "hserve/v2.0/login/anonymous/"
+LOGIN_PATH: Final = "hserve/v2.1/login/{kind}/"
+REGISTER_PATH: Final = "hserve/v2.1/register/{kind}/"
+LOGOUT_PATH: Final = "hserve/v2.0/session/destroy/"
+USER_INFO_PATH: Final = "hserve/v2.5/user/info/{user_id}/"
+AUTHORIZE_PATH: Final = "api/oauth2/hydrogen/openapi/authorize/"
+ACCESS_TOKEN_PATH: Final = "api/oauth2/access_token/"
+
+
+class Exchange(Protocol):
+    """How auth talks to the server: the Session's request path, minus auth itself.
+
+    Sends *payload* as JSON (or nothing), raises ``HTTPError`` on a non-2xx reply and returns
+    the reply's JSON object. *authorization* None sends no Authorization header.
+    """
+
+    def __call__(
+        self,
+        method: str,
+        path: str,
+        payload: Any,
+        *,
+        authorization: str | None,
+        cookies: bool = False,
+    ) -> Awaitable[dict[str, Any]]: ...
+
+
+def _expires_at(expires_in: Any) -> float | None:
+    # The JS SDK: floor(now) + expires_in - 30 (PROTOCOL.md §5.3).
+    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
+        return int(time.time()) + float(expires_in) - SESSION_EXPIRY_MARGIN
+    return None
+
+
+@attrs.frozen
+class UserCredentials:
+    """A user's login, kept so that the Session can log in again when the session expires.
+
+    Give exactly one of *username*, *email* or *phone*. The password never appears in repr.
+    """
+
+    password: str = attrs.field(repr=False)
+    username: str | None = None
+    email: str | None = None
+    phone: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        given = [k for k in ("username", "email", "phone") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise InvalidArgumentError("give exactly one of username, email or phone")
+        for name in (*given, "password"):
+            if not isinstance(getattr(self, name), str):
+                raise InvalidArgumentError(f"{name} must be a str")
+
+    @property
+    def kind(self) -> str:
+        """Which login endpoint: phone first, then email, then username, as the JS SDK."""
+        return "phone" if self.phone is not None else "email" if self.email else "username"
+
+    def payload(self) -> dict[str, str]:
+        """The login or register body."""
+        return {self.kind: getattr(self, self.kind), "password": self.password}
+
+
+@attrs.frozen
+class CurrentUser:
+    """The logged-in user.
+
+    Attributes:
+        id: the user id.
+        anonymous: a temporary anonymous user.
+        expires_at: epoch seconds after which the session is treated as expired.
+        info: the user object from ``/hserve/v2.5/user/info/{id}/`` (empty when not fetched).
+    """
+
+    id: int | None
+    anonymous: bool
+    expires_at: float | None
+    info: dict[str, Any] = attrs.field(factory=dict, repr=False)
+
+    @property
+    def expired(self) -> bool:
+        """The session's expiry has passed."""
+        return self.expires_at is not None and time.time() >= self.expires_at
+
+
+class Auth:
+    """User authentication for the client API: ``session.auth``.
+
+    Logins follow the JS SDK: the token goes into the token store, ``expires_at`` is
+    ``now + expires_in - 30 s``, and the user object is fetched after login. A Session made
+    with ``credentials=`` logs in by itself when it has no session, when the session expires,
+    and once when the server answers 401; without credentials an expired session raises
+    ``SessionMissingError`` (604) before anything is sent.
+    """
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        *,
+        store: TokenStore | None = None,
+        credentials: UserCredentials | None = None,
+        token: str | None = None,
+    ) -> None:
+        self._exchange = exchange
+        self._store: TokenStore = store if store is not None else MemoryTokenStore()
+        self._credentials = credentials
+        self._initial_token = token
+        self._session: StoredSession | None = None
+        self._loaded = False
+        self._lock = anyio.Lock()
+        self._info: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        s = self._session
+        who = "nobody" if s is None else f"user {s.user_id}{' (anonymous)' if s.anonymous else ''}"
+        return f"<Auth {who}>"
+
+    @property
+    def can_reauthenticate(self) -> bool:
+        """A refused token can be replaced without the caller (credentials were given)."""
+        return self._credentials is not None
+
+    async def _load(self) -> StoredSession | None:
+        if not self._loaded:
+            if self._initial_token is not None:
+                self._session = StoredSession(token=self._initial_token)
+                await self._store.save(self._session)
+            else:
+                self._session = await self._store.load()
+            self._loaded = True
+        return self._session
+
+    async def _remember(self, session: StoredSession | None) -> None:
+        self._session = session
+        self._loaded = True
+        if session is None:
+            await self._store.clear()
+        else:
+            await self._store.save(session)
+
+    async def authorization(self) -> str | None:
+        """The Authorization header for the next request, logging in first if credentials
+        were given and there is no live session. None when there is no session at all: the
+        request goes out without one, as the JS SDK does, and the server decides."""
+        session = self._session if self._loaded else await self._load()
+        if session is None or session.expired:
+            if self._credentials is not None:
+                session = await self._relogin(session.token if session else None)
+            elif session is not None:
+                raise SessionMissingError(
+                    f"the session of user {session.user_id} expired at "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(session.expires_at))}"
+                    "; log in again"
+                )
+            else:
+                return None
+        return f"{AUTH_PREFIX} {session.token}"
+
+    async def reauthenticate(self, stale: str | None) -> None:
+        """The server refused *stale* (an Authorization value): log in again, once."""
+        token = stale.removeprefix(f"{AUTH_PREFIX} ") if stale else None
+        await self._relogin(token)
+
+    async def _relogin(self, stale_token: str | None) -> StoredSession:
+        async with self._lock:
+            current = self._session
+            if current is not None and current.token != stale_token and not current.expired:
+                return current  # another task logged in while this one waited
+            assert self._credentials is not None
+            return await self._login(
+                LOGIN_PATH.format(kind=self._credentials.kind),
+                self._credentials.payload(),
+                fetch_info=False,
+            )
+
+    async def _login(
+        self, path: str, payload: dict[str, Any], *, fetch_info: bool
+    ) -> StoredSession:
+        current = await self._load()
+        # The JS SDK sends the old token along with a login, if one is stored (§2).
+        body = await self._exchange(
+            "POST",
+            path,
+            payload,
+            authorization=f"{AUTH_PREFIX} {current.token}" if current else None,
+        )
+        token, user_id = body.get("token"), body.get("user_id", body.get("id"))
+        if not isinstance(token, str) or not token:
+            raise ResponseFormatError(200, "login reply has no token")
+        session = StoredSession(
+            token=token,
+            user_id=user_id if isinstance(user_id, int) else None,
+            expires_at=_expires_at(body.get("expires_in")),
+            anonymous="anonymous" in path,
+        )
+        await self._remember(session)
+        self._info = {}
+        if fetch_info:
+            if session.user_id is None:
+                raise SessionMissingError("login reply has no user_id")
+            self._info = await self._exchange(
+                "GET",
+                USER_INFO_PATH.format(user_id=session.user_id),
+                None,
+                authorization=f"{AUTH_PREFIX} {token}",
+            )
+        return session
+
+    async def anonymous_login(self) -> CurrentUser:
+        """Log in as a new anonymous (temporary) user."""
+        async with self._lock:
+            await self._login(ANONYMOUS_LOGIN_PATH, {}, fetch_info=True)
+        return self._current()
+
+    async def login(
+        self,
+        *,
+        password: str,
+        username: str | None = None,
+        email: str | None = None,
+        phone: str | None = None,
+    ) -> CurrentUser:
+        """Log in with a password and one of username, email or phone."""
+        creds = UserCredentials(password=password, username=username, email=email, phone=phone)
+        async with self._lock:
+            await self._login(LOGIN_PATH.format(kind=creds.kind), creds.payload(), fetch_info=True)
+        return self._current()
+
+    async def register(
+        self,
+        *,
+        password: str,
+        username: str | None = None,
+        email: str | None = None,
+        phone: str | None = None,
+    ) -> CurrentUser:
+        """Create a user and log in as it."""
+        creds = UserCredentials(password=password, username=username, email=email, phone=phone)
+        async with self._lock:
+            await self._login(
+                REGISTER_PATH.format(kind=creds.kind), creds.payload(), fetch_info=True
+            )
+        return self._current()
+
+    async def logout(self) -> None:
+        """End the session on the server and forget it here. Later requests carry no token."""
+        async with self._lock:
+            current = await self._load()
+            try:
+                if current is not None:
+                    await self._exchange(
+                        "POST", LOGOUT_PATH, {}, authorization=f"{AUTH_PREFIX} {current.token}"
+                    )
+            finally:
+                self._info = {}
+                await self._remember(None)
+
+    async def set_token(
+        self,
+        token: str,
+        *,
+        user_id: int | None = None,
+        expires_in: float | None = None,
+        anonymous: bool = False,
+    ) -> None:
+        """Use a token obtained elsewhere (another service, a web front end)."""
+        if not isinstance(token, str) or not token:
+            raise InvalidArgumentError("token must be a non-empty str")
+        await self._remember(
+            StoredSession(
+                token=token,
+                user_id=user_id,
+                expires_at=_expires_at(expires_in),
+                anonymous=anonymous,
+            )
+        )
+
+    async def current_user(self) -> CurrentUser | None:
+        """The current user, or None when nobody is logged in (it may be expired: see
+        ``CurrentUser.expired``)."""
+        return self._current() if await self._load() is not None else None
+
+    async def get_current_user(self) -> CurrentUser:
+        """The current user; ``SessionMissingError`` (604) when there is none or it expired,
+        like the JS SDK's ``auth.getCurrentUser()``."""
+        user = await self.current_user()
+        if user is None or user.id is None or user.expires_at is None or user.expired:
+            raise SessionMissingError()
+        return user
+
+    def _current(self) -> CurrentUser:
+        s = self._session
+        assert s is not None
+        return CurrentUser(
+            id=s.user_id, anonymous=s.anonymous, expires_at=s.expires_at, info=dict(self._info)
+        )
+
+
+class ServerAuth:
+    """Server credentials (Open API): ``client_id`` + ``client_secret`` → access token.
+
+    The code flow follows two 302 redirects with a cookie jar; the token is refreshed before it
+    expires, and once when the server answers 401, with the refresh grant (which invalidates the
+    old pair), falling back to a new code when the refresh is refused.
+    """
+
+    def __init__(self, exchange: Exchange, client_id: str, client_secret: str) -> None:
+        self._exchange = exchange
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._access: str | None = None
+        self._refresh: str | None = None
+        self._expires_at = 0.0
+        self._refresh_at = 0.0
+        self._lock = anyio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<ServerAuth client_id={self._client_id!r}>"
+
+    can_reauthenticate = True
+
+    async def authorization(self) -> str:
+        """``Bearer <access token>``, fetching or refreshing the token first when needed."""
+        if self._access is None or time.time() >= self._refresh_at:
+            await self._renew(self._access)
+        return f"Bearer {self._access}"
+
+    async def reauthenticate(self, stale: str | None) -> None:
+        """The server refused *stale*: get a new token, once for all waiting tasks."""
+        await self._renew(stale.removeprefix("Bearer ") if stale else None, force=True)
+
+    async def _renew(self, stale: str | None, *, force: bool = False) -> None:
+        async with self._lock:
+            if self._access is not None and self._access != stale:
+                return  # renewed by another task meanwhile
+            if not force and self._access is not None and time.time() < self._refresh_at:
+                return
+            if self._refresh is not None and time.time() < self._expires_at:
+                try:
+                    await self._grant(
+                        {"grant_type": "refresh_token", "refresh_token": self._refresh}
+                    )
+                    return
+                except HError:
+                    self._access = self._refresh = None  # refused: start over with a code
+            await self._code_flow()
+
+    async def _code_flow(self) -> None:
+        creds = {"client_id": self._client_id, "client_secret": self._client_secret}
+        reply = await self._exchange(
+            "POST", AUTHORIZE_PATH, creds, authorization=None, cookies=True
+        )
+        code = reply.get("code")
+        if not isinstance(code, str) or not code:
+            raise ResponseFormatError(200, "authorize reply has no code")
+        await self._grant({"grant_type": "authorization_code", "code": code})
+
+    async def _grant(self, grant: dict[str, str]) -> None:
+        payload = {"client_id": self._client_id, "client_secret": self._client_secret, **grant}
+        reply = await self._exchange("POST", ACCESS_TOKEN_PATH, payload, authorization=None)
+        access, expires_in = reply.get("access_token"), reply.get("expires_in")
+        if not isinstance(access, str) or not access:
+            raise ResponseFormatError(200, "access_token reply has no access_token")
+        refresh = reply.get("refresh_token")
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
+        now = time.time()
+        self._access = access
+        self._refresh = refresh if isinstance(refresh, str) else None
+        self._expires_at = now + lifetime
+        self._refresh_at = now + max(lifetime - ACCESS_TOKEN_REFRESH_MARGIN, lifetime * 0.9)
+
+
+AuthProvider = Auth | ServerAuth
+AuthorizationSource = Callable[[], Awaitable[str | None]]

@@ -1,0 +1,188 @@
+"""What an invocation puts on the wire and what it makes of the reply: no I/O here."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+from urllib.parse import quote
+
+import attrs
+
+from ._errors import (
+    ErrorDetails,
+    FunctionError,
+    InvalidArgumentError,
+    ResponseFormatError,
+    error_from_response,
+    snippet,
+)
+from ._transport import RawResponse
+from ._types import JSON, NOT_GIVEN, NotGiven
+
+__all__ = ["InvokeResult"]
+
+CLIENT_JOB_PATH: Final = "hserve/v1/cloud-function/job/"
+OPEN_API_JOB_PATH: Final = "oserve/v1.3/cloud-function/{name}/job/"
+
+_ACCEPTED: Final = {"status": "ok"}
+
+
+@attrs.frozen
+class InvokeResult:
+    """One invocation's outcome, as the server sent it: also when the function failed.
+
+    Attributes:
+        code: 0 when the function succeeded; anything else is a failed run.
+        data: what the function returned (``{"status": "ok"}`` for ``sync=False``).
+        error: the ``error`` object the server sent (``{}`` on success).
+        raw: the reply body, byte for byte.
+        status: the HTTP status.
+        request_id: the server's request id, where it sends one.
+    """
+
+    code: int
+    data: JSON
+    error: dict[str, Any]
+    raw: bytes = attrs.field(repr=False, eq=False)
+    status: int = 200
+    request_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """``code == 0``."""
+        return self.code == 0
+
+    def raise_for_code(self) -> InvokeResult:
+        """Return self when ``code == 0``, else raise ``FunctionError`` with the function's
+        message, stack and type."""
+        if self.code != 0:
+            raise FunctionError(self.code, self.error, request_id=self.request_id)
+        return self
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON, as ``JSON.stringify`` writes it."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _encode_params(params: Any) -> Any:
+    """Check that *params* is JSON; raises 605 naming what is wrong."""
+    try:
+        dumps(params)
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as exc:
+        raise InvalidArgumentError(f"params cannot be sent as JSON: {exc}") from None
+    return params
+
+
+def check_name(function_name: object) -> str:
+    """The function name, or 605 when it is not a non-empty str."""
+    if not isinstance(function_name, str) or not function_name:
+        raise InvalidArgumentError(f"function_name must be a non-empty str, not {function_name!r}")
+    return function_name
+
+
+def check_sync(sync: object) -> bool:
+    """*sync*, or 605 when it is not a bool."""
+    if not isinstance(sync, bool):
+        raise InvalidArgumentError(f"sync must be True or False, not {sync!r}")
+    return sync
+
+
+def client_api_body(function_name: str, params: JSON | NotGiven, sync: bool) -> bytes:
+    """The client API's job body, fields in the JS SDK's order; ``data`` left out when no
+    params were given (PROTOCOL.md §3.1)."""
+    body: dict[str, Any] = {"function_name": function_name, "sync": sync}
+    if params is not NOT_GIVEN:
+        body["data"] = _encode_params(params)
+    try:
+        return dumps(body)
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as exc:
+        raise InvalidArgumentError(f"function_name cannot be sent as JSON: {exc}") from None
+
+
+def open_api_path(function_name: str) -> str:
+    """The Open API job path, the name quoted so that ``/`` cannot change the route."""
+    return OPEN_API_JOB_PATH.format(name=quote(function_name, safe=""))
+
+
+def open_api_body(params: JSON | NotGiven, sync: bool) -> bytes:
+    """The Open API's job body: ``data`` is required there, ``{}`` when none was given."""
+    data = {} if params is NOT_GIVEN else _encode_params(params)
+    return dumps({"data": data, "sync": sync})
+
+
+def parse_json(raw: RawResponse) -> Any:
+    """The reply's JSON, or None when it is not JSON at all."""
+    try:
+        return json.loads(raw.body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def check_status(raw: RawResponse, method: str, path: str) -> None:
+    """Raise the matching ``HTTPError`` for a non-2xx reply."""
+    if not 200 <= raw.status < 300:
+        raise error_from_response(
+            raw.status,
+            parse_json(raw),
+            raw.body,
+            request_id=raw.request_id,
+            method=method,
+            path=path,
+            retry_after=raw.retry_after,
+        )
+
+
+def parse_result(raw: RawResponse, *, sync: bool, method: str, path: str) -> InvokeResult:
+    """Turn a 2xx job reply into an ``InvokeResult``.
+
+    Both documented ``sync=False`` bodies, ``{"status":"ok"}`` and the envelope around it,
+    give ``code == 0`` and ``data == {"status": "ok"}``. Anything that is not one of the
+    documented shapes raises ``ResponseFormatError``: the JS SDK would hand the caller a raw
+    string, which Python callers could only trip over later.
+    """
+    body = parse_json(raw)
+    if isinstance(body, dict):
+        code = body.get("code")
+        if isinstance(code, int) and not isinstance(code, bool):
+            error = body.get("error")
+            return InvokeResult(
+                code=code,
+                data=body.get("data"),
+                error=error if isinstance(error, dict) else {},
+                raw=raw.body,
+                status=raw.status,
+                request_id=raw.request_id,
+            )
+        if not sync and body == _ACCEPTED:
+            return InvokeResult(
+                code=0,
+                data=dict(_ACCEPTED),
+                error={},
+                raw=raw.body,
+                status=raw.status,
+                request_id=raw.request_id,
+            )
+    raise ResponseFormatError(
+        raw.status,
+        _describe_bad_body(raw, body),
+        details=ErrorDetails(
+            status=raw.status,
+            body=snippet(raw.body),
+            request_id=raw.request_id,
+            method=method,
+            path=path,
+        ),
+        may_have_executed=True,
+    )
+
+
+def _describe_bad_body(raw: RawResponse, body: Any) -> str:
+    kind = raw.content_type.split(";")[0].strip() or "no content type"
+    if not raw.body:
+        return f"invalid reply: empty body ({kind})"
+    if body is None:
+        return f"invalid reply: not JSON ({kind}): {snippet(raw.body, 80)!r}"
+    if not isinstance(body, dict):
+        return f"invalid reply: expected a JSON object, got {type(body).__name__}"
+    return f"invalid reply: JSON object without an integer 'code': {snippet(raw.body, 80)!r}"

@@ -1,0 +1,504 @@
+"""The Session: owns the connection pool and the credentials, and invokes cloud functions."""
+
+from __future__ import annotations
+
+import enum
+import sys
+import traceback
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import attrs
+
+from ._auth import Auth, ServerAuth, UserCredentials
+from ._constants import (
+    CLIENT_API_HOST,
+    CLIENT_VERSION,
+    DEFAULT_PLATFORM,
+    OPEN_API_HOST,
+    SDK_TYPE,
+    USER_AGENT,
+)
+from ._errors import (
+    ErrorDetails,
+    HError,
+    InvalidArgumentError,
+    PoolTimeoutError,
+    RequestTimeoutError,
+    ResponseFormatError,
+    SessionClosedError,
+    snippet,
+)
+from ._invoke import (
+    CLIENT_JOB_PATH,
+    InvokeResult,
+    check_name,
+    check_status,
+    check_sync,
+    client_api_body,
+    dumps,
+    open_api_body,
+    open_api_path,
+    parse_json,
+    parse_result,
+)
+from ._options import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, Limits, Timeouts
+from ._promise import Promise
+from ._tokens import MemoryTokenStore, TokenStore
+from ._transport import Attempt, RawResponse, Transport
+from ._types import JSON, NOT_GIVEN, NotGiven
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["Session"]
+
+_JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"  # made; the pool is created on first use
+    OPENED = "opened"  # entered or used: must be closed
+    CLOSED = "closed"  # closed for good: a Session is never reopened
+
+
+def join_url(host: str, path: str) -> str:
+    """PROTOCOL.md §1: strip one trailing ``/`` from the host and one leading ``/`` from the
+    path, join with ``/``; a path that is already absolute is used as it is."""
+    if path.startswith(("http://", "https://")):
+        return path
+    return f"{host.removesuffix('/')}/{path.removeprefix('/')}"
+
+
+@attrs.frozen
+class _Options:
+    """What a view may change: everything else is shared with the Session it came from."""
+
+    base_url: str
+    env_id: str | None
+    timeouts: Timeouts
+    headers: Mapping[str, str]
+    platform: str
+
+    def base_headers(self, client_id: str, server: bool) -> dict[str, str]:
+        if server:
+            headers = {"User-Agent": USER_AGENT, **_JSON_HEADERS}
+        else:
+            # PROTOCOL.md §2: sent on every client API request, names exactly as written.
+            headers = {
+                "X-Hydrogen-Client-ID": client_id,
+                "X-Hydrogen-Client-Version": CLIENT_VERSION,
+                "X-Hydrogen-Client-Platform": self.platform,
+                "X-Hydrogen-Client-SDK-Type": SDK_TYPE,
+                "User-Agent": USER_AGENT,
+                **_JSON_HEADERS,
+            }
+        if self.env_id is not None:
+            headers["X-Hydrogen-Env-ID"] = self.env_id
+        headers.update(self.headers)
+        return headers
+
+
+def _check_str(name: str, value: object, *, optional: bool = True) -> None:
+    if (value is None and optional) or (isinstance(value, str) and value):
+        return
+    raise InvalidArgumentError(f"{name} must be a non-empty str, not {type(value).__name__}")
+
+
+@attrs.define(init=False, repr=False, eq=False)
+class Session:
+    """An async session with one MinApp app: it owns a pooled aiohttp connection and the
+    credentials, and invokes cloud functions.
+
+    Use it as ``async with Session(...) as s:``, or keep one for an app's lifetime and
+    ``await s.aclose()`` at shutdown. The aiohttp session is created on first use, inside the
+    running loop. A Session that was used and never closed warns with ``ResourceWarning``.
+
+    Args:
+        client_id: the app's client ID (知晓云 console → 设置 → 应用).
+        base_url: the server; defaults to ``https://{client_id}.myminapp.com`` (client API)
+            or ``https://cloud.minapp.com`` (Open API). Point it at the local engine to test.
+        env_id: a test environment's ID, sent as ``X-Hydrogen-Env-ID``.
+        client_secret: server credentials: invoke through the Open API as the app itself.
+        token: a user token obtained elsewhere (client API).
+        credentials: a user login the Session may use (and reuse when the session expires).
+        token_store: where the user session is kept (default: in memory).
+        timeout: per-mode deadlines (``Timeouts``), or one number for both modes.
+        limits: the connection pool (``Limits``).
+        headers: extra headers sent with every request.
+        platform: ``X-Hydrogen-Client-Platform`` (default ``WEB``).
+    """
+
+    client_id: str
+    _options: _Options
+    _transport: Transport
+    _auth: Auth | ServerAuth
+    _owner: bool
+    _state: _State = _State.UNOPENED
+    _headers: dict[str, str] = attrs.field(factory=dict)
+    _source: str | None = None
+
+    def __init__(
+        self,
+        client_id: str,
+        *,
+        base_url: str | None = None,
+        env_id: str | None = None,
+        client_secret: str | None = None,
+        token: str | None = None,
+        credentials: UserCredentials | None = None,
+        token_store: TokenStore | None = None,
+        timeout: Timeouts | float | None = DEFAULT_TIMEOUTS,
+        limits: Limits = DEFAULT_LIMITS,
+        headers: Mapping[str, str] | None = None,
+        platform: str = DEFAULT_PLATFORM,
+    ) -> None:
+        _check_str("client_id", client_id, optional=False)
+        for name, value in (
+            ("base_url", base_url),
+            ("env_id", env_id),
+            ("client_secret", client_secret),
+            ("token", token),
+        ):
+            _check_str(name, value)
+        if client_secret is not None and (token is not None or credentials is not None):
+            raise InvalidArgumentError(
+                "client_secret (server credentials) cannot be combined with a user token "
+                "or user credentials"
+            )
+        if credentials is not None and not isinstance(credentials, UserCredentials):
+            raise InvalidArgumentError("credentials must be a UserCredentials")
+        if not isinstance(limits, Limits):
+            raise InvalidArgumentError("limits must be a Limits")
+        server = client_secret is not None
+        options = _Options(
+            base_url=base_url
+            or (OPEN_API_HOST if server else CLIENT_API_HOST).format(client_id=client_id),
+            env_id=env_id,
+            timeouts=_timeouts(timeout),
+            headers=_headers(headers),
+            platform=platform,
+        )
+        transport = Transport(limits, options.timeouts)
+        self.__attrs_init__(client_id, options, transport, None, True)  # type: ignore[arg-type]
+        self._auth = (
+            ServerAuth(self._exchange, client_id, client_secret)
+            if client_secret is not None
+            else Auth(
+                self._exchange,
+                store=token_store if token_store is not None else MemoryTokenStore(),
+                credentials=credentials,
+                token=token,
+            )
+        )
+        self._headers = options.base_headers(client_id, server)
+        # Where an unclosed Session was made, for the ResourceWarning (as aiohttp does).
+        self._source = _caller() if sys.flags.dev_mode else None
+
+    def __repr__(self) -> str:
+        mode = "server" if isinstance(self._auth, ServerAuth) else "client"
+        view = "" if self._owner else " view"
+        return (
+            f"<minapp_async.Session{view} client_id={self.client_id!r} "
+            f"base_url={self._options.base_url!r} mode={mode} state={self._state.value}>"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state is _State.CLOSED:
+            raise SessionClosedError("a closed Session cannot be reopened; create a new one")
+        self._state = _State.OPENED
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> None:
+        raise TypeError("use 'async with Session(...)', not 'with'")
+
+    def __exit__(self, *args: object) -> None:  # pragma: no cover - __enter__ always raises
+        pass
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Idempotent. A view (``with_options``) closes nothing:
+        the pool belongs to the Session it came from."""
+        if not self._owner:
+            return
+        self._state = _State.CLOSED
+        await self._transport.aclose()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        # Only warns: scheduling a close from a finaliser runs on whatever loop is current
+        # (openai-python#1254). The pool itself is released by aiohttp's own finaliser.
+        if getattr(self, "_owner", False) and self._state is _State.OPENED:
+            where = f"; created at\n{self._source}" if getattr(self, "_source", None) else ""
+            _warn(
+                f"Unclosed {self!r}: use 'async with Session(...)' or 'await session.aclose()'"
+                + where,
+                ResourceWarning,
+                source=self,
+            )
+
+    @property
+    def closed(self) -> bool:
+        """``aclose()`` was called (on this Session or the one it is a view of)."""
+        return self._transport._closed
+
+    # -- views -------------------------------------------------------------------------------
+
+    def with_options(
+        self,
+        *,
+        timeout: Timeouts | float | None | NotGiven = NOT_GIVEN,
+        env_id: str | None | NotGiven = NOT_GIVEN,
+        headers: Mapping[str, str] | None | NotGiven = NOT_GIVEN,
+        platform: str | NotGiven = NOT_GIVEN,
+    ) -> Session:
+        """A view with other defaults that shares this Session's pool and credentials.
+
+        The original is never changed. *headers* replaces the extra headers. Closing the view
+        closes nothing.
+        """
+        changes: dict[str, Any] = {}
+        if timeout is not NOT_GIVEN:
+            changes["timeouts"] = _timeouts(timeout)
+        if env_id is not NOT_GIVEN:
+            _check_str("env_id", env_id)
+            changes["env_id"] = env_id
+        if headers is not NOT_GIVEN:
+            changes["headers"] = _headers(headers)
+        if platform is not NOT_GIVEN:
+            _check_str("platform", platform, optional=False)
+            changes["platform"] = platform
+        return self._view(attrs.evolve(self._options, **changes), self._auth)
+
+    def as_user(self, token: str) -> Session:
+        """A view that invokes as the user whose *token* this is, without touching this
+        Session's own login: for web apps that call functions on behalf of each request's user.
+        """
+        if isinstance(self._auth, ServerAuth):
+            raise InvalidArgumentError(
+                "as_user() needs a client API Session, not server credentials"
+            )
+        _check_str("token", token, optional=False)
+        return self._view(self._options, Auth(self._exchange, token=token))
+
+    def _view(self, options: _Options, auth: Auth | ServerAuth) -> Session:
+        view = object.__new__(Session)
+        view.__attrs_init__(self.client_id, options, self._transport, auth, False)
+        view._headers = options.base_headers(self.client_id, isinstance(auth, ServerAuth))
+        return view
+
+    # -- auth --------------------------------------------------------------------------------
+
+    @property
+    def auth(self) -> Auth:
+        """User login for the client API: ``await session.auth.login(username=..., password=...)``."""
+        if isinstance(self._auth, ServerAuth):
+            raise HError(
+                611, "user login is for client API Sessions; this one uses server credentials"
+            )
+        return self._auth
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._transport._closed:
+            raise SessionClosedError()
+        if self._state is _State.UNOPENED and self._owner:
+            self._state = _State.OPENED
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        attempt: Attempt,
+        *,
+        authorization: str | None | NotGiven = NOT_GIVEN,
+        cookies: bool = False,
+    ) -> RawResponse:
+        """One request; with *authorization* NOT_GIVEN the credentials are applied, and a 401
+        is answered by re-authenticating and sending once more, when that is possible."""
+        url = join_url(self._options.base_url, path)
+        pool_timeout = self._options.timeouts.pool
+        headers = self._headers
+        if authorization is NOT_GIVEN:
+            value = await self._auth.authorization()
+            if value is not None:
+                headers = {**headers, "Authorization": value}
+            raw = await self._transport.request(
+                method, url, body=body, headers=headers, attempt=attempt, pool_timeout=pool_timeout
+            )
+            if raw.status == 401 and self._auth.can_reauthenticate:
+                await self._auth.reauthenticate(value)
+                return await self._send(
+                    method, path, body, attempt, authorization=await self._auth.authorization()
+                )
+            return raw
+        if authorization is not None:
+            headers = {**headers, "Authorization": authorization}
+        return await self._transport.request(
+            method,
+            url,
+            body=body,
+            headers=headers,
+            attempt=attempt,
+            pool_timeout=pool_timeout,
+            cookies=cookies,
+        )
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        payload: Any,
+        *,
+        authorization: str | None,
+        cookies: bool = False,
+    ) -> dict[str, Any]:
+        """An auth request: JSON in, a JSON object out, HTTP errors raised."""
+        self._check_open()
+        body = None if payload is None else dumps(payload)
+        raw = await self._send(
+            method, path, body, Attempt(), authorization=authorization, cookies=cookies
+        )
+        check_status(raw, method, path)
+        reply = parse_json(raw)
+        if not isinstance(reply, dict):
+            raise ResponseFormatError(
+                raw.status,
+                "invalid reply: expected a JSON object",
+                details=ErrorDetails(
+                    status=raw.status,
+                    body=snippet(raw.body),
+                    request_id=raw.request_id,
+                    method=method,
+                    path="/" + path,
+                ),
+            )
+        return reply
+
+    # -- invoke ------------------------------------------------------------------------------
+
+    def invoke(
+        self,
+        function_name: str,
+        params: JSON | NotGiven = NOT_GIVEN,
+        sync: bool = True,
+        *,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> Promise[InvokeResult]:
+        """Invoke a cloud function, like ``BaaS.invoke(functionName, params, sync)``.
+
+        Returns a ``Promise``: ``await`` it for an ``InvokeResult``, or chain
+        ``.then(ok, err)`` as in JS. The result comes back for any 2xx reply, also when the
+        function failed (``result.code != 0``); ``result.raise_for_code()`` turns that into a
+        ``FunctionError``.
+
+        Args:
+            function_name: the cloud function's name.
+            params: what the function gets as ``event.data``; left out of the request when
+                not given.
+            sync: True waits for the function's result (the platform allows it 5 s);
+                False returns once the job is accepted, with data ``{"status": "ok"}``.
+            timeout: this call's deadline in seconds, covering pool wait, login, send and
+                read; None for no deadline. Defaults to the Session's per-mode deadline.
+
+        Raises:
+            InvalidArgumentError: (605, at once, nothing sent) a bad name, params or sync.
+            HError: any failure of the call, with the HTTP status or a 6xx code.
+        """
+        name = check_name(function_name)
+        check_sync(sync)
+        if timeout is not NOT_GIVEN and timeout is not None:
+            _check_timeout(timeout)
+        if isinstance(self._auth, ServerAuth):
+            path, body = open_api_path(name), open_api_body(params, sync)
+        else:
+            path, body = CLIENT_JOB_PATH, client_api_body(name, params, sync)
+        deadline = self._options.timeouts.for_mode(sync) if timeout is NOT_GIVEN else timeout
+        self._check_open()
+        return Promise(self._invoke(path, body, sync, deadline))
+
+    def invoke_function(
+        self,
+        function_name: str,
+        params: JSON | NotGiven = NOT_GIVEN,
+        sync: bool = True,
+        *,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> Promise[InvokeResult]:
+        """Deprecated alias of ``invoke``, as ``BaaS.invokeFunction`` is in JS."""
+        warnings.warn(
+            "invoke_function() is deprecated; use invoke()", DeprecationWarning, stacklevel=2
+        )
+        return self.invoke(function_name, params, sync, timeout=timeout)
+
+    async def _invoke(
+        self, path: str, body: bytes, sync: bool, deadline: float | None
+    ) -> InvokeResult:
+        attempt = Attempt()
+        with _deadline(deadline, attempt, path):
+            raw = await self._send("POST", path, body, attempt)
+        check_status(raw, "POST", "/" + path)
+        return parse_result(raw, sync=sync, method="POST", path="/" + path)
+
+
+@contextmanager
+def _deadline(seconds: float | None, attempt: Attempt, path: str) -> Iterator[None]:
+    """Bound a whole call; a timeout says where it was (pool, auth or send) and whether the
+    request may have reached the server."""
+    try:
+        with anyio.fail_after(seconds) if seconds is not None else nullcontext():
+            yield
+    except HError:
+        raise
+    except TimeoutError:
+        details = ErrorDetails(method="POST", path="/" + path)
+        where = {
+            "pool": "waiting for a connection",
+            "auth": "logging in",
+            "send": "waiting for the reply",
+        }
+        text = f"no reply within {seconds:g} s ({where[attempt.phase]})"
+        if attempt.phase == "pool":
+            raise PoolTimeoutError(text, details=details) from None
+        raise RequestTimeoutError(text, details=details, may_have_executed=attempt.sent) from None
+
+
+def _check_timeout(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InvalidArgumentError(f"timeout must be a positive number or None, not {value!r}")
+
+
+def _timeouts(value: Timeouts | float | None) -> Timeouts:
+    if isinstance(value, Timeouts):
+        return value
+    if value is not None:
+        _check_timeout(value)
+    return Timeouts(sync=value, ack=value)
+
+
+def _headers(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise InvalidArgumentError("headers must be a mapping of str to str")
+    return dict(value)
+
+
+def _caller() -> str:
+    return "".join(traceback.format_stack(limit=8)[:-2])

@@ -1,0 +1,222 @@
+"""The only module that touches aiohttp: one pooled ``ClientSession``, bytes in, bytes out.
+
+Every aiohttp exception is translated here, at this one boundary, into an ``HError``. The pool
+is guarded by our own semaphore so that waiting for a connection is a phase we can see: a call
+that times out there raises ``PoolTimeoutError`` and is known not to have been sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from contextlib import nullcontext
+from typing import Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+import anyio
+import attrs
+
+from ._constants import REQUEST_ID_HEADER
+from ._errors import (
+    ErrorDetails,
+    NetworkError,
+    PoolTimeoutError,
+    RequestTimeoutError,
+    SessionClosedError,
+)
+from ._options import Limits, Timeouts
+
+logger = logging.getLogger("minapp_async")
+
+Phase = Literal["pool", "auth", "send"]
+
+
+@attrs.define
+class Attempt:
+    """Where one request got to: decides whether a failure may have run the function."""
+
+    phase: Phase = "auth"
+    sent: bool = False  # True once the request may have reached the server
+
+
+@attrs.frozen
+class RawResponse:
+    """A whole reply, read into memory."""
+
+    status: int
+    body: bytes = attrs.field(repr=False)
+    content_type: str
+    request_id: str | None
+    retry_after: str | None = None
+
+
+class Transport:
+    """A lazily created, pooled aiohttp ``ClientSession`` and the exception boundary.
+
+    Strictly private: the Session owns exactly one and shares it with its views.
+    """
+
+    def __init__(self, limits: Limits, timeouts: Timeouts) -> None:
+        self._limits = limits
+        self._connect_timeout = timeouts.connect
+        self._client: aiohttp.ClientSession | None = None
+        self._pool: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    @property
+    def opened(self) -> bool:
+        """An aiohttp session exists and still has to be closed."""
+        return self._client is not None and not self._client.closed
+
+    @property
+    def in_use(self) -> int:
+        """Connections checked out right now (our view of the pool)."""
+        if self._pool is None:
+            return 0
+        return self._limits.pool_size - self._pool._value
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise SessionClosedError()
+        loop = asyncio.get_running_loop()
+        if self._client is None:
+            # aiohttp binds a session to the running loop, so it is made on first use.
+            connector = aiohttp.TCPConnector(
+                limit=self._limits.max_connections,
+                limit_per_host=self._limits.max_connections_per_host,
+                keepalive_timeout=self._limits.keepalive_timeout,
+            )
+            self._client = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),  # the client API uses no cookies
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
+                auto_decompress=True,
+            )
+            if self._limits.pool_size:
+                self._pool = asyncio.Semaphore(self._limits.pool_size)
+            self._loop = loop
+        elif loop is not self._loop:
+            raise SessionClosedError(
+                "the Session is bound to another event loop; create one Session per loop"
+            )
+        return self._client
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        attempt: Attempt,
+        pool_timeout: float | None = None,
+        cookies: bool = False,
+    ) -> RawResponse:
+        """Send one request and read the whole reply.
+
+        Raises ``NetworkError``, ``RequestTimeoutError`` or ``PoolTimeoutError``; never an
+        aiohttp exception. *cookies* runs the request (and its redirects) with a private
+        cookie jar, for the Open API's authorize flow.
+        """
+        client = self._session()
+        path = urlsplit(url).path
+        pool = self._pool
+        if pool is not None:
+            if pool.locked():
+                attempt.phase = "pool"
+                try:
+                    with anyio.fail_after(pool_timeout) if pool_timeout else nullcontext():
+                        await pool.acquire()
+                except TimeoutError:
+                    raise PoolTimeoutError(
+                        f"no pooled connection became free within {pool_timeout:g} s "
+                        f"({self._limits.pool_size} in use); raise Limits.max_connections or "
+                        "lower the concurrency",
+                        details=ErrorDetails(method=method, path=path),
+                    ) from None
+            else:
+                await pool.acquire()  # does not block: a permit is free
+        attempt.phase = "send"
+        started = time.perf_counter()
+        try:
+            scope = (
+                aiohttp.ClientSession(
+                    connector=client.connector,
+                    connector_owner=False,
+                    cookie_jar=aiohttp.CookieJar(unsafe=True),  # unsafe: allow IP hosts
+                    timeout=client.timeout,
+                )
+                if cookies
+                else nullcontext(client)
+            )
+            async with scope as session:
+                attempt.sent = True
+                async with session.request(
+                    method, url, data=body, headers=headers, allow_redirects=cookies
+                ) as resp:
+                    raw = RawResponse(
+                        status=resp.status,
+                        body=await resp.read(),
+                        content_type=resp.headers.get("Content-Type", ""),
+                        request_id=resp.headers.get(REQUEST_ID_HEADER),
+                        retry_after=resp.headers.get("Retry-After"),
+                    )
+        except aiohttp.ClientConnectorError as exc:
+            # The connection was never made (refused, DNS, TLS): nothing reached the server.
+            attempt.sent = False
+            raise NetworkError(
+                f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc}",
+                details=ErrorDetails(method=method, path=path),
+            ) from exc
+        except aiohttp.ServerTimeoutError as exc:
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                attempt.sent = False
+            raise RequestTimeoutError(
+                f"{exc or 'timed out'}",
+                details=ErrorDetails(method=method, path=path),
+                may_have_executed=attempt.sent,
+            ) from exc
+        except aiohttp.ServerDisconnectedError as exc:
+            raise NetworkError(
+                "the server closed the connection without a reply",
+                details=ErrorDetails(method=method, path=path),
+                may_have_executed=True,
+            ) from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise NetworkError(
+                "the connection broke while the reply was being read",
+                details=ErrorDetails(method=method, path=path),
+                may_have_executed=True,
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise NetworkError(
+                f"{type(exc).__name__}: {exc}",
+                details=ErrorDetails(method=method, path=path),
+                may_have_executed=attempt.sent,
+            ) from exc
+        finally:
+            if pool is not None:
+                pool.release()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "%s %s -> %d in %.1f ms (request id %s)",
+                method,
+                path,
+                raw.status,
+                (time.perf_counter() - started) * 1000,
+                raw.request_id,
+            )
+        return raw
+
+    async def aclose(self) -> None:
+        """Close the pool; idempotent. Later requests raise ``SessionClosedError``."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None and not client.closed:
+            # Shielded: a cancelled caller must still release every socket.
+            with anyio.CancelScope(shield=True):
+                await client.close()
