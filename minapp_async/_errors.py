@@ -145,7 +145,7 @@ class HError(Exception):
             extra.append(f"HTTP {d.status}")
         if d.request_id:
             extra.append(f"request id {d.request_id}")
-        if d.body and d.body not in self.text:
+        if d.body and self.text == default_text(self.code):  # the body is all there is
             extra.append(f"body {d.body!r}")
         return f"{self.message} ({'; '.join(extra)})" if extra else self.message
 

@@ -52,7 +52,7 @@ class FakeServer:
     requests: list[Recorded] = attrs.field(factory=list)
     replies: list[Reply] = attrs.field(factory=list)
     handlers: dict[str, Handler] = attrs.field(factory=dict)
-    connections: int = 0  # open client connections right now
+    stopping: asyncio.Event = attrs.field(factory=asyncio.Event)  # releases hung replies
 
     def reply(self, *replies: Reply) -> None:
         self.replies.extend(replies)
@@ -75,7 +75,7 @@ class FakeServer:
             return await handler(request)
         reply = self.replies.pop(0) if self.replies else Reply()
         if reply.hang:
-            await asyncio.Event().wait()
+            await self.stopping.wait()
         payload = reply.body
         if isinstance(payload, dict | list):
             payload = json.dumps(payload).encode()
@@ -103,4 +103,5 @@ async def fake_server() -> AsyncIterator[FakeServer]:
     try:
         yield server
     finally:
+        server.stopping.set()
         await runner.cleanup()

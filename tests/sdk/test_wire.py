@@ -22,8 +22,8 @@ async def test_sync_invoke_body_and_path(session: minapp_async.Session, server: 
     await session.invoke("helloWorld", {"name": "allen"})
 
     req = server.requests[-1]
-    assert ("POST", JOB) == (req.method, req.path)
-    assert b'{"function_name":"helloWorld","sync":true,"data":{"name":"allen"}}' == req.body
+    assert (req.method, req.path) == ("POST", JOB)
+    assert req.body == b'{"function_name":"helloWorld","sync":true,"data":{"name":"allen"}}'
 
 
 async def test_async_invoke_body(session: minapp_async.Session, server: FakeServer) -> None:
@@ -32,8 +32,8 @@ async def test_async_invoke_body(session: minapp_async.Session, server: FakeServ
     await session.invoke("helloWorld", {"name": "allen"}, False)
 
     assert (
-        b'{"function_name":"helloWorld","sync":false,"data":{"name":"allen"}}'
-        == server.requests[-1].body
+        server.requests[-1].body
+        == b'{"function_name":"helloWorld","sync":false,"data":{"name":"allen"}}'
     )
 
 
@@ -42,8 +42,8 @@ async def test_no_params_leaves_data_out(session: minapp_async.Session, server: 
     await session.invoke("helloWorld")
     await session.invoke("helloWorld", None)
 
-    assert b'{"function_name":"helloWorld","sync":true}' == server.requests[0].body
-    assert b'{"function_name":"helloWorld","sync":true,"data":null}' == server.requests[1].body
+    assert server.requests[0].body == b'{"function_name":"helloWorld","sync":true}'
+    assert server.requests[1].body == b'{"function_name":"helloWorld","sync":true,"data":null}'
 
 
 async def test_params_of_any_json_shape(session: minapp_async.Session, server: FakeServer) -> None:
@@ -54,7 +54,7 @@ async def test_params_of_any_json_shape(session: minapp_async.Session, server: F
     assert '{"function_name":"f","sync":true,"data":[1,"二",{"a":null}]}'.encode() == (
         server.requests[0].body
     )
-    assert b'{"function_name":"f","sync":true,"data":"text"}' == server.requests[1].body
+    assert server.requests[1].body == b'{"function_name":"f","sync":true,"data":"text"}'
 
 
 async def test_invoke_function_alias(session: minapp_async.Session, server: FakeServer) -> None:
@@ -83,9 +83,9 @@ async def test_headers_exactly_as_the_js_sdk(server: FakeServer) -> None:
         "X-Hydrogen-Client-SDK-Type": "file",
         "X-Hydrogen-Env-ID": "env42",
     } == _hydrogen_headers(server)
-    assert "Hydrogen-r1 tok123" == req.header("Authorization")
+    assert req.header("Authorization") == "Hydrogen-r1 tok123"
     assert "Authorization" in req.header_names
-    assert "application/json" == req.header("Content-Type")
+    assert req.header("Content-Type") == "application/json"
     assert req.header("Cookie") is None
 
 
@@ -103,7 +103,7 @@ async def test_base_url_join(server: FakeServer, suffix: str) -> None:
     async with minapp_async.Session(CLIENT_ID, base_url=server.url + suffix, token="t") as s:
         await s.invoke("f")
 
-    assert JOB == server.requests[-1].path
+    assert server.requests[-1].path == JOB
 
 
 def test_default_base_url() -> None:
@@ -120,14 +120,14 @@ async def test_with_options_view(session: minapp_async.Session, server: FakeServ
     await session.invoke("f")
 
     via_view, via_original = server.requests
-    assert ("staging", "1") == (via_view.header("X-Hydrogen-Env-ID"), via_view.header("X-Trace"))
-    assert (None, None) == (
+    assert (via_view.header("X-Hydrogen-Env-ID"), via_view.header("X-Trace")) == ("staging", "1")
+    assert (
         via_original.header("X-Hydrogen-Env-ID"),
         via_original.header("X-Trace"),
-    )
+    ) == (None, None)
     await view.aclose()  # closing a view closes nothing
     await session.invoke("f")
-    assert 3 == len(server.requests)
+    assert len(server.requests) == 3
 
 
 async def test_result_shapes(session: minapp_async.Session, server: FakeServer) -> None:
@@ -144,15 +144,15 @@ async def test_result_shapes(session: minapp_async.Session, server: FakeServer) 
     ack1 = await session.invoke("f", sync=False)
     ack2 = await session.invoke("f", sync=False)
 
-    assert (0, "hello allen", {}, True) == (ok.code, ok.data, ok.error, ok.ok)
+    assert (ok.code, ok.data, ok.error, ok.ok) == (0, "hello allen", {}, True)
     assert ok is ok.raise_for_code()
-    assert (1, False) == (failed.code, failed.ok)
+    assert (failed.code, failed.ok) == (1, False)
     with pytest.raises(minapp_async.FunctionError) as info:
         failed.raise_for_code()
-    assert ("boom", "s", "Error") == (info.value.error_message, info.value.stack, info.value.type)
-    assert "1: Error: boom" == info.value.message
+    assert (info.value.error_message, info.value.stack, info.value.type) == ("boom", "s", "Error")
+    assert info.value.message == "1: Error: boom"
     for ack in (ack1, ack2):
-        assert (0, {"status": "ok"}, {}) == (ack.code, ack.data, ack.error)
+        assert (ack.code, ack.data, ack.error) == (0, {"status": "ok"}, {})
 
 
 async def test_raw_body_and_request_id(session: minapp_async.Session, server: FakeServer) -> None:
@@ -161,4 +161,4 @@ async def test_raw_body_and_request_id(session: minapp_async.Session, server: Fa
 
     result = await session.invoke("f")
 
-    assert (b'{"code":0,"data":1,"error":{}}', "r1") == (result.raw, result.request_id)
+    assert (result.raw, result.request_id) == (b'{"code":0,"data":1,"error":{}}', "r1")
