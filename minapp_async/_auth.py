@@ -9,7 +9,7 @@ new token at once, one request is made and the others wait for it.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, Final, Protocol
 
 import anyio
@@ -335,7 +335,6 @@ class ServerAuth:
         self._client_secret = client_secret
         self._access: str | None = None
         self._refresh: str | None = None
-        self._expires_at = 0.0
         self._refresh_at = 0.0
         self._lock = anyio.Lock()
 
@@ -360,7 +359,7 @@ class ServerAuth:
                 return  # renewed by another task meanwhile
             if not force and self._access is not None and time.time() < self._refresh_at:
                 return
-            if self._refresh is not None and time.time() < self._expires_at:
+            if self._refresh is not None:
                 try:
                     await self._grant(
                         {"grant_type": "refresh_token", "refresh_token": self._refresh}
@@ -391,9 +390,4 @@ class ServerAuth:
         now = time.time()
         self._access = access
         self._refresh = refresh if isinstance(refresh, str) else None
-        self._expires_at = now + lifetime
         self._refresh_at = now + max(lifetime - ACCESS_TOKEN_REFRESH_MARGIN, lifetime * 0.9)
-
-
-AuthProvider = Auth | ServerAuth
-AuthorizationSource = Callable[[], Awaitable[str | None]]
