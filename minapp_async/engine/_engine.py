@@ -1,0 +1,252 @@
+"""The Engine: binds the app to a port, owns the runtime and the job board, shuts down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import shutil
+import warnings
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import attrs
+from aiohttp import web
+
+from ._accounts import AccountError, Accounts
+from ._app import AppState, create_app
+from ._config import EngineConfig
+from ._faults import Faults
+from ._jobs import EngineStats, Job, JobBoard
+from ._runtime import Runtime
+
+#: In-flight HTTP handlers get this long to finish at shutdown before they are cancelled.
+#: Running jobs are cancelled first, so only fault-delayed replies can take that long.
+SHUTDOWN_GRACE: Final = 2.0
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"  # built, not started
+    OPEN = "open"  # serving
+    CLOSED = "closed"  # shut down; cannot be restarted
+
+
+class Engine:
+    """A local 知晓云 server: the client API (hserve), the Open API (oserve), real functions.
+
+    Use it as an async context manager, or call :meth:`start` and :meth:`aclose`::
+
+        async with Engine(functions_dir="examples/functions") as engine:
+            print(engine.url)
+
+    Args:
+        config: An :class:`EngineConfig`; keyword *overrides* replace its fields (or build one
+            from scratch when *config* is omitted, e.g. ``Engine(functions_dir=...)``).
+    """
+
+    def __init__(self, config: EngineConfig | None = None, /, **overrides: Any) -> None:
+        self.config = (
+            EngineConfig(**overrides) if config is None else attrs.evolve(config, **overrides)
+        )
+        self._state = _State.UNOPENED
+        self.faults = Faults()
+        self._accounts = Accounts(
+            client_id=self.config.client_id,
+            client_secret=self.config.client_secret,
+            session_ttl=self.config.session_ttl,
+            access_token_ttl=self.config.access_token_ttl,
+        )
+        self._runtime: Runtime | None = None
+        self._board: JobBoard | None = None
+        self._app_state: AppState | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+        self._url: str | None = None
+
+    def __repr__(self) -> str:
+        where = self._url or f"{self.config.host}:{self.config.port}"
+        return f"<Engine {self._state.value} {where} functions={str(self.config.functions_dir)!r}>"
+
+    # ---- lifecycle ----
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> None:
+        raise TypeError("Engine is an async context manager: use 'async with Engine(...)'")
+
+    def __exit__(self, *args: object) -> None:  # pragma: no cover - __enter__ always raises
+        pass
+
+    async def start(self) -> None:
+        """Start serving; afterwards :attr:`url` says where."""
+        if self._state is not _State.UNOPENED:
+            raise RuntimeError(
+                "this engine is already started"
+                if self._state is _State.OPEN
+                else "this engine is closed; create a new Engine"
+            )
+        functions_dir = self.config.functions_dir
+        if not functions_dir.is_dir():
+            raise FileNotFoundError(f"functions_dir is not a directory: {str(functions_dir)!r}")
+        self._state = _State.OPEN
+        try:
+            self._runtime = Runtime(
+                functions_dir,
+                memory_limit_mb=self.config.memory_limit_mb,
+                node=self.config.node or shutil.which("node"),
+            )
+            self._board = JobBoard(
+                self._runtime,
+                concurrency=self.config.concurrency,
+                schedule_wait=self.config.schedule_wait,
+                sync_time_limit=self.config.sync_time_limit,
+                async_time_limit=self.config.async_time_limit,
+            )
+            self._serve_task = asyncio.get_running_loop().create_task(
+                self._board.serve(), name="minapp-engine-async-jobs"
+            )
+            self._app_state = AppState(
+                config=self.config,
+                accounts=self._accounts,
+                board=self._board,
+                find_function=self._runtime.find,
+                faults=self.faults,
+            )
+            self._runner = web.AppRunner(
+                create_app(self._app_state),
+                handle_signals=False,
+                shutdown_timeout=SHUTDOWN_GRACE,
+            )
+            await self._runner.setup()
+            self._site = web.TCPSite(self._runner, self.config.host, self.config.port)
+            await self._site.start()
+            port = self._runner.addresses[0][1]
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
+        host = self.config.host
+        self._url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    async def aclose(self) -> None:
+        """Stop serving, cancel running jobs, kill the workers. Idempotent."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        with anyio.CancelScope(shield=True):
+            if self._site is not None:
+                await self._site.stop()  # no new connections from here on
+            if self._board is not None:
+                self._board.close()
+            if self._serve_task is not None:
+                self._serve_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._serve_task
+            if self._board is not None:
+                self._board.close_queue()
+            if self._runtime is not None:
+                await self._runtime.aclose()
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if getattr(self, "_state", None) is _State.OPEN:
+            _warn(
+                f"unclosed {self!r}: use 'async with Engine(...)' or await engine.aclose()",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
+            )
+
+    # ---- where and who ----
+
+    @property
+    def url(self) -> str:
+        """The base URL, e.g. ``http://127.0.0.1:54321`` (no trailing slash)."""
+        if self._url is None:
+            raise RuntimeError("the engine is not serving: start it first")
+        return self._url
+
+    @property
+    def client_id(self) -> str:
+        return self.config.client_id
+
+    @property
+    def client_secret(self) -> str:
+        return self.config.client_secret
+
+    # ---- accounts ----
+
+    def create_user(
+        self,
+        *,
+        username: str | None = None,
+        email: str | None = None,
+        phone: str | None = None,
+        password: str,
+    ) -> int:
+        """Register a user who can then log in; returns the user id."""
+        try:
+            return self._accounts.create_user(
+                username=username, email=email, phone=phone, password=password
+            ).id
+        except AccountError as exc:
+            raise ValueError(exc.message) from None
+
+    def expire_sessions(self) -> None:
+        """Expire every user token and access token issued so far (refresh tokens still work)."""
+        self._accounts.expire_all()
+
+    # ---- jobs ----
+
+    def jobs(self, function_name: str | None = None) -> list[Job]:
+        """Every job (or one function's) in the order they were created."""
+        return self._need_board().jobs(function_name)
+
+    def job(self, job_id: str) -> Job:
+        """One job's current state; KeyError if there is no such job."""
+        return self._need_board().job(job_id)
+
+    # The public API takes a timeout, like asyncio.wait_for: a job wait must always be bounded.
+    async def wait_job(self, job_id: str, timeout: float) -> Job:  # noqa: ASYNC109
+        """The job once it has finished; TimeoutError if that takes over *timeout* seconds."""
+        return await self._need_board().wait(job_id, timeout)
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until no job is waiting or executing; TimeoutError after *timeout* seconds."""
+        await self._need_board().drain(timeout)
+
+    def executions(self, function_name: str) -> int:
+        """How many times the runtime started *function_name*."""
+        return self._need_board().executions(function_name)
+
+    def stats(self) -> EngineStats:
+        """A snapshot of the per-function and HTTP counters."""
+        board, state = self._need_board(), self._app_state
+        assert state is not None
+        return EngineStats(
+            functions=board.function_stats(),
+            requests_served=state.requests_served,
+            requests_in_flight=state.requests_in_flight,
+            peak_concurrent_requests=state.peak_concurrent_requests,
+        )
+
+    def _need_board(self) -> JobBoard:
+        if self._board is None:
+            raise RuntimeError("the engine has not been started")
+        return self._board

@@ -1,0 +1,95 @@
+"""Helpers for testing code that uses minapp_async against a real local engine.
+
+``running_engine()`` starts an engine over functions given inline::
+
+    async with running_engine({"echo.py": "def main(event):\\n    return event['data']\\n"}) as engine:
+        ...  # point a Session at engine.url with engine.client_id
+
+pytest users get the ``minapp_engine`` fixture by adding to their ``conftest.py``::
+
+    pytest_plugins = ["minapp_async.testing"]
+
+It serves the seed's ``helloWorld`` function; override the ``minapp_engine_functions``
+(a ``{filename: source}`` mapping or a folder) and ``minapp_engine_config`` (EngineConfig
+overrides) fixtures to change that.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any, Final
+
+from .engine import Engine
+
+__all__ = ["HELLO_WORLD_JS", "running_engine"]
+
+#: The seed's example function, verbatim (examples/functions/helloWorld.js).
+HELLO_WORLD_JS: Final = """\
+exports.main = function helloWorld(event, callback) {
+  let name = event.data.name
+  callback(null, 'hello ' + name)
+}
+"""
+
+
+def _write_functions(root: Path, functions: Mapping[str, str]) -> None:
+    for filename, source in functions.items():
+        relative = PurePosixPath(filename)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise ValueError(f"function file names must be relative paths, got {filename!r}")
+        if not isinstance(source, str):
+            raise TypeError(f"the source of {filename!r} must be a str")
+        target = root.joinpath(*relative.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(source, encoding="utf-8")
+
+
+@asynccontextmanager
+async def running_engine(
+    functions: Mapping[str, str] | Path | str | None = None, **config: Any
+) -> AsyncIterator[Engine]:
+    """A started :class:`~minapp_async.engine.Engine`, shut down on exit.
+
+    Args:
+        functions: ``{filename: source}`` written to a temporary folder (e.g.
+            ``{"echo.js": ..., "slow.py": ...}``), an existing folder, or None for an
+            empty temporary folder.
+        **config: :class:`~minapp_async.engine.EngineConfig` fields (``port`` defaults to 0).
+    """
+    with tempfile.TemporaryDirectory(prefix="minapp-engine-") as tmp:
+        if functions is None or isinstance(functions, Mapping):
+            functions_dir = Path(tmp)
+            _write_functions(functions_dir, functions or {})
+        else:
+            functions_dir = Path(functions)
+        async with Engine(functions_dir=functions_dir, **config) as engine:
+            yield engine
+
+
+try:
+    import pytest
+except ImportError:  # pytest is optional: the fixtures exist only where it is installed
+    pass
+else:
+
+    @pytest.fixture(name="minapp_engine_functions")
+    def _minapp_engine_functions() -> Mapping[str, str] | Path | str | None:
+        """The functions ``minapp_engine`` serves: the seed's helloWorld by default."""
+        return {"helloWorld.js": HELLO_WORLD_JS}
+
+    @pytest.fixture(name="minapp_engine_config")
+    def _minapp_engine_config() -> Mapping[str, Any]:
+        """EngineConfig overrides for ``minapp_engine``: none by default."""
+        return {}
+
+    @pytest.fixture(name="minapp_engine")
+    async def _minapp_engine(
+        minapp_engine_functions: Mapping[str, str] | Path | str | None,
+        minapp_engine_config: Mapping[str, Any],
+    ) -> AsyncIterator[Engine]:
+        """A running local engine for one test (needs an anyio test: ``pytest.mark.anyio``)."""
+        async with running_engine(minapp_engine_functions, **minapp_engine_config) as engine:
+            yield engine
