@@ -1,0 +1,304 @@
+"""Python worker for the local engine: runs one cloud function, one job at a time.
+
+Run as a script (``python -I -B _py_worker.py <message fd> <file> <name> <memory limit MB>``),
+never imported by the engine. The protocol is the Node worker's: one JSON line per job on stdin
+(``{"j": id, "e": event}``), JSON lines back on a private pipe (``ready``, ``log``, ``result``,
+``recycle``), so nothing the function prints can corrupt it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import datetime
+import importlib.util
+import inspect
+import io
+import json
+import logging
+import os
+import resource
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, TextIO, cast
+
+_MAX_LOG_MESSAGE = 1024 * 1024  # the engine caps the whole log at 1 MiB anyway
+_LEVELS = {"DEBUG": "LOG", "INFO": "INFO", "WARNING": "WARN", "ERROR": "ERROR", "CRITICAL": "ERROR"}
+
+
+class _Channel:
+    """Writes whole JSON lines to the engine; threads in user code may log concurrently."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self.current_job: int | None = None
+        self.job_var: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+            "job", default=None
+        )
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.send_raw(json.dumps(message))
+
+    def send_raw(self, line: str) -> None:
+        # ASCII JSON (ensure_ascii): lone surrogates in user strings cannot break the encoding.
+        data = (line + "\n").encode("ascii")
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+
+    def log(self, level: str, text: str) -> None:
+        if len(text) > _MAX_LOG_MESSAGE:
+            text = text[:_MAX_LOG_MESSAGE] + " [message cut]"
+        now = datetime.datetime.now(datetime.timezone.utc)
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+        job = self.job_var.get()
+        self.send(
+            {
+                "t": "log",
+                "j": self.current_job if job is None else job,
+                "s": f"{stamp} {level} {text}\n",
+            }
+        )
+
+
+class _LogStream(io.TextIOBase):
+    """sys.stdout / sys.stderr replacement: every complete line becomes one log line."""
+
+    def __init__(self, channel: _Channel, level: str, name: str) -> None:
+        super().__init__()
+        self._channel = channel
+        self._level = level
+        self._name = name
+        self._pending = ""
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # read-only in io.TextIOBase too
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        with self._lock:
+            self._pending += s
+            *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._channel.log(self._level, line)
+        return len(s)
+
+    def flush(self) -> None:
+        with self._lock:
+            rest, self._pending = self._pending, ""
+        if rest:
+            self._channel.log(self._level, rest)
+
+
+class _LogHandler(logging.Handler):
+    """logging -> the job log, DEBUG->LOG, INFO, WARNING->WARN, ERROR/CRITICAL->ERROR."""
+
+    def __init__(self, channel: _Channel) -> None:
+        super().__init__(logging.DEBUG)
+        self._channel = channel
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.name != "root":  # say which library logged it
+                text = f"{record.name}: {text}"
+            self._channel.log(_LEVELS.get(record.levelname, "LOG"), text)
+        except Exception:  # noqa: BLE001 - logging must never raise into user code
+            self.handleError(record)
+
+
+def _describe(err: object) -> dict[str, str]:
+    if isinstance(err, BaseException):
+        stack = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        return {"message": str(err), "stack": stack, "type": type(err).__name__}
+    # callback("some text"): documented for Node; type "Error" like the Node worker.
+    return {"message": str(err), "stack": "", "type": "Error"}
+
+
+def _takes_callback(main: Callable[..., Any]) -> bool:
+    """True for ``main(event, callback)``: two positional parameters, or *args."""
+    try:
+        params = list(inspect.signature(main).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(positional) >= 2 or any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
+
+
+class _Worker:
+    def __init__(self, channel: _Channel, file: str, name: str) -> None:
+        self._channel = channel
+        self._file = file
+        self._name = name
+        self._module: ModuleType | None = None
+        self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(self._loop_exception)
+        self._stdout = _LogStream(channel, "LOG", "<stdout>")
+        self._stderr = _LogStream(channel, "ERROR", "<stderr>")
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        detail = "".join(traceback.format_exception(exc)) if isinstance(exc, BaseException) else ""
+        self._channel.log("ERROR", f"{context.get('message', 'error in the event loop')}\n{detail}")
+
+    def _load(self) -> Callable[..., Any]:
+        if self._module is None:
+            spec = importlib.util.spec_from_file_location("cloud_function_main", self._file)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot load cloud function {self._name!r}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # dataclasses and pickle look the module up here
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[spec.name]
+                raise
+            self._module = module
+        main = getattr(self._module, "main", None)
+        if not callable(main):
+            raise TypeError(f"cloud function {self._name!r} does not define a main(event) function")
+        return main  # type: ignore[no-any-return]
+
+    async def _call(self, event: Any) -> Any:
+        main = self._load()
+        if not _takes_callback(main):
+            result = main(event)
+            return await result if inspect.isawaitable(result) else result
+        # main(event, callback): the callback decides, whatever main returns; it may be called
+        # later from another thread or task. Never called -> the engine's time limit applies.
+        done: asyncio.Future[Any] = self._loop.create_future()
+
+        def settle(err: object = None, data: Any = None) -> None:
+            if done.done():
+                return
+            if err:
+                done.set_exception(_CallbackError(err))
+            else:
+                done.set_result(data)
+
+        def callback(err: object = None, data: Any = None) -> None:
+            if threading.current_thread() is threading.main_thread():
+                settle(err, data)
+            else:
+                self._loop.call_soon_threadsafe(settle, err, data)
+
+        result = main(event, callback)
+        if inspect.isawaitable(result):
+            await result
+        return await done
+
+    async def _job(self, job: int, event: Any) -> dict[str, Any]:
+        self._channel.job_var.set(job)
+        try:
+            data = await self._call(event)
+        except _CallbackError as exc:
+            return {"code": 1, "data": None, "error": _describe(exc.err)}
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of user code is the job's result
+            return {"code": 1, "data": None, "error": _describe(exc)}
+        return {"code": 0, "data": data, "error": {}}
+
+    def run_job(self, job: int, event: Any) -> None:
+        self._channel.current_job = job
+        recycle = False
+        try:
+            envelope = self._loop.run_until_complete(self._job(job, event))
+        except MemoryError:
+            # The address-space backstop tripped: report it as the memory limit, not a crash.
+            self._channel.send({"t": "oom", "j": job})
+            os._exit(1)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - e.g. a CancelledError escaping user code
+            envelope = {"code": 1, "data": None, "error": _describe(exc)}
+            recycle = True
+        self._stdout.flush()
+        self._stderr.flush()
+        self._channel.current_job = None
+        try:
+            line = json.dumps({"t": "result", "j": job, "r": envelope}, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            reason = f"the cloud function's result is not JSON-serialisable: {exc}"
+            error = {"message": reason, "stack": "", "type": type(exc).__name__}
+            line = json.dumps(
+                {"t": "result", "j": job, "r": {"code": 1, "data": None, "error": error}}
+            )
+        self._channel.send_raw(line)
+        if recycle:
+            self._channel.send({"t": "recycle"})
+
+    def serve(self, requests: TextIO) -> None:
+        sys.stdout = cast(TextIO, self._stdout)
+        sys.stderr = cast(TextIO, self._stderr)
+        root = logging.getLogger()
+        root.addHandler(_LogHandler(self._channel))
+        # Decision: INFO, so logging.info() shows in the job log as console.info does in Node.
+        root.setLevel(logging.INFO)
+        threading.excepthook = self._thread_exception
+        self._channel.send({"t": "ready"})
+        for line in requests:
+            if line.strip():
+                request = json.loads(line)
+                self.run_job(request["j"], request["e"])
+        # stdin closed: the engine went away.
+
+    def _thread_exception(self, args: threading.ExceptHookArgs) -> None:
+        text = "".join(
+            traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)
+        )
+        self._channel.log(
+            "ERROR", f"Exception in thread {getattr(args.thread, 'name', '?')}:\n{text}"
+        )
+
+
+class _CallbackError(Exception):
+    """Carries what user code passed as callback(err, ...)."""
+
+    def __init__(self, err: object) -> None:
+        super().__init__(err)
+        self.err = err
+
+
+def _main() -> None:
+    msg_fd, file, name, limit_mb = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # The engine's RSS watchdog enforces the limit; this backstop turns one huge allocation
+    # into a MemoryError (reported as the limit) before it can take the machine's memory.
+    backstop = (limit_mb + 2048) * 1024 * 1024
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard == resource.RLIM_INFINITY or hard > backstop:
+        resource.setrlimit(resource.RLIMIT_AS, (backstop, hard))
+    # Keep the protocol off fd 0 so user code reading stdin cannot steal a request.
+    request_fd = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    sys.path.insert(0, os.path.dirname(file))
+    channel = _Channel(msg_fd)
+    with open(request_fd, encoding="utf-8") as requests:
+        _Worker(channel, file, name).serve(requests)
+
+
+if __name__ == "__main__":
+    _main()

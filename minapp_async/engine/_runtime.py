@@ -1,0 +1,417 @@
+"""The engine's function runtime: runs cloud functions on warm Node.js / Python workers.
+
+Each job gets a worker of its own; idle workers are kept warm per function (like platform
+containers) and replaced when the function's file changes, when they misbehave, or after
+sitting idle. Time limits are enforced by killing the worker; memory limits by an RSS watchdog
+reading /proc (plus V8's heap limit for Node and an address-space backstop for Python).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import attrs
+
+from ._worker_process import FD_PLACEHOLDER, Job, WorkerProcess, WorkerStartError, iso_now
+
+__all__ = ["JobStatus", "RunOutcome", "Runtime"]
+
+JobStatus = Literal["fulfilled", "execution_failed", "deadline_exceeded"]
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}", re.ASCII)
+_HERE = Path(__file__).resolve().parent
+_NODE_WORKER = _HERE / "_node_worker.cjs"
+_PY_WORKER = _HERE / "_py_worker.py"
+_STARTUP_TIMEOUT = 15.0  # a cold start under load; the job's own time limit starts after it
+_WATCH_INTERVAL = 0.05  # how often busy workers' RSS is checked against the memory limit
+_NODE_OOM_MARKERS = ("JavaScript heap out of memory", "Reached heap limit")
+_SENTINEL_NODE: Any = object()  # "node" not given: look it up on PATH
+
+
+@attrs.frozen
+class RunOutcome:
+    """How one job ended."""
+
+    #: fulfilled: result code 0; execution_failed: user code failed (code 1) or the worker
+    #: died (crash, memory limit); deadline_exceeded: killed at the time limit.
+    status: JobStatus
+    #: The envelope ``{"code", "data", "error"}``; None when the worker died or timed out.
+    result: dict[str, Any] | None
+    #: For result None: one sentence saying what happened.
+    error_msg: str | None
+    #: Lines ``"<ISO-8601 UTC> <LOG|INFO|WARN|ERROR> <message>\n"``, at most 1 MiB.
+    log: str
+    execution_time_ms: float
+    #: The worker's peak RSS during the job, in bytes (best effort; 0 when unknown).
+    mem_usage: int
+
+
+def _kill_groups(pgids: set[int]) -> None:
+    # Last resort at interpreter exit or garbage collection, when aclose() was never awaited:
+    # no worker may outlive the engine.
+    for pgid in list(pgids):
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+class Runtime:
+    """Finds and runs the cloud functions in one folder."""
+
+    def __init__(
+        self,
+        functions_dir: Path,
+        *,
+        memory_limit_mb: int = 256,
+        node: str | None = _SENTINEL_NODE,
+        python: str = sys.executable,
+        max_idle_per_function: int = 10,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        if memory_limit_mb < 16:
+            raise ValueError(f"memory_limit_mb must be at least 16, got {memory_limit_mb!r}")
+        if max_idle_per_function < 0:
+            raise ValueError(f"max_idle_per_function must be >= 0, got {max_idle_per_function!r}")
+        self._dir = Path(functions_dir).resolve()
+        self._memory_limit_mb = memory_limit_mb
+        self._node_given = node is not _SENTINEL_NODE
+        self._node = shutil.which("node") if node is _SENTINEL_NODE else node
+        self._python = python
+        # Default 10 = the engine's default concurrency, so a steady stream of concurrent
+        # invocations finds every worker warm instead of killing and respawning some.
+        self._max_idle = max_idle_per_function
+        self._idle_timeout = idle_timeout
+        self._job_ids = itertools.count(1)
+        self._workers: set[WorkerProcess] = set()
+        self._idle: dict[Path, list[WorkerProcess]] = {}
+        self._latest_key: dict[Path, tuple[Path, int, int, int]] = {}
+        self._pgids: set[int] = set()
+        self._finalizer = weakref.finalize(self, _kill_groups, self._pgids)
+        self._housekeeper: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Runtime {str(self._dir)!r} workers={len(self._workers)}>"
+
+    # -- lookup ----------------------------------------------------------------------------
+
+    def find(self, name: str) -> Path | None:
+        """The function's source file, or None (also for any name that is not valid)."""
+        if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+            return None
+        for candidate in (f"{name}.js", f"{name}/index.js", f"{name}.py"):
+            path = self._dir / candidate
+            try:
+                real = path.resolve(strict=True)
+            except (OSError, RuntimeError):  # missing, or a symlink loop
+                continue
+            # Never outside the folder, whatever a symlink says.
+            if real.is_file() and real.is_relative_to(self._dir):
+                return real
+        return None
+
+    def names(self) -> list[str]:
+        """The functions currently in the folder, sorted."""
+        try:
+            entries = os.listdir(self._dir)
+        except OSError:
+            return []
+        found = set()
+        for entry in entries:
+            stem = entry[:-3] if entry.endswith((".js", ".py")) else entry
+            if stem not in found and self.find(stem) is not None:
+                found.add(stem)
+        return sorted(found)
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self, name: str, event: dict[str, Any], *, time_limit: float) -> RunOutcome:
+        """Run one job of function ``name``; raises LookupError when there is no such function."""
+        if self._closed:
+            raise RuntimeError("the runtime is closed")
+        if not (isinstance(time_limit, (int, float)) and math.isfinite(time_limit)) or (
+            time_limit <= 0
+        ):
+            raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+        path = self.find(name)
+        if path is None:
+            raise LookupError(f"cloud function {name!r} not found")
+        try:
+            stat = path.stat()
+        except OSError:
+            raise LookupError(f"cloud function {name!r} not found") from None
+        job_id = next(self._job_ids)
+        try:
+            request = (json.dumps({"j": job_id, "e": event}, allow_nan=False) + "\n").encode()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"the event for cloud function {name!r} is not JSON: {exc}") from None
+        is_node = path.suffix == ".js"
+        if is_node and not self._node:
+            return _failed(self._node_missing_message())
+        key = (path, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        self._latest_key[path] = key
+        worker = await self._take_idle(path, key)
+        if worker is None:
+            try:
+                worker = await self._spawn(name, path, key, is_node=is_node)
+            except WorkerStartError as exc:
+                return _failed(f"cloud function {name!r} could not run: {exc.message}", exc.log)
+        return await self._run_on(
+            worker, name, Job(job_id, asyncio.get_running_loop()), request, time_limit
+        )
+
+    async def _run_on(
+        self, worker: WorkerProcess, name: str, job: Job, request: bytes, time_limit: float
+    ) -> RunOutcome:
+        started = time.perf_counter()
+        try:
+            worker.begin(job, request)
+            self._wake_housekeeper()
+            with anyio.move_on_after(time_limit):
+                await asyncio.shield(job.finished)
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            envelope = job.finished.result() if job.finished.done() else None
+            job.peak_rss = max(job.peak_rss, worker.peak_rss())
+            if envelope is not None:
+                worker.end()
+                await self._release(worker)
+                return RunOutcome(
+                    status="fulfilled" if envelope.get("code") == 0 else "execution_failed",
+                    result=envelope,
+                    error_msg=None,
+                    log=job.log.text(),
+                    execution_time_ms=elapsed_ms,
+                    mem_usage=job.peak_rss,
+                )
+            if not job.finished.done():
+                worker.kill("timeout")
+        except BaseException:
+            # Cancelled (or worse) mid-job: the worker's state is unknown, so it goes.
+            worker.kill("cancelled")
+            with anyio.CancelScope(shield=True):
+                await self._discard(worker)
+            raise
+        with anyio.CancelScope(shield=True):
+            await self._discard(worker)  # reaped, and its last stderr lines are in the log
+        worker.end()
+        return RunOutcome(
+            status="deadline_exceeded" if worker.kill_reason == "timeout" else "execution_failed",
+            result=None,
+            error_msg=self._death_message(worker, name, time_limit),
+            log=job.log.text(),
+            execution_time_ms=elapsed_ms,
+            mem_usage=job.peak_rss,
+        )
+
+    def _death_message(self, worker: WorkerProcess, name: str, time_limit: float) -> str:
+        reason = worker.kill_reason
+        if reason == "timeout":
+            return f"cloud function {name!r} timed out after {time_limit * 1000:.0f} ms"
+        if (
+            reason == "memory"
+            or worker.oom_reported
+            or any(marker in worker.stderr_tail for marker in _NODE_OOM_MARKERS)
+        ):
+            return (
+                f"cloud function {name!r} exceeded its memory limit of "
+                f"{self._memory_limit_mb} MB and was killed"
+            )
+        if reason == "shutdown":
+            return f"cloud function {name!r} was stopped because the engine shut down"
+        if reason == "protocol":
+            return f"cloud function {name!r} failed: {worker.kill_message}"
+        return f"cloud function {name!r} crashed: its {worker.exit_description()}"
+
+    def _node_missing_message(self) -> str:
+        if self._node_given and self._node:
+            return (
+                f"node was not found at {self._node!r}: install Node.js to run .js cloud "
+                "functions, or give the path of a node executable"
+            )
+        return "node was not found on PATH: install Node.js to run .js cloud functions"
+
+    # -- the worker pool -------------------------------------------------------------------
+
+    async def _take_idle(self, path: Path, key: tuple[Path, int, int, int]) -> WorkerProcess | None:
+        idle = self._idle.get(path)
+        if not idle:
+            return None
+        good = [w for w in idle if w.key == key and w.alive and not w.recycle]
+        # Anything else is stale: the file changed (hot reload), or the worker went bad.
+        stale = [w for w in idle if w not in good]
+        found = good.pop() if good else None  # the most recently used; the rest may expire
+        self._idle[path] = good
+        if stale:
+            with anyio.CancelScope(shield=True):
+                for worker in stale:
+                    await self._discard(worker)
+        return found
+
+    async def _spawn(
+        self, name: str, path: Path, key: tuple[Path, int, int, int], *, is_node: bool
+    ) -> WorkerProcess:
+        if is_node:
+            assert self._node is not None
+            argv = [
+                self._node,
+                f"--max-old-space-size={self._memory_limit_mb}",
+                str(_NODE_WORKER),
+                FD_PLACEHOLDER,
+                str(path),
+                name,
+            ]
+        else:
+            # -I: no PYTHON* variables, no user site, no script folder on sys.path;
+            # -B: no __pycache__ written into the functions folder.
+            argv = [
+                self._python,
+                "-I",
+                "-B",
+                "-X",
+                "utf8",
+                str(_PY_WORKER),
+                FD_PLACEHOLDER,
+                str(path),
+                name,
+                str(self._memory_limit_mb),
+            ]
+        # A clean environment: nothing of the engine's (tokens, secrets) reaches user code.
+        env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8"}
+        if self._closed:
+            raise WorkerStartError("the engine is shutting down")
+        try:
+            worker = await WorkerProcess.start(
+                argv,
+                cwd=str(path.parent),
+                env=env,
+                path=path,
+                key=key,
+                name=name,
+                startup_timeout=_STARTUP_TIMEOUT,
+            )
+        except OSError as exc:
+            if is_node and isinstance(exc, (FileNotFoundError, PermissionError)):
+                raise WorkerStartError(self._node_missing_message()) from None
+            raise WorkerStartError(f"its worker could not be started: {exc}") from None
+        self._workers.add(worker)
+        self._pgids.add(worker.pid)
+        if self._closed:  # aclose() ran while this worker was starting
+            worker.kill("shutdown")
+            with anyio.CancelScope(shield=True):
+                await self._discard(worker)
+            raise WorkerStartError("the engine is shutting down")
+        return worker
+
+    async def _release(self, worker: WorkerProcess) -> None:
+        """Back to the idle pool if it is still good and wanted; otherwise gone."""
+        path = worker.path
+        idle = self._idle.setdefault(path, [])
+        if (
+            self._closed
+            or not worker.alive
+            or worker.recycle
+            or worker.key != self._latest_key.get(path)
+            or len(idle) >= self._max_idle
+        ):
+            with anyio.CancelScope(shield=True):
+                await self._discard(worker)
+            return
+        worker.idle_since = time.monotonic()
+        idle.append(worker)
+        self._wake_housekeeper()
+
+    async def _discard(self, worker: WorkerProcess) -> None:
+        """Kill and reap a worker (call shielded)."""
+        with contextlib.suppress(ValueError):
+            self._idle.get(worker.path, []).remove(worker)
+        await worker.close()
+        self._workers.discard(worker)
+        self._pgids.discard(worker.pid)
+
+    # -- the watchdog: memory limit and idle expiry ----------------------------------------
+
+    def _wake_housekeeper(self) -> None:
+        if self._housekeeper is None or self._housekeeper.done():
+            self._wake = asyncio.Event()
+            self._housekeeper = asyncio.get_running_loop().create_task(
+                self._housekeep(), name="minapp_async runtime watchdog"
+            )
+        elif self._wake is not None:
+            self._wake.set()
+
+    async def _housekeep(self) -> None:
+        assert self._wake is not None
+        limit = self._memory_limit_mb * 1024 * 1024
+        while not self._closed:
+            busy = [w for w in self._workers if w.job is not None and w.alive]
+            for worker in busy:
+                rss = worker.rss()
+                if worker.job is not None:
+                    worker.job.peak_rss = max(worker.job.peak_rss, rss)
+                if rss > limit:
+                    worker.kill("memory")  # the job's run() sees the death and reports it
+            now = time.monotonic()
+            expired: list[WorkerProcess] = []
+            for workers in self._idle.values():
+                # Out of the pool before any await, so run() cannot take one of them meanwhile.
+                keep = [w for w in workers if now - w.idle_since < self._idle_timeout and w.alive]
+                expired.extend(w for w in workers if w not in keep)
+                workers[:] = keep
+            for worker in expired:
+                with anyio.CancelScope(shield=True):
+                    await self._discard(worker)
+            idle_since = [w.idle_since for ws in self._idle.values() for w in ws]
+            if busy:
+                timeout: float | None = _WATCH_INTERVAL
+            elif idle_since:
+                timeout = max(min(idle_since) + self._idle_timeout - now, _WATCH_INTERVAL)
+            else:
+                return  # nothing to watch; the next job starts a new watchdog
+            self._wake.clear()
+            with anyio.move_on_after(timeout):
+                await self._wake.wait()
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Kill every worker and reap it. Idempotent."""
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            for worker in list(self._workers):
+                worker.kill("shutdown")
+            if self._housekeeper is not None:
+                self._housekeeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._housekeeper
+                self._housekeeper = None
+            async with anyio.create_task_group() as tg:
+                for worker in list(self._workers):
+                    tg.start_soon(self._discard, worker)
+            self._idle.clear()
+        self._finalizer.detach()
+
+
+def _failed(message: str, log: str = "") -> RunOutcome:
+    """An outcome for a job that never reached user code."""
+    return RunOutcome(
+        status="execution_failed",
+        result=None,
+        error_msg=message,
+        log=log + f"{iso_now()} ERROR {message}\n",
+        execution_time_ms=0.0,
+        mem_usage=0,
+    )

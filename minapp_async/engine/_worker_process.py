@@ -1,0 +1,422 @@
+"""One worker subprocess (Node.js or Python): spawning, its pipes, one job at a time, reaping.
+
+The worker talks JSON lines: requests on its stdin, replies on a private pipe whose fd number is
+passed in argv, so user output on stdout/stderr can never corrupt the protocol. Whatever still
+reaches the real stdout/stderr (child processes, native code, Node's fatal errors) is captured
+line by line into the running job's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+
+_logger = logging.getLogger("minapp_async.engine")
+
+LOG_CAP = 1024 * 1024  # bytes of log kept per job
+_MESSAGE_CAP = 32 * 1024 * 1024  # one protocol line (a result) may not be larger
+_RAW_LINE_CAP = 64 * 1024  # raw stdout/stderr lines are split at this length
+_STDERR_TAIL = 8 * 1024  # kept to recognise Node's "heap out of memory" death
+_REAP_TIMEOUT = 5.0  # a SIGKILLed process exits at once; this only bounds the pathological case
+_PIPE_EOF_TIMEOUT = 1.0  # after the process died, how long its pipes may take to report EOF
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+FD_PLACEHOLDER = "{fd}"  # in argv, replaced by the number of the worker's message pipe
+
+
+def iso_now() -> str:
+    """The log's timestamp format, the same as Node's Date.toISOString()."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+class WorkerStartError(Exception):
+    """The worker process could not be started or died before it was ready."""
+
+    def __init__(self, message: str, log: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.log = log
+
+
+class JobLog:
+    """A job's log, capped at LOG_CAP bytes; the cut is announced by a final line."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._size = 0
+        self._dropped = 0
+
+    def add(self, line: str) -> None:
+        size = len(line.encode("utf-8", "replace"))
+        if self._dropped or self._size + size > LOG_CAP:
+            self._dropped += size
+            return
+        self._parts.append(line)
+        self._size += size
+
+    def text(self) -> str:
+        text = "".join(self._parts)
+        if self._dropped:
+            text += (
+                f"{iso_now()} WARN log truncated: it exceeded {LOG_CAP // 1024} KiB and "
+                f"{self._dropped} more bytes were dropped\n"
+            )
+        return text
+
+
+class Job:
+    """One job in flight on a worker: its log and the envelope it ends with."""
+
+    def __init__(self, job_id: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.id = job_id
+        self.log = JobLog()
+        # The result envelope, or None when the worker died first.
+        self.finished: asyncio.Future[dict[str, Any] | None] = loop.create_future()
+        self.peak_rss = 0
+
+    def settle(self, envelope: dict[str, Any] | None) -> None:
+        if not self.finished.done():
+            self.finished.set_result(envelope)
+
+
+class _LineReader(asyncio.Protocol):
+    """Splits a read pipe into lines; an over-long line goes to on_overflow."""
+
+    def __init__(
+        self,
+        on_line: Callable[[bytes], None],
+        max_line: int,
+        on_overflow: Callable[[bytes], None],
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self._on_line = on_line
+        self._max_line = max_line
+        self._on_overflow = on_overflow
+        self._on_close = on_close
+        self._buffer = b""
+        self.closed = asyncio.Event()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        *lines, self._buffer = buffer.split(b"\n")
+        for line in lines:
+            self._on_line(line)
+        if len(self._buffer) > self._max_line:
+            rest, self._buffer = self._buffer, b""
+            self._on_overflow(rest)
+
+    def eof_received(self) -> bool:
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._buffer:
+            rest, self._buffer = self._buffer, b""
+            self._on_line(rest)
+        self.closed.set()
+        if self._on_close is not None:
+            self._on_close()
+
+
+class _Sink(asyncio.Protocol):
+    """Protocol for the stdin write pipe: nothing to read."""
+
+
+def _read_proc(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as file:
+            return file.read()
+    except OSError:  # the process is gone, or no /proc here: memory figures are best effort
+        return ""
+
+
+class WorkerProcess:
+    """A started worker process. Not thread-safe; use from the event loop only."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], path: Path, key: object, name: str) -> None:
+        self._popen = popen
+        self.path = path  # the function's file
+        self.key = key  # identifies the file's version; the pool compares it
+        self.name = name
+        self.pid = popen.pid
+        self.job: Job | None = None
+        self.recycle = False  # replace after the current job (the worker said its state is bad)
+        self.kill_reason: str | None = None  # "timeout" | "memory" | "shutdown" | "protocol"
+        self.kill_message: str | None = None
+        self.oom_reported = False  # the Python worker hit its address-space backstop
+        self.idle_since = 0.0
+        self._ready = asyncio.Event()  # set on "ready", and also when the worker dies
+        self._is_ready = False
+        self._startup_log = JobLog()
+        self._stderr_tail = b""
+        self._exited = False  # the message pipe closed: no more replies will come
+        self._closed = False
+        self._close_done = asyncio.Event()
+        self._readers: list[_LineReader] = []
+        self._transports: list[asyncio.BaseTransport] = []
+        self._stdin: asyncio.WriteTransport | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    async def start(
+        cls,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        path: Path,
+        key: object,
+        name: str,
+        startup_timeout: float,
+    ) -> WorkerProcess:
+        """Spawn a worker and wait until it says it is ready; raises WorkerStartError."""
+        msg_read, msg_write = os.pipe()
+        try:
+            popen = subprocess.Popen(  # noqa: ASYNC220 - fork/exec is quick; the wait is async
+                [str(msg_write) if arg == FD_PLACEHOLDER else arg for arg in argv],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(msg_write,),
+                cwd=cwd,
+                env=dict(env),
+                start_new_session=True,  # its own process group: a kill takes its children too
+            )
+        except BaseException:
+            os.close(msg_read)
+            raise
+        finally:
+            os.close(msg_write)
+        worker = cls(popen, path, key, name)
+        with anyio.CancelScope(shield=True):
+            await worker._connect(os.fdopen(msg_read, "rb", buffering=0))
+        try:
+            with anyio.move_on_after(startup_timeout):
+                await worker._ready.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await worker.close()
+            raise
+        if not worker._is_ready:
+            timed_out = not worker._exited
+            with anyio.CancelScope(shield=True):
+                await worker.close()
+            reason = (
+                f"did not start within {startup_timeout:g} s"
+                if timed_out
+                else f"failed to start: {worker.exit_description()}"
+            )
+            raise WorkerStartError(f"its worker {reason}", worker._startup_log.text())
+        return worker
+
+    async def _connect(self, msg_pipe: IO[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._popen.stdin and self._popen.stdout and self._popen.stderr
+        pipes: list[tuple[IO[bytes], _LineReader]] = [
+            (
+                msg_pipe,
+                _LineReader(
+                    self._on_message, _MESSAGE_CAP, self._on_message_overflow, self._on_exit
+                ),
+            ),
+            (self._popen.stdout, self._raw_reader("LOG")),
+            (self._popen.stderr, self._raw_reader("ERROR", keep_tail=True)),
+        ]
+        try:
+            for pipe, reader in pipes:
+                transport, _ = await loop.connect_read_pipe(lambda r=reader: r, pipe)  # type: ignore[misc]
+                self._transports.append(transport)
+                self._readers.append(reader)
+            stdin, _ = await loop.connect_write_pipe(_Sink, self._popen.stdin)
+            self._stdin = stdin
+            self._transports.append(stdin)
+        finally:
+            # Pipes that were never handed to a transport are closed here, not leaked.
+            for pipe, reader in pipes:
+                if reader not in self._readers:
+                    pipe.close()
+            if self._stdin is None:
+                self._popen.stdin.close()
+
+    def _on_exit(self) -> None:
+        # The message pipe closed: the worker is gone (or going), no more replies will come.
+        self._exited = True
+        self._ready.set()
+        if self.job is not None:
+            self.job.settle(None)
+
+    def kill(self, reason: str, message: str | None = None) -> None:
+        """SIGKILL the worker's whole process group at once (idempotent)."""
+        if self.kill_reason is None:
+            self.kill_reason = reason
+            self.kill_message = message
+        if self._popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+
+    async def close(self) -> None:
+        """Kill, reap and close every pipe. Idempotent; call it shielded from cancellation."""
+        if self._closed:
+            await self._close_done.wait()  # someone else is closing it: wait until reaped
+            return
+        self._closed = True
+        try:
+            await self._close()
+        finally:
+            self._close_done.set()
+
+    async def _close(self) -> None:
+        self.kill(self.kill_reason or "closed")
+        await self._reap()
+        # Children the function spawned share the group; the group id cannot be reused while
+        # any of them lives, so this kill cannot hit a stranger.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        if self._stdin is not None and not self._stdin.is_closing():
+            self._stdin.abort()  # (it closes itself when it sees the worker's end go away)
+        with anyio.move_on_after(_PIPE_EOF_TIMEOUT):
+            for reader in self._readers:
+                await reader.closed.wait()
+        for transport in self._transports:
+            transport.close()
+        for reader in self._readers:  # close() finishes on the next loop iteration
+            await reader.closed.wait()
+
+    async def _reap(self) -> None:
+        if self._popen.poll() is not None:
+            return
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): poll instead
+            pidfd = None
+        with anyio.move_on_after(_REAP_TIMEOUT):
+            if pidfd is not None:
+                loop = asyncio.get_running_loop()
+                readable = asyncio.Event()
+                loop.add_reader(pidfd, readable.set)
+                try:
+                    await readable.wait()
+                finally:
+                    loop.remove_reader(pidfd)
+                    os.close(pidfd)
+            # Without a pidfd there is nothing to wait on but the exit status itself.
+            while self._popen.poll() is None:  # noqa: ASYNC110 - bounded by the deadline
+                await anyio.sleep(0.01)
+        if self._popen.poll() is None:
+            _logger.warning(
+                "worker pid %d did not exit within %g s of SIGKILL", self.pid, _REAP_TIMEOUT
+            )
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return not (self._exited or self._closed or self.kill_reason is not None)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    @property
+    def stderr_tail(self) -> str:
+        return self._stderr_tail.decode("utf-8", "replace")
+
+    def exit_description(self) -> str:
+        code = self._popen.returncode
+        if code is None:
+            return "it stopped answering"
+        if code < 0:
+            try:
+                return f"worker was killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"worker was killed by signal {-code}"
+        return f"worker exited with code {code}"
+
+    def rss(self) -> int:
+        """Resident set size in bytes, or 0 when unknown."""
+        fields = _read_proc(f"/proc/{self.pid}/statm").split()
+        return int(fields[1]) * _PAGE_SIZE if len(fields) > 1 else 0
+
+    def peak_rss(self) -> int:
+        """Peak RSS (VmHWM) in bytes since the last reset_peak(), or 0 when unknown."""
+        for line in _read_proc(f"/proc/{self.pid}/status").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def reset_peak(self) -> None:
+        # "5" resets VmHWM to the current RSS (Linux >= 4.0); best effort elsewhere.
+        with contextlib.suppress(OSError), open(f"/proc/{self.pid}/clear_refs", "w") as file:
+            file.write("5")
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def begin(self, job: Job, request: bytes) -> None:
+        """Hand the worker a job (one JSON line, already encoded)."""
+        assert self.job is None and self._stdin is not None
+        self.job = job
+        self.reset_peak()
+        self._stdin.write(request)
+        if self._exited:  # died while idle, after the caller checked
+            job.settle(None)
+
+    def end(self) -> None:
+        self.job = None
+
+    # -- pipe callbacks --------------------------------------------------------------------
+
+    def _on_message(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+            kind = message["t"]
+        except (ValueError, KeyError, TypeError):
+            self.kill("protocol", f"its worker sent an unreadable message: {line[:80]!r}")
+            return
+        job = self.job
+        if kind == "log":
+            if job is not None and message.get("j") == job.id:
+                job.log.add(message["s"])
+            elif job is None and not self._is_ready:
+                self._startup_log.add(message["s"])
+            # Otherwise a late line from a finished job (a stray timer): dropped.
+        elif kind == "result":
+            if job is not None and message.get("j") == job.id:
+                job.settle(message["r"])
+        elif kind == "ready":
+            self._is_ready = True
+            self._ready.set()
+        elif kind == "recycle":
+            self.recycle = True
+        elif kind == "oom":
+            self.oom_reported = True
+
+    def _on_message_overflow(self, _partial: bytes) -> None:
+        self.kill(
+            "protocol",
+            f"its result is larger than {_MESSAGE_CAP // (1024 * 1024)} MiB, the most the "
+            "engine accepts",
+        )
+
+    def _raw_reader(self, level: str, *, keep_tail: bool = False) -> _LineReader:
+        def on_line(raw: bytes) -> None:
+            if keep_tail:
+                self._stderr_tail = (self._stderr_tail + raw + b"\n")[-_STDERR_TAIL:]
+            text = raw.decode("utf-8", "replace").rstrip("\r")
+            line = f"{iso_now()} {level} {text}\n"
+            if self.job is not None:
+                self.job.log.add(line)
+            elif not self._is_ready or self._exited:
+                self._startup_log.add(line)
+
+        return _LineReader(on_line, _RAW_LINE_CAP, on_line)
