@@ -27,6 +27,7 @@ from ._invoke import InvokeResult as InvokeResult
 from ._options import Limits as Limits
 from ._options import Timeouts as Timeouts
 from ._promise import Promise as Promise
+from ._retry import Retry as Retry
 from ._session import Session as Session
 from ._tokens import FileTokenStore as FileTokenStore
 from ._tokens import MemoryTokenStore as MemoryTokenStore
@@ -57,6 +58,7 @@ __all__ = [
     "RateLimitError",
     "RequestTimeoutError",
     "ResponseFormatError",
+    "Retry",
     "ServerError",
     "Session",
     "SessionClosedError",

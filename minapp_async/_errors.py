@@ -233,10 +233,13 @@ class FunctionError(HError):
 class HTTPError(HError):
     """The server answered with a non-2xx status; ``code`` is that status.
 
-    ``retry_after`` is the server's ``Retry-After`` hint in seconds, where it sent one.
+    ``retry_after`` is the server's ``Retry-After`` hint in seconds, where it sent one;
+    ``job_status`` the job status the reply names (``schedule_failed``: the function never
+    started), where it names one.
     """
 
     retry_after: float | None = None
+    job_status: str | None = None
 
 
 class BadRequestError(HTTPError):
@@ -325,6 +328,13 @@ def error_from_response(
         status=status, body=snippet(raw), request_id=request_id, method=method, path=path
     )
     text = error_text(body)
-    err = cls(status, redact_text(text) if text else None, details=details)
+    job_status = body.get("job_status") if isinstance(body, dict) else None
+    job_status = job_status if isinstance(job_status, str) else None
+    # Statuses that refuse the request before any function runs; the rest may have run it.
+    refused = status in (401, 403, 404, 405, 413, 429, 503) or job_status == "schedule_failed"
+    err = cls(
+        status, redact_text(text) if text else None, details=details, may_have_executed=not refused
+    )
     err.retry_after = parse_retry_after(retry_after)
+    err.job_status = job_status
     return err

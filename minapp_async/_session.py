@@ -46,8 +46,10 @@ from ._invoke import (
     parse_json,
     parse_result,
 )
+from ._logs import get_logger
 from ._options import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, Limits, Timeouts
 from ._promise import Promise
+from ._retry import DEFAULT_RETRY, Retry
 from ._tokens import MemoryTokenStore, TokenStore
 from ._transport import Attempt, RawResponse, Transport
 from ._types import JSON, NOT_GIVEN, NotGiven
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["Session"]
+
+logger = get_logger()
 
 _JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
 
@@ -83,6 +87,7 @@ class _Options:
     timeouts: Timeouts
     headers: Mapping[str, str]
     platform: str
+    retry: Retry
 
     def base_headers(self, client_id: str, server: bool) -> dict[str, str]:
         if server:
@@ -131,6 +136,8 @@ class Session:
         limits: the connection pool (``Limits``).
         headers: extra headers sent with every request.
         platform: ``X-Hydrogen-Client-Platform`` (default ``WEB``).
+        retry: which failures are retried (``Retry``); by default only those that show the
+            function did not run, 3 tries at most.
     """
 
     client_id: str
@@ -156,6 +163,7 @@ class Session:
         limits: Limits = DEFAULT_LIMITS,
         headers: Mapping[str, str] | None = None,
         platform: str = DEFAULT_PLATFORM,
+        retry: Retry = DEFAULT_RETRY,
     ) -> None:
         _check_str("client_id", client_id, optional=False)
         for name, value in (
@@ -182,6 +190,7 @@ class Session:
             timeouts=_timeouts(timeout),
             headers=_headers(headers),
             platform=platform,
+            retry=_retry(retry),
         )
         transport = Transport(limits, options.timeouts)
         self.__attrs_init__(client_id, options, transport, None, True)  # type: ignore[arg-type]
@@ -263,6 +272,7 @@ class Session:
         env_id: str | None | NotGiven = NOT_GIVEN,
         headers: Mapping[str, str] | None | NotGiven = NOT_GIVEN,
         platform: str | NotGiven = NOT_GIVEN,
+        retry: Retry | NotGiven = NOT_GIVEN,
     ) -> Session:
         """A view with other defaults that shares this Session's pool and credentials.
 
@@ -280,6 +290,8 @@ class Session:
         if platform is not NOT_GIVEN:
             _check_str("platform", platform, optional=False)
             changes["platform"] = platform
+        if retry is not NOT_GIVEN:
+            changes["retry"] = _retry(retry)
         return self._view(attrs.evolve(self._options, **changes), self._auth)
 
     def as_user(self, token: str) -> Session:
@@ -449,10 +461,33 @@ class Session:
         self, path: str, body: bytes, sync: bool, deadline: float | None
     ) -> InvokeResult:
         attempt = Attempt()
+        retry = self._options.retry
         with _deadline(deadline, attempt, path):
-            raw = await self._send("POST", path, body, attempt)
-        check_status(raw, "POST", "/" + path)
-        return parse_result(raw, sync=sync, method="POST", path="/" + path)
+            while True:
+                try:
+                    raw = await self._send("POST", path, body, attempt)
+                    check_status(raw, "POST", "/" + path)
+                    return parse_result(raw, sync=sync, method="POST", path="/" + path)
+                except HError as err:
+                    err.attempts = attempt.number
+                    err.may_have_executed = err.may_have_executed or attempt.sent_before
+                    if attempt.number >= retry.attempts or not retry.should_retry(err, sync=sync):
+                        raise
+                    wait = retry.delay(attempt.number, getattr(err, "retry_after", None))
+                    if (
+                        wait is None
+                        or wait >= anyio.current_effective_deadline() - anyio.current_time()
+                    ):
+                        raise  # the server's pause, or the backoff, outlasts the deadline
+                    logger.debug(
+                        "retrying %s in %.3f s after try %d failed: %s",
+                        path,
+                        wait,
+                        attempt.number,
+                        err,
+                    )
+                    attempt.next(executed=err.may_have_executed)
+                    await anyio.sleep(wait)
 
 
 @contextmanager
@@ -472,9 +507,13 @@ def _deadline(seconds: float | None, attempt: Attempt, path: str) -> Iterator[No
             "send": "waiting for the reply",
         }
         text = f"no reply within {seconds:g} s ({where[attempt.phase]})"
-        if attempt.phase == "pool":
+        if attempt.phase == "pool" and not attempt.sent_before:
             raise PoolTimeoutError(text, details=details) from None
-        raise RequestTimeoutError(text, details=details, may_have_executed=attempt.sent) from None
+        err = RequestTimeoutError(
+            text, details=details, may_have_executed=attempt.may_have_executed
+        )
+        err.attempts = attempt.number
+        raise err from None
 
 
 def _check_timeout(value: object) -> None:
@@ -488,6 +527,12 @@ def _timeouts(value: Timeouts | float | None) -> Timeouts:
     if value is not None:
         _check_timeout(value)
     return Timeouts(sync=value, ack=value)
+
+
+def _retry(value: object) -> Retry:
+    if not isinstance(value, Retry):
+        raise InvalidArgumentError(f"retry must be a Retry, not {type(value).__name__}")
+    return value
 
 
 def _headers(value: Mapping[str, str] | None) -> Mapping[str, str]:

@@ -27,19 +27,32 @@ from ._errors import (
     RequestTimeoutError,
     SessionClosedError,
 )
+from ._logs import get_logger
 from ._options import Limits, Timeouts
 
-logger = logging.getLogger("minapp_async")
+logger = get_logger()
 
 Phase = Literal["pool", "auth", "send"]
 
 
 @attrs.define
 class Attempt:
-    """Where one request got to: decides whether a failure may have run the function."""
+    """Where one call got to: decides whether a failure may have run the function."""
 
     phase: Phase = "auth"
-    sent: bool = False  # True once the request may have reached the server
+    sent: bool = False  # True once this try's request may have reached the server
+    number: int = 1  # which try this is
+    sent_before: bool = False  # an earlier try may have run the function
+
+    def next(self, *, executed: bool) -> None:
+        """Start the next try; *executed*: the failed one may have run the function."""
+        self.sent_before = self.sent_before or executed
+        self.phase, self.sent, self.number = "auth", False, self.number + 1
+
+    @property
+    def may_have_executed(self) -> bool:
+        """Any try so far may have run the function."""
+        return self.sent or self.sent_before
 
 
 @attrs.frozen

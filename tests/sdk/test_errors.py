@@ -45,7 +45,7 @@ async def test_http_error_rows(
     server.reply(Reply(status=status, body=body, headers={"X-Request-Id": "rid"}))  # type: ignore[arg-type]
 
     with pytest.raises(cls) as info:
-        await session.invoke("helloWorld")
+        await session.with_options(retry=minapp_async.Retry(attempts=1)).invoke("helloWorld")
 
     err = info.value
     assert (status, message) == (err.code, err.message)
@@ -87,7 +87,7 @@ async def test_retry_after_parsed(session: minapp_async.Session, server: FakeSer
     server.reply(Reply(status=429, body={"error_msg": "busy"}, headers={"Retry-After": "3"}))
 
     with pytest.raises(minapp_async.RateLimitError) as info:
-        await session.invoke("f")
+        await session.with_options(retry=minapp_async.Retry(attempts=1)).invoke("f")
 
     assert info.value.retry_after == 3.0
 
