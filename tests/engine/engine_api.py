@@ -40,6 +40,7 @@ FUNCTIONS: Final = {
         "    return 'released'\n"
     ),
     "crash.py": "import os\n\ndef main(event):\n    os._exit(3)\n",
+    "loud.py": "def main(event):\n    print('hello from loud')\n    return 1\n",
 }
 
 
