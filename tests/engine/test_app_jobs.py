@@ -1,0 +1,273 @@
+"""Jobs: concurrency slots, queueing, time limits, counters, and shutdown."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import anyio
+import pytest
+from engine_api import FUNCTIONS, Api, Reply
+
+from minapp_async.engine import Engine, EngineConfig
+from minapp_async.testing import running_engine
+
+pytestmark = pytest.mark.anyio
+
+
+async def until(predicate: Callable[[], bool], within: float = 20.0) -> None:
+    """Poll *predicate* until it holds; fail the test after *within* seconds."""
+    with anyio.fail_after(within):
+        # Engine state changes in the server, with no event to await from here: poll it.
+        while not predicate():  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+
+
+def in_flight(engine: Engine, name: str) -> int:
+    stats = engine.stats().functions.get(name)
+    return 0 if stats is None else stats.in_flight
+
+
+async def test_sync_job_fails_to_schedule_when_all_slots_are_busy(tmp_path: Path) -> None:
+    """With every slot held, a sync call waits schedule_wait, then gets 400 schedule_failed."""
+    release = tmp_path / "release"
+    async with (
+        running_engine(FUNCTIONS, concurrency=2, schedule_wait=0.2) as engine,
+        aiohttp.ClientSession() as http,
+    ):
+        api = Api(engine, http)
+        token = await api.login()
+        for _ in range(2):
+            reply = await api.invoke(token, "gate", {"release": str(release)}, sync=False)
+            assert reply.body == {"status": "ok"}
+        await until(lambda: in_flight(engine, "gate") == 2)
+        started = time.monotonic()
+        refused = await api.invoke(token, "echo", {})
+        assert time.monotonic() - started < 5
+        assert refused.status == 400
+        assert "could not be scheduled" in refused.error_msg
+        (job,) = engine.jobs("echo")
+        assert job.status == "schedule_failed"
+        assert job.started_at is None
+        assert engine.executions("echo") == 0
+        release.touch()
+        await engine.drain(timeout=30)
+        assert [j.status for j in engine.jobs("gate")] == ["fulfilled", "fulfilled"]
+        assert (await api.invoke(token, "echo", {})).status == 200
+
+
+async def test_async_jobs_queue_and_run_when_a_slot_frees(tmp_path: Path) -> None:
+    """Async jobs beyond the limit wait in the queue, then all run, one slot at a time."""
+    release = tmp_path / "release"
+    async with (
+        running_engine(FUNCTIONS, concurrency=1) as engine,
+        aiohttp.ClientSession() as http,
+    ):
+        api = Api(engine, http)
+        token = await api.login()
+        await api.invoke(token, "gate", {"release": str(release)}, sync=False)
+        await until(lambda: in_flight(engine, "gate") == 1)
+        for i in range(3):
+            assert (await api.invoke(token, "echo", {"i": i}, sync=False)).status == 200
+        assert [j.status for j in engine.jobs("echo")] == ["waiting"] * 3
+        release.touch()
+        await engine.drain(timeout=30)
+        (gate,) = engine.jobs("gate")
+        echoes = engine.jobs("echo")
+        assert [j.status for j in echoes] == ["fulfilled"] * 3
+        assert gate.finished_at is not None
+        assert all(j.started_at is not None and j.started_at >= gate.finished_at for j in echoes)
+        assert engine.stats().functions["echo"].peak_in_flight == 1
+
+
+async def test_a_freed_slot_goes_to_a_waiting_sync_call_first(tmp_path: Path) -> None:
+    """A sync call waiting for a slot is served before async jobs queued earlier."""
+    release = tmp_path / "release"
+    async with (
+        running_engine(FUNCTIONS, concurrency=1, schedule_wait=20) as engine,
+        aiohttp.ClientSession() as http,
+    ):
+        api = Api(engine, http)
+        token = await api.login()
+        await api.invoke(token, "gate", {"release": str(release)}, sync=False)
+        await until(lambda: in_flight(engine, "gate") == 1)
+        for i in range(2):
+            await api.invoke(token, "echo", {"i": i}, sync=False)
+        replies: list[Reply] = []
+
+        async def sync_call() -> None:
+            replies.append(await api.invoke(token, "helloWorld", {"name": "first"}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sync_call)
+            await until(lambda: len(engine.jobs("helloWorld")) == 1)
+            release.touch()
+        assert replies[0].body["data"] == "hello first"
+        await engine.drain(timeout=30)
+        (sync_job,) = engine.jobs("helloWorld")
+        assert sync_job.started_at is not None
+        assert all(
+            j.started_at is not None and j.started_at >= sync_job.started_at
+            for j in engine.jobs("echo")
+        )
+
+
+async def test_sync_time_limit_kills_the_job_while_others_succeed() -> None:
+    """A sync job over its limit is a 400 naming the limit; a concurrent call still works."""
+    async with (
+        running_engine(FUNCTIONS, sync_time_limit=0.5) as engine,
+        aiohttp.ClientSession() as http,
+    ):
+        api = Api(engine, http)
+        token = await api.login()
+        results: dict[str, Reply] = {}
+
+        async def call(key: str, name: str, data: dict[str, object]) -> None:
+            results[key] = await api.invoke(token, name, data)
+
+        started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, "slow", "sleepy", {"seconds": 60})
+            tg.start_soon(call, "hello", "helloWorld", {"name": "meanwhile"})
+        assert time.monotonic() - started < 5  # killed at the limit, not hung
+        assert results["hello"].body == {"code": 0, "data": "hello meanwhile", "error": {}}
+        assert results["slow"].status == 400
+        assert results["slow"].error_msg == "cloud function 'sleepy' timed out after 500 ms"
+        (job,) = engine.jobs("sleepy")
+        assert job.status == "deadline_exceeded"
+        assert job.result is None
+        # The function's worker was replaced: it runs again at once.
+        quick = await api.invoke(token, "sleepy", {"seconds": 0})
+        assert quick.body["data"] == "slept"
+
+
+async def test_async_time_limit_kills_the_job() -> None:
+    """An async job over its limit ends deadline_exceeded and is readable afterwards."""
+    async with (
+        running_engine(FUNCTIONS, async_time_limit=0.5) as engine,
+        aiohttp.ClientSession() as http,
+    ):
+        api = Api(engine, http)
+        token = await api.login()
+        reply = await api.invoke(token, "sleepy", {"seconds": 60}, sync=False)
+        assert reply.body == {"status": "ok"}
+        (job,) = engine.jobs("sleepy")
+        assert job.service_type == "batch"
+        assert (await api.invoke(token, "helloWorld", {"name": "x"})).status == 200
+        finished = await engine.wait_job(job.id, timeout=10)
+        assert finished.status == "deadline_exceeded"
+        assert finished.error_msg is not None and "timed out" in finished.error_msg
+
+
+async def test_worker_crash_is_400_and_the_engine_keeps_serving(api: Api) -> None:
+    """A worker that dies gives 400 with the runtime's message; the next call works."""
+    token = await api.login()
+    reply = await api.invoke(token, "crash", {})
+    assert reply.status == 400
+    (job,) = api.engine.jobs("crash")
+    assert job.status == "execution_failed"
+    assert job.error_msg == reply.error_msg
+    assert (await api.invoke(token, "helloWorld", {"name": "after"})).body["data"] == "hello after"
+
+
+async def test_execution_counter_counts_started_runs_only(api: Api) -> None:
+    """executions() counts runs that started, not refused or unknown calls."""
+    token = await api.login()
+    anonymous = await api.anonymous_token()
+    for _ in range(3):
+        assert (await api.invoke(token, "helloWorld", {"name": "n"})).status == 200
+    assert (await api.invoke(anonymous, "helloWorld", {"name": "n"})).status == 403
+    assert (await api.invoke(token, "helloWorld", {"name": "n"}, sync="yes")).status == 400
+    assert api.engine.executions("helloWorld") == 3
+    assert api.engine.executions("never-called") == 0
+    stats = api.engine.stats()
+    assert stats.functions["helloWorld"].executions == 3
+    assert stats.functions["helloWorld"].in_flight == 0
+    assert stats.requests_served >= 7
+    assert stats.requests_in_flight == 0
+
+
+async def test_stats_report_peak_concurrency(tmp_path: Path) -> None:
+    """Peak in-flight runs and peak concurrent HTTP requests are measured server-side."""
+    release = tmp_path / "release"
+    async with (
+        running_engine(FUNCTIONS, concurrency=4) as engine,
+        aiohttp.ClientSession() as http,
+    ):
+        api = Api(engine, http)
+        token = await api.login()
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(api.invoke, token, "gate", {"release": str(release)})
+            await until(lambda: in_flight(engine, "gate") == 4)
+            assert engine.stats().requests_in_flight == 4
+            release.touch()
+        stats = engine.stats()
+        assert stats.functions["gate"].peak_in_flight == 4
+        assert stats.peak_concurrent_requests >= 4
+
+
+async def test_wait_job_times_out_and_knows_no_unknown_ids(api: Api, tmp_path: Path) -> None:
+    """wait_job raises TimeoutError at its deadline and KeyError for unknown ids."""
+    release = tmp_path / "release"
+    token = await api.login()
+    await api.invoke(token, "gate", {"release": str(release)}, sync=False)
+    (job,) = api.engine.jobs("gate")
+    with pytest.raises(TimeoutError):
+        await api.engine.wait_job(job.id, timeout=0.1)
+    with pytest.raises(TimeoutError):
+        await api.engine.drain(timeout=0.1)
+    with pytest.raises(KeyError):
+        await api.engine.wait_job("0" * 32, timeout=1)
+    release.touch()
+    assert (await api.engine.wait_job(job.id, timeout=30)).status == "fulfilled"
+
+
+async def test_shutdown_cancels_running_and_queued_jobs(tmp_path: Path) -> None:
+    """aclose() ends quickly, marking the running job failed and the queued one rejected."""
+    release = tmp_path / "never-created"
+    functions = tmp_path / "functions"
+    functions.mkdir()
+    for filename, source in FUNCTIONS.items():
+        (functions / filename).write_text(source)
+    engine = Engine(functions_dir=functions, concurrency=1)
+    await engine.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            api = Api(engine, http)
+            token = await api.login()
+            await api.invoke(token, "gate", {"release": str(release)}, sync=False)
+            await until(lambda: in_flight(engine, "gate") == 1)
+            await api.invoke(token, "echo", {}, sync=False)
+    finally:
+        started = time.monotonic()
+        await engine.aclose()
+        assert time.monotonic() - started < 10
+    (running,) = engine.jobs("gate")
+    (queued,) = engine.jobs("echo")
+    assert running.status == "execution_failed"
+    assert queued.status == "execution_rejected"
+    assert running.error_msg is not None and "shut down" in running.error_msg
+    await engine.aclose()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        await engine.start()
+
+
+async def test_engine_lifecycle_errors(tmp_path: Path) -> None:
+    """url before start, a missing folder and bad config values fail clearly."""
+    engine = Engine(functions_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="start"):
+        _ = engine.url
+    with pytest.raises(FileNotFoundError, match="functions_dir"):
+        await Engine(functions_dir=tmp_path / "missing").start()
+    with pytest.raises(ValueError, match="concurrency"):
+        EngineConfig(functions_dir=tmp_path, concurrency=0)
+    with pytest.raises(ValueError, match="port"):
+        EngineConfig(functions_dir=tmp_path, port=70000)
+    with pytest.raises(TypeError, match="async with"):
+        with engine:  # type: ignore[attr-defined]
+            pass
+    config = EngineConfig(functions_dir=tmp_path, concurrency=3)
+    assert Engine(config, concurrency=5).config.concurrency == 5
