@@ -1,0 +1,151 @@
+"""Bad input gets a clear JSON error and never stops the engine from serving."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from engine_api import JOB, Api
+
+pytestmark = pytest.mark.anyio
+
+
+async def assert_still_serving(api: Api, token: str) -> None:
+    reply = await api.invoke(token, "helloWorld", {"name": "still here"})
+    assert reply.body == {"code": 0, "data": "hello still here", "error": {}}
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b'{"function_name": "echo"', "not valid JSON"),
+        (b"\xff\xfe garbage", "not valid UTF-8"),
+        (b"[1, 2]", "must be a JSON object, got array"),
+        (b'"echo"', "must be a JSON object, got string"),
+        (b'{"function_name": "echo", "data": NaN}', "NaN is not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ],
+)
+async def test_malformed_bodies_are_400(api: Api, body: bytes, expected: str) -> None:
+    """Bodies that are not a JSON object get 400 saying what is wrong."""
+    token = await api.login()
+    reply = await api.request("POST", JOB, data=body, headers=api.hserve_headers(token))
+    assert reply.status == 400
+    assert expected in reply.error_msg
+    await assert_still_serving(api, token)
+
+
+@pytest.mark.parametrize("sync", ["yes", 1, None, [], {}])
+async def test_sync_must_be_a_boolean(api: Api, sync: Any) -> None:
+    """A non-boolean sync is a 400 naming the field and the type received."""
+    token = await api.login()
+    reply = await api.invoke(token, "echo", {}, sync=sync)
+    assert reply.status == 400
+    assert reply.error_msg.startswith("sync must be a boolean")
+    assert api.engine.executions("echo") == 0
+
+
+@pytest.mark.parametrize("name", [123, None, "", ["echo"], {"a": 1}, True])
+async def test_non_string_function_name_is_404(api: Api, name: Any) -> None:
+    """A function_name that is not a non-empty string is 404, as the platform documents."""
+    token = await api.login()
+    reply = await api.invoke(token, name, {})
+    assert reply.status == 404
+    assert "function_name must be a non-empty string" in reply.error_msg
+    await assert_still_serving(api, token)
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("../echo", "'../echo'"),
+        ("a/b", "'a/b'"),
+        ("echo\x00", "'echo\\x00'"),
+        ("函数", "'函数'"),
+        ("e\u202ec.py", "'e\\u202ec.py'"),
+        ("it's", "'it\\x27s'"),
+        ("x" * 300, "'" + "x" * 64 + "…'"),
+        ("unknown", "'unknown'"),
+    ],
+)
+async def test_bad_or_unknown_function_names_are_404(api: Api, name: str, shown: str) -> None:
+    """Names with /, .., NUL, unicode, or unknown names are 404 with the name escaped."""
+    token = await api.login()
+    reply = await api.invoke(token, name, {})
+    assert reply.status == 404
+    assert reply.error_msg == f"cloud function {shown} not found"
+    await assert_still_serving(api, token)
+
+
+async def test_any_json_data_type_is_passed_through(api: Api) -> None:
+    """data may be any JSON value; the function receives it unchanged."""
+    token = await api.login()
+    for data in ([1, "two", None], 3.5, "text", True, {"nested": {"deep": [{}]}}):
+        reply = await api.invoke(token, "echo", data)
+        assert reply.status == 200
+        assert reply.body["data"]["data"] == data
+
+
+async def test_body_over_the_limit_is_413(api: Api) -> None:
+    """A body larger than max_body_bytes is refused with 413 naming the limit."""
+    token = await api.login()
+    big = b'{"function_name": "echo", "data": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    reply = await api.request("POST", JOB, data=io.BytesIO(big), headers=api.hserve_headers(token))
+    assert reply.status == 413
+    assert str(api.engine.config.max_body_bytes) in reply.error_msg
+    assert api.engine.executions("echo") == 0
+    await assert_still_serving(api, token)
+
+
+async def test_unknown_routes_are_404_json_and_wrong_methods_405_json(api: Api) -> None:
+    """Unknown paths and wrong methods answer JSON errors too."""
+    unknown = await api.request("GET", "/hserve/v9/nothing/")
+    assert unknown.status == 404
+    assert "/hserve/v9/nothing/" in unknown.error_msg
+    wrong = await api.request("GET", JOB, headers=api.hserve_headers())
+    assert wrong.status == 405
+    assert "POST" in wrong.error_msg
+    assert wrong.headers["Allow"] == "POST"
+
+
+async def test_login_with_wrong_types_is_400(api: Api) -> None:
+    """Non-string credentials are 400s, not crashes."""
+    reply = await api.request(
+        "POST",
+        "/hserve/v2.1/login/username/",
+        json_body={"username": ["a"], "password": 5},
+        headers=api.hserve_headers(),
+    )
+    assert reply.status == 400
+    assert "username" in reply.error_msg
+
+
+async def test_oauth_endpoints_refuse_garbage(api: Api) -> None:
+    """The OAuth endpoints answer 400/401 JSON to garbage bodies."""
+    garbage = await api.request("POST", "/api/oauth2/access_token/", data=b"{{{")
+    assert garbage.status == 400
+    wrong_types = await api.request(
+        "POST",
+        "/api/oauth2/hydrogen/openapi/authorize/",
+        json_body={"client_id": 1, "client_secret": None},
+    )
+    assert wrong_types.status == 401
+    token = await api.login()
+    await assert_still_serving(api, token)
+
+
+async def test_job_list_query_garbage_is_400(api: Api) -> None:
+    """Non-numeric pagination and time filters are 400s naming the parameter."""
+    token = await api.access_token()
+    base = "/oserve/v1.3/cloud-function/echo/job/"
+    for query, param in (
+        ("?offset=abc", "offset"),
+        ("?limit=100000", "limit"),
+        ("?created_at__gte=nan", "created_at__gte"),
+        ("?service_type=x", "service_type"),
+    ):
+        reply = await api.oserve("GET", base + query, token)
+        assert reply.status == 400, query
+        assert param in reply.error_msg
