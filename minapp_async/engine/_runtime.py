@@ -87,8 +87,9 @@ class Runtime:
             raise ValueError(f"max_idle_per_function must be >= 0, got {max_idle_per_function!r}")
         self._dir = Path(functions_dir).resolve()
         self._memory_limit_mb = memory_limit_mb
-        self._node_given = node is not _SENTINEL_NODE
-        self._node = shutil.which("node") if node is _SENTINEL_NODE else node
+        self._node_given = node if node is not _SENTINEL_NODE else None
+        # Resolved once; None when there is no usable node, so .js jobs fail with a clear message.
+        self._node = shutil.which("node" if node is _SENTINEL_NODE else node) if node else None
         self._python = python
         # Default 10 = the engine's default concurrency, so a steady stream of concurrent
         # invocations finds every worker warm instead of killing and respawning some.
@@ -237,9 +238,9 @@ class Runtime:
         return f"cloud function {name!r} crashed: its {worker.exit_description()}"
 
     def _node_missing_message(self) -> str:
-        if self._node_given and self._node:
+        if self._node_given:
             return (
-                f"node was not found at {self._node!r}: install Node.js to run .js cloud "
+                f"node was not found at {self._node_given!r}: install Node.js to run .js cloud "
                 "functions, or give the path of a node executable"
             )
         return "node was not found on PATH: install Node.js to run .js cloud functions"

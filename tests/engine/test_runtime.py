@@ -1,0 +1,920 @@
+"""The engine's function runtime, against real Node.js and Python workers."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from minapp_async.engine._runtime import RunOutcome, Runtime
+
+pytestmark = pytest.mark.anyio
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "functions"
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (LOG|INFO|WARN|ERROR) (.*)")
+
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+
+
+def write(folder: Path, filename: str, source: str) -> None:
+    path = folder / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source), encoding="utf-8")
+
+
+async def call(runtime: Runtime, name: str, data: Any = None, limit: float = 10.0) -> RunOutcome:
+    return await runtime.run(name, {"data": data, "eventType": "sdk"}, time_limit=limit)
+
+
+def log_lines(outcome: RunOutcome) -> list[tuple[str, str]]:
+    """(level, message) for each line; every line must have the documented format."""
+    lines = []
+    for line in outcome.log.splitlines():
+        match = LOG_LINE.fullmatch(line)
+        assert match, f"badly formatted log line: {line!r}"
+        lines.append((match[1], match[2]))
+    return lines
+
+
+def running(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as file:
+            state = file.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+async def wait_for(predicate: Callable[[], bool], what: str, deadline: float = 10.0) -> None:
+    """Poll state that lives outside this process (/proc, files) until true or the deadline."""
+    with anyio.move_on_after(deadline):
+        while not predicate():  # noqa: ASYNC110 - nothing to await: the state is elsewhere
+            await anyio.sleep(0.02)
+    assert predicate(), f"gave up waiting for {what}"
+
+
+async def wait_until_gone(pid: int) -> None:
+    await wait_for(lambda: not running(pid), f"process {pid} to go away", deadline=5.0)
+
+
+def real(path: Path) -> Path:
+    return path.resolve()
+
+
+@pytest.fixture(name="folder")
+def _folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "functions"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture(name="runtime")
+async def _runtime(folder: Path) -> AsyncIterator[Runtime]:
+    runtime = Runtime(folder, memory_limit_mb=256)
+    yield runtime
+    await runtime.aclose()
+
+
+# -- Node.js ---------------------------------------------------------------------------------
+
+
+@needs_node
+async def test_seed_hello_world_runs_verbatim(folder: Path, runtime: Runtime) -> None:
+    """The seed's helloWorld.js, unchanged, answers 'hello allen' in a code-0 envelope."""
+    shutil.copy(EXAMPLES / "helloWorld.js", folder / "helloWorld.js")
+    outcome = await call(runtime, "helloWorld", {"name": "allen"})
+    assert outcome.status == "fulfilled"
+    assert outcome.result == {"code": 0, "data": "hello allen", "error": {}}
+    assert outcome.error_msg is None
+    assert outcome.log == ""
+    assert outcome.execution_time_ms > 0
+    assert outcome.mem_usage > 1024 * 1024  # a Node process uses megabytes
+
+
+@needs_node
+async def test_node_async_main_returns_its_value(folder: Path, runtime: Runtime) -> None:
+    """An async main's return value is the data; `return null` gives data null."""
+    write(
+        folder,
+        "asyncy.js",
+        """
+        exports.main = async function (event) {
+          await new Promise((resolve) => setTimeout(resolve, 10))
+          return event.data === 'null' ? null : { doubled: event.data * 2 }
+        }
+        """,
+    )
+    assert (await call(runtime, "asyncy", 21)).result == {
+        "code": 0,
+        "data": {"doubled": 42},
+        "error": {},
+    }
+    assert (await call(runtime, "asyncy", "null")).result == {"code": 0, "data": None, "error": {}}
+
+
+@needs_node
+async def test_node_module_exports_main_and_plain_return(folder: Path, runtime: Runtime) -> None:
+    """module.exports.main works, and a plain (event) => value function returns its value."""
+    write(folder, "plain.js", "module.exports.main = (event) => 'plain ' + event.data\n")
+    outcome = await call(runtime, "plain", "value")
+    assert outcome.result == {"code": 0, "data": "plain value", "error": {}}
+
+
+@needs_node
+async def test_node_callback_error_and_throw_give_code_1(folder: Path, runtime: Runtime) -> None:
+    """callback(err), callback('text'), a throw and a rejection give code 1 with message/stack/type."""
+    write(
+        folder,
+        "fails.js",
+        """
+        exports.main = async function (event, callback) {
+          if (event.data === 'callback') return callback(new TypeError('bad input'))
+          if (event.data === 'string') return callback('plain failure')
+          if (event.data === 'throw') throw new RangeError('out of range')
+          await null
+          throw new SyntaxError('rejected later')
+        }
+        """,
+    )
+    callback = (await call(runtime, "fails", "callback")).result
+    assert callback is not None
+    assert callback["code"] == 1 and callback["data"] is None
+    assert callback["error"]["message"] == "bad input"
+    assert callback["error"]["type"] == "TypeError"
+    assert "TypeError: bad input" in callback["error"]["stack"]
+    assert "fails.js" in callback["error"]["stack"]
+
+    string = await call(runtime, "fails", "string")
+    assert string.status == "execution_failed"
+    assert string.result == {
+        "code": 1,
+        "data": None,
+        "error": {"message": "plain failure", "stack": "", "type": "Error"},
+    }
+
+    thrown = (await call(runtime, "fails", "throw")).result
+    assert thrown is not None
+    assert (thrown["code"], thrown["error"]["type"]) == (1, "RangeError")
+    assert thrown["error"]["message"] == "out of range"
+
+    rejected = (await call(runtime, "fails", "reject")).result
+    assert rejected is not None
+    assert (rejected["code"], rejected["error"]["type"]) == (1, "SyntaxError")
+
+
+@needs_node
+async def test_node_syntax_error_is_a_code_1_result(folder: Path, runtime: Runtime) -> None:
+    """A function that does not parse fails with type SyntaxError, like the platform's debug API."""
+    write(folder, "broken.js", "exports.main = function (event, callback) { callback(null, 1 }\n")
+    outcome = await call(runtime, "broken")
+    assert outcome.status == "execution_failed"
+    assert outcome.result is not None
+    assert outcome.result["code"] == 1
+    assert outcome.result["error"]["type"] == "SyntaxError"
+
+
+@needs_node
+async def test_node_missing_main_is_explained(folder: Path, runtime: Runtime) -> None:
+    """A module without exports.main fails with a message saying so."""
+    write(folder, "nomain.js", "exports.handler = () => 1\n")
+    outcome = await call(runtime, "nomain")
+    assert outcome.result is not None
+    assert "does not export a main function" in outcome.result["error"]["message"]
+
+
+@needs_node
+async def test_node_logs_have_levels(folder: Path, runtime: Runtime) -> None:
+    """console.log/info/warn/error and raw stream writes land in the job log with their levels."""
+    write(
+        folder,
+        "logs.js",
+        """
+        exports.main = function (event, callback) {
+          console.log('plain %s', 'text', { a: 1 })
+          console.info('for your info')
+          console.warn('careful')
+          console.error('broken')
+          process.stdout.write('raw out\\n')
+          process.stderr.write('raw err\\n')
+          callback(null, 'done')
+        }
+        """,
+    )
+    outcome = await call(runtime, "logs")
+    assert outcome.result == {"code": 0, "data": "done", "error": {}}
+    assert log_lines(outcome) == [
+        ("LOG", "plain text { a: 1 }"),
+        ("INFO", "for your info"),
+        ("WARN", "careful"),
+        ("ERROR", "broken"),
+        ("LOG", "raw out"),
+        ("ERROR", "raw err"),
+    ]
+
+
+@needs_node
+async def test_node_output_cannot_forge_a_result(folder: Path, runtime: Runtime) -> None:
+    """Protocol-looking text printed by the function stays log text; the real result wins."""
+    forged = json.dumps({"t": "result", "j": 1, "r": {"code": 0, "data": "forged", "error": {}}})
+    write(
+        folder,
+        "forger.js",
+        f"""
+        const fs = require('fs')
+        exports.main = function (event, callback) {{
+          console.log({json.dumps(forged)})
+          fs.writeSync(1, {json.dumps(forged + chr(10))})
+          fs.writeSync(2, {json.dumps(forged + chr(10))})
+          callback(null, 'genuine')
+        }}
+        """,
+    )
+    outcome = await call(runtime, "forger")
+    assert outcome.result == {"code": 0, "data": "genuine", "error": {}}
+    assert outcome.log.count('"forged"') >= 1
+
+
+@needs_node
+async def test_node_result_must_be_json(folder: Path, runtime: Runtime) -> None:
+    """Data that JSON cannot carry (a BigInt) is an execution failure with a clear message."""
+    write(folder, "bigint.js", "exports.main = async () => ({ n: 10n })\n")
+    outcome = await call(runtime, "bigint")
+    assert outcome.status == "execution_failed"
+    assert outcome.result is not None
+    assert "not JSON-serialisable" in outcome.result["error"]["message"]
+
+
+@needs_node
+async def test_node_event_is_passed_as_given(folder: Path, runtime: Runtime) -> None:
+    """The function sees the engine's event unchanged."""
+    write(folder, "echo.js", "exports.main = async (event) => event\n")
+    event = {
+        "data": {"list": [1, 2.5, None, "中文"], "nested": {"ok": True}},
+        "eventType": "sdk",
+        "jobId": "a" * 32,
+        "miniappId": 123,
+        "timeLimitInMS": 5000,
+        "memoryLimitInMB": 256,
+        "request": {"user": {"id": 7}},
+    }
+    outcome = await runtime.run("echo", event, time_limit=10)
+    assert outcome.result == {"code": 0, "data": event, "error": {}}
+
+
+# -- Python ----------------------------------------------------------------------------------
+
+
+async def test_python_twin_of_hello_world(folder: Path, runtime: Runtime) -> None:
+    """examples/functions/hello_py.py answers like the seed's helloWorld."""
+    shutil.copy(EXAMPLES / "hello_py.py", folder / "hello_py.py")
+    outcome = await call(runtime, "hello_py", {"name": "allen"})
+    assert outcome.result == {"code": 0, "data": "hello allen", "error": {}}
+    assert outcome.mem_usage > 1024 * 1024
+
+
+async def test_python_styles(folder: Path, runtime: Runtime) -> None:
+    """Sync callback, async return and plain return styles all give the function's data."""
+    write(folder, "cb.py", "def main(event, callback):\n    callback(None, event['data'] + 1)\n")
+    write(
+        folder,
+        "coro.py",
+        """
+        import asyncio
+
+        async def main(event):
+            await asyncio.sleep(0.01)
+            return {"async": event["data"]}
+        """,
+    )
+    write(folder, "ret.py", "def main(event):\n    return None\n")
+    assert (await call(runtime, "cb", 1)).result == {"code": 0, "data": 2, "error": {}}
+    assert (await call(runtime, "coro", "x")).result == {
+        "code": 0,
+        "data": {"async": "x"},
+        "error": {},
+    }
+    assert (await call(runtime, "ret")).result == {"code": 0, "data": None, "error": {}}
+
+
+async def test_python_callback_from_a_thread(folder: Path, runtime: Runtime) -> None:
+    """A callback-style function may answer later from another thread."""
+    write(
+        folder,
+        "later.py",
+        """
+        import threading
+
+        def main(event, callback):
+            threading.Timer(0.05, callback, args=(None, "from a thread")).start()
+        """,
+    )
+    outcome = await call(runtime, "later")
+    assert outcome.result == {"code": 0, "data": "from a thread", "error": {}}
+
+
+async def test_python_failures_give_code_1(folder: Path, runtime: Runtime) -> None:
+    """A raise (sync or async) and callback(err) give code 1 with message/stack/type."""
+    write(
+        folder,
+        "raises.py",
+        """
+        async def main(event, callback):
+            if event["data"] == "callback":
+                callback("plain failure")
+            elif event["data"] == "exception":
+                callback(KeyError("k"))
+            else:
+                raise ValueError("no good")
+        """,
+    )
+    raised = (await call(runtime, "raises", "raise")).result
+    assert raised is not None
+    assert raised["code"] == 1 and raised["data"] is None
+    assert (raised["error"]["type"], raised["error"]["message"]) == ("ValueError", "no good")
+    assert "Traceback" in raised["error"]["stack"] and "raises.py" in raised["error"]["stack"]
+    assert (await call(runtime, "raises", "callback")).result == {
+        "code": 1,
+        "data": None,
+        "error": {"message": "plain failure", "stack": "", "type": "Error"},
+    }
+    keyed = (await call(runtime, "raises", "exception")).result
+    assert keyed is not None and keyed["error"]["type"] == "KeyError"
+
+
+async def test_python_import_error_is_a_code_1_result(folder: Path, runtime: Runtime) -> None:
+    """A Python function that does not compile fails with its SyntaxError, and others still run."""
+    write(folder, "broken.py", "def main(event:\n    return 1\n")
+    write(folder, "fine.py", "def main(event):\n    return 'fine'\n")
+    outcome = await call(runtime, "broken")
+    assert outcome.result is not None
+    assert outcome.result["error"]["type"] == "SyntaxError"
+    assert (await call(runtime, "fine")).result == {"code": 0, "data": "fine", "error": {}}
+
+
+async def test_python_logs_have_levels(folder: Path, runtime: Runtime) -> None:
+    """print -> LOG, stderr -> ERROR, logging levels mapped; raw fd output is captured too."""
+    write(
+        folder,
+        "logs.py",
+        """
+        import logging
+        import os
+        import sys
+
+        def main(event):
+            print("printed", 1)
+            print("to stderr", file=sys.stderr)
+            logging.info("informed")
+            logging.getLogger("lib").warning("warned")
+            logging.error("failed")
+            os.write(1, b"raw fd line\\n")
+            return "ok"
+        """,
+    )
+    outcome = await call(runtime, "logs")
+    assert outcome.result == {"code": 0, "data": "ok", "error": {}}
+    lines = log_lines(outcome)
+    # The raw fd write travels on another pipe, so only its presence is certain, not its place.
+    assert ("LOG", "raw fd line") in lines
+    lines.remove(("LOG", "raw fd line"))
+    assert lines == [
+        ("LOG", "printed 1"),
+        ("ERROR", "to stderr"),
+        ("INFO", "informed"),
+        ("WARN", "lib: warned"),
+        ("ERROR", "failed"),
+    ]
+
+
+async def test_python_result_must_be_json(folder: Path, runtime: Runtime) -> None:
+    """Data that JSON cannot carry is an execution failure naming the problem."""
+    write(folder, "obj.py", "def main(event):\n    return {'x': object()}\n")
+    write(folder, "nan.py", "def main(event):\n    return float('nan')\n")
+    for name in ("obj", "nan"):
+        outcome = await call(runtime, name)
+        assert outcome.status == "execution_failed"
+        assert outcome.result is not None
+        assert "not JSON-serialisable" in outcome.result["error"]["message"]
+
+
+async def test_log_is_capped_at_one_mebibyte(folder: Path, runtime: Runtime) -> None:
+    """A chatty function's log stops at 1 MiB with a final line saying it was cut."""
+    write(
+        folder,
+        "chatty.py",
+        """
+        def main(event):
+            for i in range(30000):
+                print("x" * 100)
+            return "said a lot"
+        """,
+    )
+    outcome = await call(runtime, "chatty", limit=60)
+    assert outcome.result == {"code": 0, "data": "said a lot", "error": {}}
+    assert 1024 * 1024 - 200 < len(outcome.log.encode()) < 1024 * 1024 + 300
+    last = outcome.log.splitlines()[-1]
+    assert re.fullmatch(r"\S+ WARN log truncated: .* \d+ more bytes were dropped", last)
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+@needs_node
+async def test_node_runaway_is_killed_while_a_concurrent_job_succeeds(
+    folder: Path, runtime: Runtime
+) -> None:
+    """`while(true){}` is killed at the limit (deadline_exceeded); a concurrent job is unaffected."""
+    write(
+        folder,
+        "spin.js",
+        """
+        exports.main = function (event, callback) {
+          if (event.data === 'spin') { console.log('spinning'); while (true) {} }
+          callback(null, process.pid)
+        }
+        """,
+    )
+    results: dict[str, RunOutcome] = {}
+
+    async def run(key: str, data: str, limit: float) -> None:
+        results[key] = await call(runtime, "spin", data, limit=limit)
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, "spin", "spin", 0.5)
+        tg.start_soon(run, "good", "good", 10.0)
+    assert time.monotonic() - started < 5  # killed at the limit, not hung
+    spin = results["spin"]
+    assert spin.status == "deadline_exceeded"
+    assert spin.result is None
+    assert spin.error_msg == "cloud function 'spin' timed out after 500 ms"
+    assert ("LOG", "spinning") in log_lines(spin)
+    assert results["good"].status == "fulfilled"
+    # The function still works afterwards, on a fresh or warm worker.
+    assert (await call(runtime, "spin", "again")).status == "fulfilled"
+
+
+async def test_python_runaway_and_sleeper_are_killed(folder: Path, runtime: Runtime) -> None:
+    """`while True: pass` and a blocking sleep are killed at the limit; another job succeeds."""
+    write(
+        folder,
+        "stuck.py",
+        """
+        import time
+
+        def main(event):
+            if event["data"] == "spin":
+                while True:
+                    pass
+            if event["data"] == "sleep":
+                time.sleep(60)
+            return "free"
+        """,
+    )
+    results: dict[str, RunOutcome] = {}
+
+    async def run(data: str, limit: float) -> None:
+        results[data] = await call(runtime, "stuck", data, limit=limit)
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, "spin", 0.4)
+        tg.start_soon(run, "sleep", 0.4)
+        tg.start_soon(run, "go", 10.0)
+    assert time.monotonic() - started < 5
+    for data in ("spin", "sleep"):
+        assert results[data].status == "deadline_exceeded"
+        assert results[data].error_msg == "cloud function 'stuck' timed out after 400 ms"
+    assert results["go"].result == {"code": 0, "data": "free", "error": {}}
+
+
+@needs_node
+async def test_never_calling_back_is_killed(folder: Path, runtime: Runtime) -> None:
+    """A callback never called, or an async main returning undefined, ends at the limit."""
+    write(folder, "silent.js", "exports.main = function (event, callback) {}\n")
+    write(folder, "undef.js", "exports.main = async function (event) { return undefined }\n")
+    for name in ("silent", "undef"):
+        started = time.monotonic()
+        outcome = await call(runtime, name, limit=0.3)
+        assert time.monotonic() - started < 5
+        assert outcome.status == "deadline_exceeded"
+        assert outcome.error_msg == f"cloud function {name!r} timed out after 300 ms"
+
+
+async def test_python_callback_never_called_is_killed(folder: Path, runtime: Runtime) -> None:
+    """A Python callback-style function that never answers ends at the limit."""
+    write(folder, "silent.py", "def main(event, callback):\n    pass\n")
+    outcome = await call(runtime, "silent", limit=0.3)
+    assert outcome.status == "deadline_exceeded"
+
+
+@needs_node
+async def test_node_memory_hog_is_killed(folder: Path) -> None:
+    """A Node function allocating past the memory limit is killed with a message naming it."""
+    write(
+        folder,
+        "hog.js",
+        """
+        exports.main = function (event, callback) {
+          const keep = []
+          if (event.data === 'buffers') { while (true) keep.push(Buffer.alloc(4 * 1024 * 1024, 1)) }
+          while (true) keep.push(new Array(100000).fill({ x: Math.random() }))
+        }
+        """,
+    )
+    write(folder, "fine.js", "exports.main = async () => 'fine'\n")
+    runtime = Runtime(folder, memory_limit_mb=100)
+    try:
+        for kind in ("heap", "buffers"):
+            started = time.monotonic()
+            outcome = await call(runtime, "hog", kind, limit=30)
+            assert time.monotonic() - started < 20
+            assert outcome.status == "execution_failed"
+            assert outcome.result is None
+            assert outcome.error_msg == (
+                "cloud function 'hog' exceeded its memory limit of 100 MB and was killed"
+            )
+        assert (await call(runtime, "fine")).status == "fulfilled"
+    finally:
+        await runtime.aclose()
+
+
+async def test_python_memory_hog_is_killed(folder: Path) -> None:
+    """A Python function allocating past the limit (gradually or at once) is killed."""
+    write(
+        folder,
+        "hog.py",
+        """
+        def main(event):
+            if event["data"] == "huge":
+                return len(bytearray(64 * 1024 ** 3))
+            keep = []
+            while True:
+                keep.append(bytearray(1024 * 1024))
+        """,
+    )
+    runtime = Runtime(folder, memory_limit_mb=80)
+    try:
+        for kind in ("gradual", "huge"):
+            outcome = await call(runtime, "hog", kind, limit=30)
+            assert outcome.status == "execution_failed", kind
+            assert outcome.error_msg == (
+                "cloud function 'hog' exceeded its memory limit of 80 MB and was killed"
+            )
+    finally:
+        await runtime.aclose()
+
+
+@needs_node
+async def test_crashes_are_contained(folder: Path, runtime: Runtime) -> None:
+    """process.exit, os._exit and a segfault fail the job only; the function runs again after."""
+    write(
+        folder,
+        "crash.js",
+        """
+        exports.main = function (event, callback) {
+          if (event.data === 'exit') process.exit(3)
+          if (event.data === 'segv') process.kill(process.pid, 'SIGSEGV')
+          callback(null, 'alive')
+        }
+        """,
+    )
+    write(
+        folder,
+        "crash.py",
+        """
+        import ctypes
+        import os
+
+        def main(event):
+            if event["data"] == "exit":
+                os._exit(3)
+            if event["data"] == "segv":
+                ctypes.string_at(0)
+            return "alive"
+        """,
+    )
+    # crash.js shadows crash.py (lookup order), so the Python one gets its own folder.
+    pyfolder = folder / "py"
+    pyfolder.mkdir()
+    (folder / "crash.py").rename(pyfolder / "crashpy.py")
+    pyruntime = Runtime(pyfolder)
+    try:
+        for rt, name in ((runtime, "crash"), (pyruntime, "crashpy")):
+            exited = await call(rt, name, "exit")
+            assert exited.status == "execution_failed"
+            assert exited.result is None
+            assert (
+                exited.error_msg
+                == f"cloud function {name!r} crashed: its worker exited with code 3"
+            )
+            segv = await call(rt, name, "segv")
+            assert segv.status == "execution_failed"
+            assert segv.error_msg == (
+                f"cloud function {name!r} crashed: its worker was killed by signal SIGSEGV"
+            )
+            assert (await call(rt, name, "ok")).result == {"code": 0, "data": "alive", "error": {}}
+    finally:
+        await pyruntime.aclose()
+
+
+@needs_node
+async def test_uncaught_async_error_fails_the_job_and_replaces_the_worker(
+    folder: Path, runtime: Runtime
+) -> None:
+    """A throw inside a timer fails that job with the error, and the next job gets a new worker."""
+    write(
+        folder,
+        "timer.js",
+        """
+        exports.main = function (event, callback) {
+          if (event.data === 'throw') setTimeout(() => { throw new EvalError('in a timer') }, 1)
+          else callback(null, process.pid)
+        }
+        """,
+    )
+    first = await call(runtime, "timer", "pid")
+    assert first.result is not None
+    failed = await call(runtime, "timer", "throw")
+    assert failed.result is not None
+    assert failed.result["error"]["type"] == "EvalError"
+    assert failed.result["error"]["message"] == "in a timer"
+    after = await call(runtime, "timer", "pid")
+    assert after.result is not None and after.result["data"] != first.result["data"]
+
+
+# -- workers: reuse, reload, isolation -------------------------------------------------------
+
+
+@needs_node
+async def test_concurrent_jobs_get_their_own_workers_then_reuse_them(
+    folder: Path, runtime: Runtime
+) -> None:
+    """Concurrent jobs on one function each get a worker; later jobs reuse a warm one."""
+    write(
+        folder,
+        "slow.js",
+        """
+        exports.main = async function (event) {
+          await new Promise((resolve) => setTimeout(resolve, 200))
+          return process.pid
+        }
+        """,
+    )
+    pids: list[int] = []
+
+    async def run() -> None:
+        outcome = await call(runtime, "slow")
+        assert outcome.result is not None
+        pids.append(outcome.result["data"])
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(run)
+    assert len(set(pids)) == 4
+    again = await call(runtime, "slow")
+    assert again.result is not None and again.result["data"] in pids
+
+
+async def test_hot_reload_uses_the_new_code(folder: Path, runtime: Runtime) -> None:
+    """Changing the function's file makes the next run use the new code."""
+    write(folder, "version.py", "def main(event):\n    return 'v1'\n")
+    assert (await call(runtime, "version")).result == {"code": 0, "data": "v1", "error": {}}
+    assert (await call(runtime, "version")).result == {"code": 0, "data": "v1", "error": {}}
+    write(folder, "version.py", "def main(event):\n    return 'version two'\n")
+    outcome = await call(runtime, "version")
+    assert outcome.result == {"code": 0, "data": "version two", "error": {}}
+
+
+@needs_node
+async def test_hot_reload_node(folder: Path, runtime: Runtime) -> None:
+    """A Node function is reloaded too (no stale require cache)."""
+    write(folder, "version.js", "exports.main = async () => 'v1'\n")
+    assert (await call(runtime, "version")).result == {"code": 0, "data": "v1", "error": {}}
+    write(folder, "version.js", "exports.main = async () => 'version two'\n")
+    outcome = await call(runtime, "version")
+    assert outcome.result == {"code": 0, "data": "version two", "error": {}}
+
+
+@needs_node
+async def test_workers_get_a_clean_environment(
+    folder: Path, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No engine environment variable reaches user code, and cwd is the function's folder."""
+    monkeypatch.setenv("MINAPP_TEST_SECRET", "s3cr3t-value")
+    write(
+        folder, "env.js", "exports.main = async () => ({ env: process.env, cwd: process.cwd() })\n"
+    )
+    write(folder, "pkg/index.js", "exports.main = async () => process.cwd()\n")
+    write(
+        folder,
+        "envpy.py",
+        "import os\n\ndef main(event):\n    return {'env': dict(os.environ), 'cwd': os.getcwd()}\n",
+    )
+    for name in ("env", "envpy"):
+        outcome = await call(runtime, name)
+        assert outcome.result is not None
+        data = outcome.result["data"]
+        assert "MINAPP_TEST_SECRET" not in data["env"]
+        assert "s3cr3t-value" not in json.dumps(data)
+        assert Path(data["cwd"]) == real(folder)
+    folder_fn = await call(runtime, "pkg")
+    assert folder_fn.result is not None
+    assert Path(folder_fn.result["data"]) == real(folder / "pkg")
+
+
+async def test_python_function_imports_its_neighbours(folder: Path, runtime: Runtime) -> None:
+    """A Python function can import a helper module from its own folder."""
+    write(folder, "helpers.py", "GREETING = 'hi'\n")
+    write(folder, "greet.py", "import helpers\n\ndef main(event):\n    return helpers.GREETING\n")
+    outcome = await call(runtime, "greet")
+    assert outcome.result == {"code": 0, "data": "hi", "error": {}}
+
+
+async def test_idle_workers_are_reaped(folder: Path) -> None:
+    """A worker idle for longer than idle_timeout is killed and reaped."""
+    write(folder, "pid.py", "import os\n\ndef main(event):\n    return os.getpid()\n")
+    runtime = Runtime(folder, idle_timeout=0.2)
+    try:
+        outcome = await call(runtime, "pid")
+        assert outcome.result is not None
+        pid = outcome.result["data"]
+        await wait_until_gone(pid)
+        assert (await call(runtime, "pid")).status == "fulfilled"
+    finally:
+        await runtime.aclose()
+
+
+# -- lookup ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "a/b",
+        "..",
+        "../functions/ok",
+        "ok/../ok",
+        "o\x00k",
+        "名字",
+        "ok\n",
+        " ok",
+        "ok.js",
+        "-ok",
+        "a" * 65,
+    ],
+)
+def test_find_rejects_bad_names(folder: Path, name: str) -> None:
+    """Names with /, .., NUL, unicode, spaces, dots, a leading '-' or over 64 chars find nothing."""
+    write(folder, "ok.js", "exports.main = async () => 1\n")
+    runtime = Runtime(folder)
+    assert runtime.find("ok") == (folder / "ok.js").resolve()
+    assert runtime.find(name) is None
+
+
+def test_find_lookup_order_and_names(folder: Path) -> None:
+    """DIR/name.js, then DIR/name/index.js, then DIR/name.py; names() lists what exists."""
+    write(folder, "both.js", "")
+    write(folder, "both.py", "")
+    write(folder, "pkg/index.js", "")
+    write(folder, "only_py.py", "")
+    write(folder, f"{'x' * 64}.py", "")
+    write(folder, "bad name.js", "")
+    write(folder, "notafunction/readme.txt", "")
+    runtime = Runtime(folder)
+    assert runtime.find("both") == (folder / "both.js").resolve()
+    assert runtime.find("pkg") == (folder / "pkg" / "index.js").resolve()
+    assert runtime.find("only_py") == (folder / "only_py.py").resolve()
+    assert runtime.find("x" * 64) is not None
+    assert runtime.find("missing") is None
+    assert runtime.names() == ["both", "only_py", "pkg", "x" * 64]
+
+
+def test_find_never_leaves_the_folder(folder: Path, tmp_path: Path) -> None:
+    """A symlink pointing outside the functions folder is not a function."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write(outside, "secret.js", "exports.main = async () => 'escaped'\n")
+    write(outside, "index.js", "exports.main = async () => 'escaped'\n")
+    (folder / "link.js").symlink_to(outside / "secret.js")
+    (folder / "dirlink").symlink_to(outside, target_is_directory=True)
+    write(folder, "real.js", "")
+    (folder / "inside.js").symlink_to(folder / "real.js")
+    runtime = Runtime(folder)
+    assert runtime.find("link") is None
+    assert runtime.find("dirlink") is None
+    assert runtime.find("inside") == (folder / "real.js").resolve()
+    assert "link" not in runtime.names()
+
+
+async def test_unknown_function_raises_lookup_error(runtime: Runtime) -> None:
+    """run() on a missing function raises LookupError naming it."""
+    with pytest.raises(LookupError, match="cloud function 'nope' not found"):
+        await call(runtime, "nope")
+
+
+async def test_node_missing_gives_a_clear_message(folder: Path) -> None:
+    """Without node, .js functions fail with a message saying so; Python functions still run."""
+    write(folder, "js.js", "exports.main = async () => 1\n")
+    write(folder, "py.py", "def main(event):\n    return 'py'\n")
+    runtime = Runtime(folder, node="/nonexistent/node")
+    try:
+        outcome = await call(runtime, "js")
+        assert outcome.status == "execution_failed"
+        assert outcome.result is None
+        assert outcome.error_msg is not None
+        assert outcome.error_msg.startswith("node was not found at '/nonexistent/node'")
+        assert "install Node.js" in outcome.error_msg
+        assert (await call(runtime, "py")).result == {"code": 0, "data": "py", "error": {}}
+    finally:
+        await runtime.aclose()
+    no_node = Runtime(folder, node=None)
+    try:
+        outcome = await call(no_node, "js")
+        assert outcome.error_msg == (
+            "node was not found on PATH: install Node.js to run .js cloud functions"
+        )
+    finally:
+        await no_node.aclose()
+
+
+# -- shutdown --------------------------------------------------------------------------------
+
+
+@needs_node
+async def test_aclose_leaves_no_processes(folder: Path) -> None:
+    """aclose() kills and reaps idle and busy workers, and the children they spawned."""
+    write(
+        folder,
+        "spawner.js",
+        """
+        const { spawn } = require('child_process')
+        exports.main = function (event, callback) {
+          const child = spawn('sleep', ['60'], { stdio: 'ignore' })
+          if (event.data !== null) { require('fs').writeFileSync(event.data, 'running'); return }
+          callback(null, { worker: process.pid, child: child.pid })
+        }
+        """,
+    )
+    write(folder, "pid.py", "import os\n\ndef main(event):\n    return os.getpid()\n")
+    runtime = Runtime(folder)
+    node = await call(runtime, "spawner")
+    py = await call(runtime, "pid")
+    assert node.result is not None and py.result is not None
+    pids = [node.result["data"]["worker"], node.result["data"]["child"], py.result["data"]]
+    assert all(running(pid) for pid in pids)
+    hung: list[RunOutcome] = []
+    marker = folder / "running.txt"
+
+    async def hang() -> None:
+        hung.append(await call(runtime, "spawner", str(marker), limit=60))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hang)
+        await wait_for(marker.exists, "the never-answering job to start")
+        await runtime.aclose()
+    await runtime.aclose()  # idempotent
+    assert hung[0].status == "execution_failed"
+    assert hung[0].error_msg == "cloud function 'spawner' was stopped because the engine shut down"
+    for pid in pids:
+        await wait_until_gone(pid)
+    with pytest.raises(RuntimeError, match="closed"):
+        await call(runtime, "pid")
+
+
+@needs_node
+async def test_cancelling_a_job_kills_its_worker(folder: Path, runtime: Runtime) -> None:
+    """Cancelling run() mid-job kills and reaps that job's worker at once."""
+    write(
+        folder,
+        "hang.js",
+        """
+        const fs = require('fs')
+        exports.main = function (event, callback) {
+          fs.writeFileSync(event.data, String(process.pid))
+          while (true) {}
+        }
+        """,
+    )
+    marker = folder / "pid.txt"
+    with anyio.move_on_after(30) as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, runtime, "hang", str(marker), 60.0)
+            await wait_for(lambda: marker.exists() and marker.read_text() != "", "the job")
+            tg.cancel_scope.cancel()
+    assert not scope.cancelled_caught
+    pid = int(marker.read_text())
+    assert not running(pid)  # reaped before run() finished cancelling
+    assert (await call(runtime, "hang", str(folder / "second.txt"), 0.3)).status == (
+        "deadline_exceeded"
+    )
