@@ -112,7 +112,9 @@ async def _call(
             raise  # a redirect raised by aiohttp itself: let it through
         return _http_exception_reply(request, exc)
     except ConnectionResetError:
-        raise  # the client left: aiohttp logs it at debug level and moves on
+        # The client left mid-request (e.g. its timeout fired): nobody will read a reply.
+        logger.debug("client went away during %s %s", request.method, request.path)
+        return error_response(400, "the client closed the connection")
     except Exception:
         logger.exception(
             "unexpected error on %s %s (request id %s)",
