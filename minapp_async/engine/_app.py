@@ -430,7 +430,16 @@ async def _invoke(
         # User-code failures come back as 200 with code 1: the SDK resolves with them.
         return web.json_response(job.result)
     # Platform failures (scheduling, timeout, a dead worker) are 400s (PROTOCOL.md §7.3).
-    return error_response(400, job.error_msg or f"cloud function {name!r} failed")
+    # job_status is our addition: it tells a client whether the function ever started
+    # (schedule_failed: it did not, so a retry cannot run it twice).
+    return web.json_response(
+        {
+            "status": "error",
+            "error_msg": job.error_msg or f"cloud function {name!r} failed",
+            "job_status": job.status,
+        },
+        status=400,
+    )
 
 
 async def _hserve_job(request: web.Request) -> web.Response:
