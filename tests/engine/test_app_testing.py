@@ -1,0 +1,124 @@
+"""The public test helper: running_engine() and the minapp_engine pytest fixture."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import aiohttp
+import pytest
+from engine_api import Api
+
+from minapp_async.testing import HELLO_WORLD_JS, running_engine
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_running_engine_writes_a_mapping_of_functions() -> None:
+    """A {filename: source} mapping becomes the functions folder, subfolders included."""
+    functions = {
+        "helloWorld.js": HELLO_WORLD_JS,
+        "nested/index.js": "exports.main = async (event) => 'nested ' + event.data.x\n",
+        "twice.py": "def main(event):\n    return event['data'] * 2\n",
+    }
+    async with running_engine(functions) as engine, aiohttp.ClientSession() as http:
+        assert engine.url.startswith("http://127.0.0.1:")
+        assert not engine.url.endswith("/")
+        api = Api(engine, http)
+        token = await api.login()
+        assert (await api.invoke(token, "nested", {"x": 1})).body["data"] == "nested 1"
+        assert (await api.invoke(token, "twice", 21)).body["data"] == 42
+        folder = engine.config.functions_dir
+    assert not folder.exists()  # the temporary folder is removed on exit
+
+
+async def test_running_engine_serves_an_existing_folder(tmp_path: Path) -> None:
+    """A folder is served as is (and kept)."""
+    (tmp_path / "helloWorld.js").write_text(HELLO_WORLD_JS)
+    async with running_engine(tmp_path, sync_time_limit=1.0) as engine:
+        assert engine.config.functions_dir == tmp_path
+        assert engine.config.sync_time_limit == 1.0
+        async with aiohttp.ClientSession() as http:
+            api = Api(engine, http)
+            reply = await api.invoke(await api.login(), "helloWorld", {"name": "dir"})
+            assert reply.body["data"] == "hello dir"
+    assert (tmp_path / "helloWorld.js").exists()
+
+
+async def test_running_engine_without_functions_is_empty() -> None:
+    """No functions: every invoke is a 404."""
+    async with running_engine() as engine, aiohttp.ClientSession() as http:
+        api = Api(engine, http)
+        reply = await api.invoke(await api.login(), "helloWorld", {})
+        assert reply.status == 404
+
+
+@pytest.mark.parametrize("filename", ["../escape.js", "/abs.js", ""])
+async def test_running_engine_refuses_paths_outside_the_folder(filename: str) -> None:
+    """File names must stay inside the temporary folder."""
+    with pytest.raises(ValueError, match="relative"):
+        async with running_engine({filename: "x"}):
+            pass
+
+
+def test_minapp_engine_fixture_in_a_users_project(tmp_path: Path) -> None:
+    """A project using pytest_plugins = ["minapp_async.testing"] gets a working engine."""
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\naddopts = -p anyio -p no:cacheprovider\nfilterwarnings = error\n"
+    )
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["minapp_async.testing"]\n')
+    (tmp_path / "test_user.py").write_text(
+        textwrap.dedent(
+            """
+            import aiohttp
+            import pytest
+
+            pytestmark = pytest.mark.anyio
+
+
+            async def test_hello(minapp_engine):
+                minapp_engine.create_user(username="u", password="p")
+                headers = {"X-Hydrogen-Client-ID": minapp_engine.client_id}
+                async with aiohttp.ClientSession(minapp_engine.url) as http:
+                    async with http.post(
+                        "/hserve/v2.1/login/username/",
+                        json={"username": "u", "password": "p"},
+                        headers=headers,
+                    ) as r:
+                        token = (await r.json())["token"]
+                    headers["Authorization"] = "Hydrogen-r1 " + token
+                    async with http.post(
+                        "/hserve/v1/cloud-function/job/",
+                        json={"function_name": "helloWorld", "data": {"name": "user"}},
+                        headers=headers,
+                    ) as r:
+                        assert await r.json() == {"code": 0, "data": "hello user", "error": {}}
+
+
+            class TestOverride:
+                @pytest.fixture
+                def minapp_engine_functions(self):
+                    return {"shout.py": "def main(event):\\n    return 'HI'\\n"}
+
+                @pytest.fixture
+                def minapp_engine_config(self):
+                    return {"allow_anonymous": True}
+
+                async def test_overrides(self, minapp_engine):
+                    assert minapp_engine.config.allow_anonymous
+                    assert (minapp_engine.config.functions_dir / "shout.py").exists()
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
