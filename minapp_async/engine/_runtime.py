@@ -103,6 +103,7 @@ class Runtime:
         self._finalizer = weakref.finalize(self, _kill_groups, self._pgids)
         self._housekeeper: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        self._watching_busy = False  # the watchdog polls often, no need to wake it
         self._closed = False
 
     def __repr__(self) -> str:
@@ -181,7 +182,7 @@ class Runtime:
         started = time.perf_counter()
         try:
             worker.begin(job, request)
-            self._wake_housekeeper()
+            self._watch_busy()
             with anyio.move_on_after(time_limit):
                 await asyncio.shield(job.finished)
             elapsed_ms = (time.perf_counter() - started) * 1000
@@ -333,7 +334,8 @@ class Runtime:
             return
         worker.idle_since = time.monotonic()
         idle.append(worker)
-        self._wake_housekeeper()
+        if self._housekeeper is None or self._housekeeper.done():
+            self._start_housekeeper()  # to expire it after idle_timeout
 
     async def _discard(self, worker: WorkerProcess) -> None:
         """Kill and reap a worker (call shielded)."""
@@ -345,26 +347,24 @@ class Runtime:
 
     # -- the watchdog: memory limit and idle expiry ----------------------------------------
 
-    def _wake_housekeeper(self) -> None:
+    def _start_housekeeper(self) -> None:
+        self._wake = asyncio.Event()
+        self._watching_busy = False
+        self._housekeeper = asyncio.get_running_loop().create_task(
+            self._housekeep(), name="minapp_async runtime watchdog"
+        )
+
+    def _watch_busy(self) -> None:
+        """A job started: make sure the watchdog checks memory every _WATCH_INTERVAL."""
         if self._housekeeper is None or self._housekeeper.done():
-            self._wake = asyncio.Event()
-            self._housekeeper = asyncio.get_running_loop().create_task(
-                self._housekeep(), name="minapp_async runtime watchdog"
-            )
-        elif self._wake is not None:
-            self._wake.set()
+            self._start_housekeeper()
+        elif not self._watching_busy and self._wake is not None:
+            self._wake.set()  # it is in a long idle-expiry sleep
 
     async def _housekeep(self) -> None:
         assert self._wake is not None
         limit = self._memory_limit_mb * 1024 * 1024
         while not self._closed:
-            busy = [w for w in self._workers if w.job is not None and w.alive]
-            for worker in busy:
-                rss = worker.rss()
-                if worker.job is not None:
-                    worker.job.peak_rss = max(worker.job.peak_rss, rss)
-                if rss > limit:
-                    worker.kill("memory")  # the job's run() sees the death and reports it
             now = time.monotonic()
             expired: list[WorkerProcess] = []
             for workers in self._idle.values():
@@ -375,13 +375,22 @@ class Runtime:
             for worker in expired:
                 with anyio.CancelScope(shield=True):
                     await self._discard(worker)
+            # No await from here to the wait below, so no job can start unseen in between.
+            busy = [w for w in self._workers if w.job is not None and w.alive]
+            for worker in busy:
+                rss = worker.rss()
+                if worker.job is not None:
+                    worker.job.peak_rss = max(worker.job.peak_rss, rss)
+                if rss > limit:
+                    worker.kill("memory")  # the job's run() sees the death and reports it
             idle_since = [w.idle_since for ws in self._idle.values() for w in ws]
             if busy:
-                timeout: float | None = _WATCH_INTERVAL
+                timeout = _WATCH_INTERVAL
             elif idle_since:
                 timeout = max(min(idle_since) + self._idle_timeout - now, _WATCH_INTERVAL)
             else:
                 return  # nothing to watch; the next job starts a new watchdog
+            self._watching_busy = bool(busy)
             self._wake.clear()
             with anyio.move_on_after(timeout):
                 await self._wake.wait()

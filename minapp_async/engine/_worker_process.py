@@ -132,12 +132,59 @@ class _Sink(asyncio.Protocol):
     """Protocol for the stdin write pipe: nothing to read."""
 
 
-def _read_proc(path: str) -> str:
-    try:
-        with open(path, encoding="ascii", errors="replace") as file:
-            return file.read()
-    except OSError:  # the process is gone, or no /proc here: memory figures are best effort
-        return ""
+class _ProcStats:
+    """A process's memory figures from /proc (Linux), best effort: 0 when unknown.
+
+    The files stay open, so each figure costs one pread()/write(): they are read on every job.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self._statm = self._open(f"/proc/{pid}/statm", os.O_RDONLY)
+        self._status = self._open(f"/proc/{pid}/status", os.O_RDONLY)
+        self._clear_refs = self._open(f"/proc/{pid}/clear_refs", os.O_WRONLY)
+
+    @staticmethod
+    def _open(path: str, flags: int) -> int | None:
+        try:
+            return os.open(path, flags | os.O_CLOEXEC)
+        except OSError:  # no /proc here, or not allowed
+            return None
+
+    def rss(self) -> int:
+        """Resident set size in bytes."""
+        if self._statm is None:
+            return 0
+        try:
+            fields = os.pread(self._statm, 256, 0).split()
+        except OSError:  # the process is gone
+            return 0
+        return int(fields[1]) * _PAGE_SIZE if len(fields) > 1 else 0
+
+    def peak(self) -> int:
+        """Peak RSS (VmHWM) in bytes since the last reset_peak()."""
+        if self._status is None:
+            return 0
+        try:
+            status = os.pread(self._status, 8192, 0)
+        except OSError:
+            return 0
+        start = status.find(b"VmHWM:")
+        end = status.find(b"kB", start)
+        if start < 0 or end < 0:
+            return 0
+        return int(status[start + 6 : end]) * 1024
+
+    def reset_peak(self) -> None:
+        # "5" resets VmHWM to the current RSS (Linux >= 4.0).
+        if self._clear_refs is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._clear_refs, b"5")
+
+    def close(self) -> None:
+        for fd in (self._statm, self._status, self._clear_refs):
+            if fd is not None:
+                os.close(fd)
+        self._statm = self._status = self._clear_refs = None
 
 
 class WorkerProcess:
@@ -149,6 +196,7 @@ class WorkerProcess:
         self.key = key  # identifies the file's version; the pool compares it
         self.name = name
         self.pid = popen.pid
+        self._stats = _ProcStats(popen.pid)
         self.job: Job | None = None
         self.recycle = False  # replace after the current job (the worker said its state is bad)
         self.kill_reason: str | None = None  # "timeout" | "memory" | "shutdown" | "protocol"
@@ -279,6 +327,7 @@ class WorkerProcess:
     async def _close(self) -> None:
         self.kill(self.kill_reason or "closed")
         await self._reap()
+        self._stats.close()
         # Children the function spawned share the group; the group id cannot be reused while
         # any of them lives, so this kill cannot hit a stranger.
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -345,20 +394,11 @@ class WorkerProcess:
 
     def rss(self) -> int:
         """Resident set size in bytes, or 0 when unknown."""
-        fields = _read_proc(f"/proc/{self.pid}/statm").split()
-        return int(fields[1]) * _PAGE_SIZE if len(fields) > 1 else 0
+        return self._stats.rss()
 
     def peak_rss(self) -> int:
-        """Peak RSS (VmHWM) in bytes since the last reset_peak(), or 0 when unknown."""
-        for line in _read_proc(f"/proc/{self.pid}/status").splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return 0
-
-    def reset_peak(self) -> None:
-        # "5" resets VmHWM to the current RSS (Linux >= 4.0); best effort elsewhere.
-        with contextlib.suppress(OSError), open(f"/proc/{self.pid}/clear_refs", "w") as file:
-            file.write("5")
+        """Peak RSS in bytes since the current job began, or 0 when unknown."""
+        return self._stats.peak()
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -366,7 +406,7 @@ class WorkerProcess:
         """Hand the worker a job (one JSON line, already encoded)."""
         assert self.job is None and self._stdin is not None
         self.job = job
-        self.reset_peak()
+        self._stats.reset_peak()
         self._stdin.write(request)
         if self._exited:  # died while idle, after the caller checked
             job.settle(None)
