@@ -152,14 +152,20 @@ class Accounts:
         phone: str | None = None,
     ) -> User:
         """Register a user; raises AccountError(400) naming the bad or duplicate field."""
-        given = {k: v for k, v in (("username", username), ("email", email), ("phone", phone)) if v}
+        candidates: tuple[tuple[LoginKind, str | None], ...] = (
+            ("username", username),
+            ("email", email),
+            ("phone", phone),
+        )
+        given = [(kind, value) for kind, value in candidates if value]
         if not given:
             raise AccountError(400, "one of username, email or phone is required")
         if not isinstance(password, str) or not password:
             raise AccountError(400, "password must be a non-empty string")
         keys: list[tuple[LoginKind, str]] = []
-        for kind, value in given.items():
-            key = _login_key(kind, value)  # type: ignore[arg-type]
+        for kind, value in given:
+            assert value is not None
+            key = _login_key(kind, value)
             if key in self._by_login:
                 raise AccountError(400, f"{kind} {value!r} is already registered")
             keys.append(key)

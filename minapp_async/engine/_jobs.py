@@ -31,6 +31,12 @@ FINISHED: Final[frozenset[str]] = frozenset(
 )
 #: The runtime enforces time limits itself; this backstop only catches a runtime that hangs.
 RUNTIME_GRACE: Final = 5.0
+#: The runtime's outcome statuses, as job statuses (anything else counts as a failure).
+_RUN_STATUSES: Final[dict[str, JobStatus]] = {
+    "fulfilled": "fulfilled",
+    "execution_failed": "execution_failed",
+    "deadline_exceeded": "deadline_exceeded",
+}
 #: Finished jobs kept for the job list and Engine.jobs(); the oldest are forgotten first.
 MAX_JOB_RECORDS: Final = 10_000
 
@@ -366,11 +372,7 @@ class JobBoard:
         finally:
             stats = self._stats[name]
             self._stats[name] = attrs.evolve(stats, in_flight=stats.in_flight - 1)
-        status: JobStatus = (
-            outcome.status  # type: ignore[assignment]
-            if outcome.status in ("fulfilled", "execution_failed", "deadline_exceeded")
-            else "execution_failed"
-        )
+        status = _RUN_STATUSES.get(outcome.status, "execution_failed")
         error_msg = outcome.error_msg
         if status == "deadline_exceeded" and not error_msg:
             error_msg = f"cloud function {name!r} timed out after {limit * 1000:.0f} ms"

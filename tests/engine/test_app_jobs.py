@@ -48,6 +48,7 @@ async def test_sync_job_fails_to_schedule_when_all_slots_are_busy(tmp_path: Path
         assert time.monotonic() - started < 5
         assert refused.status == 400
         assert "could not be scheduled" in refused.error_msg
+        assert refused.body["job_status"] == "schedule_failed"
         (job,) = engine.jobs("echo")
         assert job.status == "schedule_failed"
         assert job.started_at is None
@@ -135,6 +136,7 @@ async def test_sync_time_limit_kills_the_job_while_others_succeed() -> None:
         assert results["hello"].body == {"code": 0, "data": "hello meanwhile", "error": {}}
         assert results["slow"].status == 400
         assert results["slow"].error_msg == "cloud function 'sleepy' timed out after 500 ms"
+        assert results["slow"].body["job_status"] == "deadline_exceeded"
         (job,) = engine.jobs("sleepy")
         assert job.status == "deadline_exceeded"
         assert job.result is None
@@ -169,6 +171,7 @@ async def test_worker_crash_is_400_and_the_engine_keeps_serving(api: Api) -> Non
     (job,) = api.engine.jobs("crash")
     assert job.status == "execution_failed"
     assert job.error_msg == reply.error_msg
+    assert reply.body["job_status"] == "execution_failed"
     assert (await api.invoke(token, "helloWorld", {"name": "after"})).body["data"] == "hello after"
 
 
@@ -253,6 +256,27 @@ async def test_shutdown_cancels_running_and_queued_jobs(tmp_path: Path) -> None:
     await engine.aclose()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         await engine.start()
+
+
+async def test_shutdown_answers_a_sync_call_in_flight(tmp_path: Path) -> None:
+    """A sync caller waiting on a running job gets a 400 saying the engine shut down."""
+    release = tmp_path / "never-created"
+    replies: list[Reply] = []
+    async with aiohttp.ClientSession() as http, running_engine(FUNCTIONS) as engine:
+        api = Api(engine, http)
+        token = await api.login()
+        async with anyio.create_task_group() as tg:
+
+            async def call() -> None:
+                replies.append(await api.invoke(token, "gate", {"release": str(release)}))
+
+            tg.start_soon(call)
+            await until(lambda: in_flight(engine, "gate") == 1)
+            await engine.aclose()
+    (reply,) = replies
+    assert reply.status == 400
+    assert "shut down" in reply.error_msg
+    assert engine.jobs("gate")[0].status == "execution_failed"
 
 
 async def test_engine_lifecycle_errors(tmp_path: Path) -> None:
