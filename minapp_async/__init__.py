@@ -23,6 +23,7 @@ from ._errors import ResponseFormatError as ResponseFormatError
 from ._errors import ServerError as ServerError
 from ._errors import SessionClosedError as SessionClosedError
 from ._errors import SessionMissingError as SessionMissingError
+from ._hooks import CallInfo as CallInfo
 from ._invoke import InvokeResult as InvokeResult
 from ._options import Limits as Limits
 from ._options import Timeouts as Timeouts
@@ -39,6 +40,7 @@ __all__ = [
     "Auth",
     "AuthenticationError",
     "BadRequestError",
+    "CallInfo",
     "CurrentUser",
     "ErrorDetails",
     "FileTokenStore",

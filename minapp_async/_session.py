@@ -33,6 +33,7 @@ from ._errors import (
     SessionClosedError,
     snippet,
 )
+from ._hooks import CallInfo, Hook, invocation_span, run_hook
 from ._invoke import (
     CLIENT_JOB_PATH,
     InvokeResult,
@@ -88,6 +89,9 @@ class _Options:
     headers: Mapping[str, str]
     platform: str
     retry: Retry
+    on_request: Hook | None = None
+    on_response: Hook | None = None
+    tracing: bool = False
 
     def base_headers(self, client_id: str, server: bool) -> dict[str, str]:
         if server:
@@ -138,6 +142,9 @@ class Session:
         platform: ``X-Hydrogen-Client-Platform`` (default ``WEB``).
         retry: which failures are retried (``Retry``); by default only those that show the
             function did not run, 3 tries at most.
+        on_request, on_response: hooks called with a ``CallInfo`` before each try of an
+            invocation is sent and after it ends (for metrics); a failing hook is logged.
+        tracing: an OpenTelemetry span per invocation (needs the ``otel`` extra).
     """
 
     client_id: str
@@ -164,6 +171,9 @@ class Session:
         headers: Mapping[str, str] | None = None,
         platform: str = DEFAULT_PLATFORM,
         retry: Retry = DEFAULT_RETRY,
+        on_request: Hook | None = None,
+        on_response: Hook | None = None,
+        tracing: bool = False,
     ) -> None:
         _check_str("client_id", client_id, optional=False)
         for name, value in (
@@ -191,6 +201,9 @@ class Session:
             headers=_headers(headers),
             platform=platform,
             retry=_retry(retry),
+            on_request=_hook("on_request", on_request),
+            on_response=_hook("on_response", on_response),
+            tracing=bool(tracing),
         )
         transport = Transport(limits, options.timeouts)
         self.__attrs_init__(client_id, options, transport, None, True)  # type: ignore[arg-type]
@@ -273,6 +286,9 @@ class Session:
         headers: Mapping[str, str] | None | NotGiven = NOT_GIVEN,
         platform: str | NotGiven = NOT_GIVEN,
         retry: Retry | NotGiven = NOT_GIVEN,
+        on_request: Hook | None | NotGiven = NOT_GIVEN,
+        on_response: Hook | None | NotGiven = NOT_GIVEN,
+        tracing: bool | NotGiven = NOT_GIVEN,
     ) -> Session:
         """A view with other defaults that shares this Session's pool and credentials.
 
@@ -292,6 +308,12 @@ class Session:
             changes["platform"] = platform
         if retry is not NOT_GIVEN:
             changes["retry"] = _retry(retry)
+        if on_request is not NOT_GIVEN:
+            changes["on_request"] = _hook("on_request", on_request)
+        if on_response is not NOT_GIVEN:
+            changes["on_response"] = _hook("on_response", on_response)
+        if tracing is not NOT_GIVEN:
+            changes["tracing"] = bool(tracing)
         return self._view(attrs.evolve(self._options, **changes), self._auth)
 
     def as_user(self, token: str) -> Session:
@@ -441,7 +463,7 @@ class Session:
             path, body = CLIENT_JOB_PATH, client_api_body(name, params, sync)
         deadline = self._options.timeouts.for_mode(sync) if timeout is NOT_GIVEN else timeout
         self._check_open()
-        return Promise(self._invoke(path, body, sync, deadline))
+        return Promise(self._invoke(name, path, body, sync, deadline))
 
     def invoke_function(
         self,
@@ -458,19 +480,26 @@ class Session:
         return self.invoke(function_name, params, sync, timeout=timeout)
 
     async def _invoke(
-        self, path: str, body: bytes, sync: bool, deadline: float | None
+        self, name: str, path: str, body: bytes, sync: bool, deadline: float | None
     ) -> InvokeResult:
         attempt = Attempt()
-        retry = self._options.retry
-        with _deadline(deadline, attempt, path):
+        options = self._options
+        retry = options.retry
+        info = CallInfo(name, sync)
+        with invocation_span(info, options.tracing), _deadline(deadline, attempt, path):
             while True:
+                info.attempt, info.status, info.code, info.error = attempt.number, None, None, None
+                run_hook(options.on_request, info)
                 try:
                     raw = await self._send("POST", path, body, attempt)
+                    info.status, info.request_id = raw.status, raw.request_id
                     check_status(raw, "POST", "/" + path)
-                    return parse_result(raw, sync=sync, method="POST", path="/" + path)
+                    result = parse_result(raw, sync=sync, method="POST", path="/" + path)
                 except HError as err:
                     err.attempts = attempt.number
                     err.may_have_executed = err.may_have_executed or attempt.sent_before
+                    info.error = err
+                    run_hook(options.on_response, info)
                     if attempt.number >= retry.attempts or not retry.should_retry(err, sync=sync):
                         raise
                     wait = retry.delay(attempt.number, getattr(err, "retry_after", None))
@@ -488,6 +517,10 @@ class Session:
                     )
                     attempt.next(executed=err.may_have_executed)
                     await anyio.sleep(wait)
+                else:
+                    info.code = result.code
+                    run_hook(options.on_response, info)
+                    return result
 
 
 @contextmanager
@@ -527,6 +560,12 @@ def _timeouts(value: Timeouts | float | None) -> Timeouts:
     if value is not None:
         _check_timeout(value)
     return Timeouts(sync=value, ack=value)
+
+
+def _hook(name: str, value: object) -> Hook | None:
+    if value is not None and not callable(value):
+        raise InvalidArgumentError(f"{name} must be callable or None")
+    return value
 
 
 def _retry(value: object) -> Retry:
