@@ -44,8 +44,14 @@ def user_token() -> str:
     return "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(32))
 
 
+def _utf8(text: str) -> bytes:
+    # JSON bodies may hold lone surrogates ("\ud800") and headers undecodable bytes; both
+    # must compare unequal, not crash the request.
+    return text.encode("utf-8", "surrogatepass")
+
+
 def _hash_password(password: str, salt: bytes) -> bytes:
-    return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, _PBKDF2_ROUNDS)
+    return hashlib.pbkdf2_hmac("sha256", _utf8(password), salt, _PBKDF2_ROUNDS)
 
 
 @attrs.define
@@ -239,12 +245,12 @@ class Accounts:
         if not isinstance(client_id, str) or not isinstance(client_secret, str):
             return False
         # Compare both, always, so the timing does not say which one was wrong.
-        id_ok = hmac.compare_digest(client_id.encode(), self._client_id.encode())
-        secret_ok = hmac.compare_digest(client_secret.encode(), self._client_secret.encode())
+        id_ok = hmac.compare_digest(_utf8(client_id), _utf8(self._client_id))
+        secret_ok = hmac.compare_digest(_utf8(client_secret), _utf8(self._client_secret))
         return id_ok and secret_ok
 
     def is_client_id(self, client_id: str) -> bool:
-        return hmac.compare_digest(client_id.encode(), self._client_id.encode())
+        return hmac.compare_digest(_utf8(client_id), _utf8(self._client_id))
 
     def begin_authorization(self) -> str:
         """Step 1 of the authorize redirects: a state the client must send back as a cookie."""

@@ -323,7 +323,8 @@ async def _user_info(request: web.Request) -> web.Response:
     _check_client_id(request)
     _current_user(request)
     raw = request.match_info["user_id"]
-    user = request.app[STATE].accounts.user(int(raw)) if raw.isdigit() else None
+    user_id = _uint(raw)
+    user = request.app[STATE].accounts.user(user_id) if user_id is not None else None
     if user is None:
         raise ApiError(404, f"user {safe_name(raw)} not found")
     return web.json_response(user.public())
@@ -538,13 +539,22 @@ def _failure_type(job: Job) -> str:
     return "DeadlineExceeded" if job.status == "deadline_exceeded" else "ExecutionFailed"
 
 
+def _uint(raw: str) -> int | None:
+    """*raw* as a non-negative int, or None. ASCII digits only ("²".isdigit() is true, and
+    int() refuses it) and a bounded length (int() refuses over 4300 digits)."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 30:
+        return None
+    return int(raw)
+
+
 def _int_param(request: web.Request, key: str, default: int, *, low: int, high: int) -> int:
     raw = request.query.get(key)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    value = _uint(raw)
+    if value is None or not low <= value <= high:
         raise ApiError(400, f"{key} must be an integer between {low} and {high}")
-    return int(raw)
+    return value
 
 
 def _float_param(request: web.Request, key: str) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import anyio
 import pytest
 from engine_api import JOB, Api
 
@@ -149,3 +150,65 @@ async def test_job_list_query_garbage_is_400(api: Api) -> None:
         reply = await api.oserve("GET", base + query, token)
         assert reply.status == 400, query
         assert param in reply.error_msg
+
+
+@pytest.mark.parametrize("user_id", ["²", "9" * 5000, "-1", "1e3"])
+async def test_odd_user_ids_are_404(api: Api, user_id: str) -> None:
+    """Unicode digits, huge numbers and signs in a user id are 404s, not crashes."""
+    token = await api.login()
+    reply = await api.request(
+        "GET", f"/hserve/v2.5/user/info/{user_id}/", headers=api.hserve_headers(token)
+    )
+    assert reply.status == 404
+    assert "not found" in reply.error_msg
+
+
+@pytest.mark.parametrize("offset", ["²", "9" * 5000])
+async def test_odd_pagination_numbers_are_400(api: Api, offset: str) -> None:
+    """Unicode digits and huge numbers in the job list's query are 400s."""
+    token = await api.access_token()
+    reply = await api.oserve("GET", f"/oserve/v1.3/cloud-function/echo/job/?offset={offset}", token)
+    assert reply.status == 400
+    assert "offset" in reply.error_msg
+
+
+async def test_lone_surrogates_in_credentials_are_refused_cleanly(api: Api) -> None:
+    """Credentials holding lone surrogates compare unequal instead of crashing."""
+    api.engine.create_user(username="allen", password="pw")
+    login = await api.request(
+        "POST",
+        "/hserve/v2.1/login/username/",
+        json_body={"username": "allen", "password": "\ud800"},
+        headers=api.hserve_headers(),
+    )
+    assert login.status == 401
+    authorize = await api.request(
+        "POST",
+        "/api/oauth2/hydrogen/openapi/authorize/",
+        json_body={"client_id": "\ud800", "client_secret": "\udfff"},
+    )
+    assert authorize.status == 401
+
+
+async def test_undecodable_header_bytes_are_refused_cleanly(api: Api) -> None:
+    """A client id header with invalid UTF-8 bytes is a 401, sent over a raw socket."""
+    host, port = api.engine.url.removeprefix("http://").split(":")
+    request = (
+        b"POST /hserve/v2.0/login/anonymous/ HTTP/1.1\r\n"
+        b"Host: " + host.encode() + b"\r\n"
+        b"X-Hydrogen-Client-ID: \xff\xfe\r\n"
+        b"Content-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )
+    async with await anyio.connect_tcp(host, int(port)) as stream:
+        await stream.send(request)
+        response = b""
+        with anyio.fail_after(10):
+            try:
+                while True:
+                    response += await stream.receive()
+            except anyio.EndOfStream:
+                pass
+    assert response.startswith(b"HTTP/1.1 401 ")
+    assert b"error_msg" in response
+    token = await api.login()
+    await assert_still_serving(api, token)
