@@ -29,6 +29,7 @@ from ._options import Limits as Limits
 from ._options import Timeouts as Timeouts
 from ._promise import Promise as Promise
 from ._retry import Retry as Retry
+from ._session import InsecureURLWarning as InsecureURLWarning
 from ._session import Session as Session
 from ._tokens import FileTokenStore as FileTokenStore
 from ._tokens import MemoryTokenStore as MemoryTokenStore
@@ -48,6 +49,7 @@ __all__ = [
     "FunctionError",
     "HError",
     "HTTPError",
+    "InsecureURLWarning",
     "InvalidArgumentError",
     "InvokeResult",
     "Limits",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import sys
 import traceback
 import warnings
@@ -10,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 import anyio
 import attrs
@@ -193,6 +195,8 @@ class Session:
         if not isinstance(limits, Limits):
             raise InvalidArgumentError("limits must be a Limits")
         server = client_secret is not None
+        if base_url is not None:
+            _warn_if_insecure(base_url)
         options = _Options(
             base_url=base_url
             or (OPEN_API_HOST if server else CLIENT_API_HOST).format(client_id=client_id),
@@ -560,6 +564,28 @@ def _timeouts(value: Timeouts | float | None) -> Timeouts:
     if value is not None:
         _check_timeout(value)
     return Timeouts(sync=value, ack=value)
+
+
+class InsecureURLWarning(UserWarning):
+    """The base URL is plain ``http://`` to a host that is not this machine."""
+
+
+def _warn_if_insecure(base_url: str) -> None:
+    parts = urlsplit(base_url)
+    if parts.scheme != "http":
+        return
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        warnings.warn(
+            f"base_url {base_url!r} is plain http:// to another host: tokens and secrets would "
+            "cross the network unencrypted; use https://",
+            InsecureURLWarning,
+            stacklevel=3,
+        )
 
 
 def _hook(name: str, value: object) -> Hook | None:

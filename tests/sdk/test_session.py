@@ -125,3 +125,23 @@ async def test_sync_ack_shape_is_not_a_sync_result(
 
     with pytest.raises(minapp_async.ResponseFormatError):
         await session.invoke("f", sync=True)
+
+
+@pytest.mark.parametrize(
+    ("url", "warns"),
+    [
+        ("http://example.com", True),
+        ("http://10.0.0.5:8000", True),
+        ("http://127.0.0.1:8000", False),
+        ("http://localhost:8000", False),
+        ("http://[::1]:8000", False),
+        ("https://example.com", False),
+    ],
+)
+def test_plain_http_to_another_host_warns(url: str, warns: bool) -> None:
+    """Plain http:// to anything but this machine warns that tokens would travel in clear."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        minapp_async.Session(CLIENT_ID, base_url=url)
+
+    assert warns == any(issubclass(w.category, minapp_async.InsecureURLWarning) for w in caught)
