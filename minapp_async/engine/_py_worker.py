@@ -282,6 +282,7 @@ class _CallbackError(Exception):
 
 def _main() -> None:
     msg_fd, file, name, limit_mb = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+    os.set_inheritable(msg_fd, False)  # programs the function runs must not hold the protocol
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     # The engine's RSS watchdog enforces the limit; this backstop turns one huge allocation
     # into a MemoryError (reported as the limit) before it can take the machine's memory.

@@ -197,6 +197,12 @@ class WorkerProcess:
         self.name = name
         self.pid = popen.pid
         self._stats = _ProcStats(popen.pid)
+        try:  # readable once the process has exited (Linux >= 5.3)
+            self._pidfd: int | None = os.pidfd_open(popen.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
+        self._process_gone = asyncio.Event()
+        self._exit_fallback: asyncio.TimerHandle | None = None
         self.job: Job | None = None
         self.recycle = False  # replace after the current job (the worker said its state is bad)
         self.kill_reason: str | None = None  # "timeout" | "memory" | "shutdown" | "protocol"
@@ -296,9 +302,26 @@ class WorkerProcess:
                     pipe.close()
             if self._stdin is None:
                 self._popen.stdin.close()
+        if self._pidfd is not None:
+            loop.add_reader(self._pidfd, self._on_process_exit)
+
+    def _on_process_exit(self) -> None:
+        # The process itself exited. Its message pipe normally reports EOF at once, but a
+        # descendant that inherited the pipe (a fork) would hold it open: kill the group (the
+        # leader is an unreaped zombie, so its group id is still ours) and stop waiting soon.
+        assert self._pidfd is not None
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._pidfd)
+        self._process_gone.set()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        if not self._exited:
+            self._exit_fallback = loop.call_later(_PIPE_EOF_TIMEOUT, self._on_exit)
 
     def _on_exit(self) -> None:
         # The message pipe closed: the worker is gone (or going), no more replies will come.
+        if self._exited:
+            return
         self._exited = True
         self._ready.set()
         if self.job is not None:
@@ -328,6 +351,13 @@ class WorkerProcess:
         self.kill(self.kill_reason or "closed")
         await self._reap()
         self._stats.close()
+        if self._exit_fallback is not None:
+            self._exit_fallback.cancel()
+        if self._pidfd is not None:
+            if not self._process_gone.is_set():  # the reap timed out
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
         # Children the function spawned share the group; the group id cannot be reused while
         # any of them lives, so this kill cannot hit a stranger.
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -345,20 +375,9 @@ class WorkerProcess:
     async def _reap(self) -> None:
         if self._popen.poll() is not None:
             return
-        try:
-            pidfd = os.pidfd_open(self.pid)
-        except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): poll instead
-            pidfd = None
         with anyio.move_on_after(_REAP_TIMEOUT):
-            if pidfd is not None:
-                loop = asyncio.get_running_loop()
-                readable = asyncio.Event()
-                loop.add_reader(pidfd, readable.set)
-                try:
-                    await readable.wait()
-                finally:
-                    loop.remove_reader(pidfd)
-                    os.close(pidfd)
+            if self._pidfd is not None:
+                await self._process_gone.wait()
             # Without a pidfd there is nothing to wait on but the exit status itself.
             while self._popen.poll() is None:  # noqa: ASYNC110 - bounded by the deadline
                 await anyio.sleep(0.01)

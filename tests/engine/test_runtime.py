@@ -627,6 +627,36 @@ async def test_crashes_are_contained(folder: Path, runtime: Runtime) -> None:
         await pyruntime.aclose()
 
 
+async def test_crash_is_seen_even_when_a_forked_child_holds_the_pipes(
+    folder: Path, runtime: Runtime
+) -> None:
+    """A worker that forks and then dies fails at once (not at the limit); the child is killed."""
+    write(
+        folder,
+        "forker.py",
+        """
+        import os
+        import time
+
+        def main(event):
+            child = os.fork()
+            if child == 0:
+                time.sleep(60)
+                os._exit(0)
+            with open(event["data"], "w") as file:
+                file.write(str(child))
+            os._exit(3)
+        """,
+    )
+    marker = folder / "child.txt"
+    started = time.monotonic()
+    outcome = await call(runtime, "forker", str(marker), limit=30)
+    assert time.monotonic() - started < 10
+    assert outcome.status == "execution_failed"
+    assert outcome.error_msg == "cloud function 'forker' crashed: its worker exited with code 3"
+    await wait_until_gone(int(marker.read_text()))
+
+
 @needs_node
 async def test_uncaught_async_error_fails_the_job_and_replaces_the_worker(
     folder: Path, runtime: Runtime
