@@ -169,10 +169,13 @@ async def _trickle(
     response = web.StreamResponse(status=normal.status, headers=normal.headers)
     response.content_length = len(body)
     await response.prepare(request)
-    for i in range(len(body)):
-        await response.write(body[i : i + 1])
-        await anyio.sleep(delay)
-    await response.write_eof()
+    try:
+        for i in range(len(body)):
+            await response.write(body[i : i + 1])
+            await anyio.sleep(delay)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client gave up waiting: that is what trickling is meant to provoke
     return response
 
 

@@ -290,10 +290,18 @@ class JobBoard:
                 )
 
     async def _run_async(self, job_id: str, event: dict[str, Any]) -> None:
-        # The platform retries an async job's scheduling for about as long as it may run.
-        await self._schedule_and_run(
-            job_id, event, schedule_wait=self.async_time_limit, urgent=False
-        )
+        try:
+            # The platform retries an async job's scheduling for about as long as it may run.
+            await self._schedule_and_run(
+                job_id, event, schedule_wait=self.async_time_limit, urgent=False
+            )
+        except Exception:
+            # A bug here must not take down serve()'s task group and every queued job with it.
+            logger.exception("async job %s failed inside the engine", job_id)
+            if not self._jobs[job_id].finished:
+                self._finish(
+                    job_id, status="execution_failed", error_msg="the engine failed to run the job"
+                )
 
     async def _schedule_and_run(
         self, job_id: str, event: dict[str, Any], *, schedule_wait: float, urgent: bool
@@ -403,5 +411,12 @@ class JobBoard:
         excess = len(self._jobs) - MAX_JOB_RECORDS
         if excess <= 0:
             return
-        for job_id in [j.id for j in self._jobs.values() if j.finished][:excess]:
+        # Oldest first; those are nearly always finished, so this stops after a step or two.
+        forget: list[str] = []
+        for job in self._jobs.values():
+            if len(forget) == excess:
+                break
+            if job.finished:
+                forget.append(job.id)
+        for job_id in forget:
             del self._jobs[job_id]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import aiohttp
 import pytest
 from engine_api import JOB, Api
@@ -151,6 +153,19 @@ async def test_trickle_sends_a_valid_body_in_pieces(api: Api) -> None:
     assert len(chunks) >= 3
     assert b"".join(chunks) == b'{"code": 0, "data": "hello f", "error": {}}'
     await assert_normal(api, token)
+
+
+async def test_a_client_leaving_a_trickle_is_no_engine_error(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller that times out mid-trickle leaves no error in the engine's logs."""
+    token = await api.login()
+    api.engine.faults.add("trickle", delay=0.05)
+    with pytest.raises(TimeoutError):
+        await raw_invoke(api, token, timeout=aiohttp.ClientTimeout(total=0.3))
+    await assert_normal(api, token)
+    await api.engine.aclose()  # waits for the abandoned reply's handler to end
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 async def test_path_selects_which_requests_misbehave(api: Api) -> None:
