@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -10,6 +12,18 @@ import pytest
 from engine_api import JOB, Api
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def _engine_logs_stay_clean(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Whatever the client did, the engine (closed by now) logged no warning or error."""
+    yield
+    noisy = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith(("aiohttp", "minapp_async"))
+    ]
+    assert noisy == []
 
 
 async def assert_still_serving(api: Api, token: str) -> None:
