@@ -4,7 +4,8 @@
 // argv: <message fd> <function file> <function name>
 // Protocol: the engine writes one JSON line per job to stdin: {"j": <job id>, "e": <event>}.
 // The worker writes JSON lines to the message fd (a private pipe, so nothing the user prints
-// can corrupt it): {"t":"ready"}, {"t":"log","j":id,"s":"<line>"}, {"t":"result","j":id,"r":env}.
+// can corrupt it): {"t":"ready"}, {"t":"log","j":id,"s":"<line>"},
+// {"t":"result","j":id,"r":envelope[,"recycle":true]}, {"t":"recycle"}.
 // `.cjs` so that a package.json with "type": "module" above us cannot turn this into ESM.
 
 const fs = require('fs')
@@ -72,6 +73,14 @@ const flushStdout = captureStream(process.stdout, 'LOG')
 const flushStderr = captureStream(process.stderr, 'ERROR')
 
 function describeError (err) {
+  try {
+    return describeErrorUnsafe(err)
+  } catch (_) { // a throwing getter on the error object, say
+    return { message: 'the function failed with an error that could not be read', stack: '', type: 'Error' }
+  }
+}
+
+function describeErrorUnsafe (err) {
   if (err instanceof Error || (err !== null && typeof err === 'object' && 'message' in err)) {
     const type = err.constructor && err.constructor.name ? err.constructor.name : 'Error'
     return { message: String(err.message), stack: String(err.stack || ''), type }
@@ -87,25 +96,23 @@ function describeError (err) {
   return { message, stack: '', type: 'Error' }
 }
 
-function finish (job, err, data) {
+function finish (job, err, data, recycle = false) {
   if (job.done) return // a second callback, or a late one after a throw: ignored
   job.done = true
   flushStdout()
   flushStderr()
-  let line
-  if (err) {
-    line = { t: 'result', j: job.id, r: { code: 1, data: null, error: describeError(err) } }
-  } else {
-    line = { t: 'result', j: job.id, r: { code: 0, data: data === undefined ? null : data, error: {} } }
-  }
+  const line = { t: 'result', j: job.id, r: null }
+  if (err) line.r = { code: 1, data: null, error: describeError(err) }
+  else line.r = { code: 0, data: data === undefined ? null : data, error: {} }
+  // "recycle" rides on the result itself, so the engine knows before it reuses this worker.
+  if (recycle) line.recycle = true
   let text
   try {
     text = JSON.stringify(line)
-  } catch (e) {
+  } catch (e) { // a BigInt, a cycle, a throwing toJSON
     const reason = 'the cloud function\'s result is not JSON-serialisable: ' + e.message
-    text = JSON.stringify({
-      t: 'result', j: job.id, r: { code: 1, data: null, error: { message: reason, stack: String(e.stack || ''), type: 'TypeError' } }
-    })
+    line.r = { code: 1, data: null, error: { message: reason, stack: '', type: e.constructor.name } }
+    text = JSON.stringify(line)
   }
   if (currentJob === job) currentJob = null
   writeLine(text)
@@ -120,6 +127,9 @@ function loadMain () {
   return main
 }
 
+// Decision: the job ends when the result is produced. The platform waits for the event loop
+// to drain first, but its containers are frozen afterwards; here the worker stays warm, and
+// output from work left running is attributed to its own (finished) job and dropped.
 function runJob (request) {
   const job = { id: request.j, done: false }
   currentJob = job
@@ -150,12 +160,13 @@ function runJob (request) {
 function failCurrent (err) {
   const store = jobContext.getStore()
   const job = store !== undefined ? store : currentJob
+  // The process state is suspect after an uncaught error: the engine replaces this worker.
   if (job !== null && !job.done) {
-    finish(job, err)
+    finish(job, err, undefined, true)
   } else {
     emit('ERROR', 'Uncaught ' + (err && err.stack ? err.stack : String(err)))
+    send({ t: 'recycle' })
   }
-  send({ t: 'recycle' }) // the process state is suspect: the engine replaces this worker
 }
 process.on('uncaughtException', failCurrent)
 process.on('unhandledRejection', failCurrent)

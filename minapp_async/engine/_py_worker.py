@@ -3,7 +3,7 @@
 Run as a script (``python -I -B _py_worker.py <message fd> <file> <name> <memory limit MB>``),
 never imported by the engine. The protocol is the Node worker's: one JSON line per job on stdin
 (``{"j": id, "e": event}``), JSON lines back on a private pipe (``ready``, ``log``, ``result``,
-``recycle``), so nothing the function prints can corrupt it.
+``oom``), so nothing the function prints can corrupt it.
 """
 
 from __future__ import annotations
@@ -236,17 +236,18 @@ class _Worker:
         self._stdout.flush()
         self._stderr.flush()
         self._channel.current_job = None
+        # "recycle" rides on the result itself, so the engine knows before it reuses us.
+        message: dict[str, Any] = {"t": "result", "j": job, "r": envelope}
+        if recycle:
+            message["recycle"] = True
         try:
-            line = json.dumps({"t": "result", "j": job, "r": envelope}, allow_nan=False)
+            line = json.dumps(message, allow_nan=False)
         except (TypeError, ValueError) as exc:
             reason = f"the cloud function's result is not JSON-serialisable: {exc}"
             error = {"message": reason, "stack": "", "type": type(exc).__name__}
-            line = json.dumps(
-                {"t": "result", "j": job, "r": {"code": 1, "data": None, "error": error}}
-            )
+            message["r"] = {"code": 1, "data": None, "error": error}
+            line = json.dumps(message)
         self._channel.send_raw(line)
-        if recycle:
-            self._channel.send({"t": "recycle"})
 
     def serve(self, requests: TextIO) -> None:
         sys.stdout = cast(TextIO, self._stdout)

@@ -253,9 +253,9 @@ class WorkerProcess:
         finally:
             os.close(msg_write)
         worker = cls(popen, path, key, name)
-        with anyio.CancelScope(shield=True):
-            await worker._connect(os.fdopen(msg_read, "rb", buffering=0))
         try:
+            with anyio.CancelScope(shield=True):
+                await worker._connect(os.fdopen(msg_read, "rb", buffering=0))
             with anyio.move_on_after(startup_timeout):
                 await worker._ready.wait()
         except BaseException:
@@ -437,11 +437,13 @@ class WorkerProcess:
 
     def _on_message(self, line: bytes) -> None:
         try:
-            message = json.loads(line)
-            kind = message["t"]
-        except (ValueError, KeyError, TypeError):
-            self.kill("protocol", f"its worker sent an unreadable message: {line[:80]!r}")
-            return
+            self._handle(json.loads(line))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # Only a bug in the worker script could cause this; the worker cannot be trusted.
+            self.kill("protocol", "its worker sent a message the engine could not read")
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["t"]
         job = self.job
         if kind == "log":
             if job is not None and message.get("j") == job.id:
@@ -450,6 +452,8 @@ class WorkerProcess:
                 self._startup_log.add(message["s"])
             # Otherwise a late line from a finished job (a stray timer): dropped.
         elif kind == "result":
+            if message.get("recycle"):
+                self.recycle = True
             if job is not None and message.get("j") == job.id:
                 job.settle(message["r"])
         elif kind == "ready":
