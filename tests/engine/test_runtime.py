@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import textwrap
@@ -268,6 +269,31 @@ async def test_node_event_is_passed_as_given(folder: Path, runtime: Runtime) -> 
     }
     outcome = await runtime.run("echo", event, time_limit=10)
     assert outcome.result == {"code": 0, "data": event, "error": {}}
+
+
+@needs_node
+async def test_late_output_stays_with_its_own_job(folder: Path, runtime: Runtime) -> None:
+    """A timer left running by one job logs nothing into the next job on the same worker."""
+    write(
+        folder,
+        "leaky.js",
+        """
+        exports.main = async function (event) {
+          if (event.data === 'first') {
+            setTimeout(() => console.log('late line from the first job'), 20)
+            return process.pid
+          }
+          await new Promise((resolve) => setTimeout(resolve, 200))
+          console.log('second job')
+          return process.pid
+        }
+        """,
+    )
+    first = await call(runtime, "leaky", "first")
+    second = await call(runtime, "leaky", "second")
+    assert first.result is not None and second.result is not None
+    assert first.result["data"] == second.result["data"]  # the same warm worker
+    assert log_lines(second) == [("LOG", "second job")]
 
 
 # -- Python ----------------------------------------------------------------------------------
@@ -847,6 +873,17 @@ def test_find_never_leaves_the_folder(folder: Path, tmp_path: Path) -> None:
     assert "link" not in runtime.names()
 
 
+async def test_bad_arguments_are_refused(folder: Path, runtime: Runtime) -> None:
+    """A non-JSON event or a time limit that is not a positive number is refused clearly."""
+    write(folder, "ok.py", "def main(event):\n    return 1\n")
+    with pytest.raises(TypeError, match="event for cloud function 'ok' is not JSON"):
+        await runtime.run("ok", {"data": object()}, time_limit=1)
+    for limit in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="time_limit must be a positive number"):
+            await runtime.run("ok", {}, time_limit=limit)
+    assert (await call(runtime, "ok")).status == "fulfilled"
+
+
 async def test_unknown_function_raises_lookup_error(runtime: Runtime) -> None:
     """run() on a missing function raises LookupError naming it."""
     with pytest.raises(LookupError, match="cloud function 'nope' not found"):
@@ -920,6 +957,28 @@ async def test_aclose_leaves_no_processes(folder: Path) -> None:
         await wait_until_gone(pid)
     with pytest.raises(RuntimeError, match="closed"):
         await call(runtime, "pid")
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@needs_node
+async def test_no_descriptor_leaks(folder: Path) -> None:
+    """After jobs that succeed, time out and crash, aclose() leaves no file descriptor open."""
+    write(folder, "ok.js", "exports.main = async () => 1\n")
+    write(folder, "spin.py", "def main(event):\n    while True:\n        pass\n")
+    write(folder, "crash.py", "import os\n\ndef main(event):\n    os._exit(1)\n")
+    before = open_fds()
+    runtime = Runtime(folder)
+    try:
+        assert (await call(runtime, "ok")).status == "fulfilled"
+        assert (await call(runtime, "spin", limit=0.3)).status == "deadline_exceeded"
+        assert (await call(runtime, "crash")).status == "execution_failed"
+        assert len(open_fds()) > len(before)  # the warm Node worker's pipes
+    finally:
+        await runtime.aclose()
+    assert open_fds() == before
 
 
 @needs_node
