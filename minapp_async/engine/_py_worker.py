@@ -202,9 +202,14 @@ class _Worker:
             else:
                 self._loop.call_soon_threadsafe(settle, err, data)
 
-        result = main(event, callback)
-        if inspect.isawaitable(result):
-            await result
+        try:
+            result = main(event, callback)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            if not done.done():
+                raise
+            # The callback answered first; like the Node worker, the first answer stands.
         return await done
 
     async def _job(self, job: int, event: Any) -> dict[str, Any]:

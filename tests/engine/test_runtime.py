@@ -376,6 +376,35 @@ async def test_python_failures_give_code_1(folder: Path, runtime: Runtime) -> No
     assert keyed is not None and keyed["error"]["type"] == "KeyError"
 
 
+@needs_node
+async def test_the_first_answer_stands(folder: Path, runtime: Runtime) -> None:
+    """A callback followed by a throw or a second callback keeps the first answer."""
+    write(
+        folder,
+        "twice.js",
+        """
+        exports.main = function (event, callback) {
+          callback(null, 'first')
+          callback(null, 'second')
+          throw new Error('after answering')
+        }
+        """,
+    )
+    write(
+        folder,
+        "twicepy.py",
+        """
+        def main(event, callback):
+            callback(None, "first")
+            callback(None, "second")
+            raise RuntimeError("after answering")
+        """,
+    )
+    for name in ("twice", "twicepy"):
+        outcome = await call(runtime, name)
+        assert outcome.result == {"code": 0, "data": "first", "error": {}}
+
+
 async def test_python_import_error_is_a_code_1_result(folder: Path, runtime: Runtime) -> None:
     """A Python function that does not compile fails with its SyntaxError, and others still run."""
     write(folder, "broken.py", "def main(event:\n    return 1\n")
