@@ -292,7 +292,8 @@ def _main() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     # The engine's RSS watchdog enforces the limit; this backstop turns one huge allocation
     # into a MemoryError (reported as the limit) before it can take the machine's memory.
-    backstop = (limit_mb + 2048) * 1024 * 1024
+    # Virtual, not resident, memory: generous, so thread stacks and malloc arenas never hit it.
+    backstop = (limit_mb + 4096) * 1024 * 1024
     _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard == resource.RLIM_INFINITY or hard > backstop:
         resource.setrlimit(resource.RLIMIT_AS, (backstop, hard))

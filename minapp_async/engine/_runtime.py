@@ -377,12 +377,17 @@ class Runtime:
                     await self._discard(worker)
             # No await from here to the wait below, so no job can start unseen in between.
             busy = [w for w in self._workers if w.job is not None and w.alive]
-            for worker in busy:
+            # Idle workers too: a timer left running by an earlier job may still allocate.
+            for worker in self._workers if busy else ():
+                if not worker.alive:
+                    continue
                 rss = worker.rss()
                 if worker.job is not None:
                     worker.job.peak_rss = max(worker.job.peak_rss, rss)
                 if rss > limit:
-                    worker.kill("memory")  # the job's run() sees the death and reports it
+                    # A busy worker's run() sees the death and reports it; an idle one is
+                    # no longer alive, so the pool drops it.
+                    worker.kill("memory")
             idle_since = [w.idle_since for ws in self._idle.values() for w in ws]
             if busy:
                 timeout = _WATCH_INTERVAL
