@@ -46,8 +46,8 @@ class Faults:
       * ``slow``: answer normally after ``delay`` seconds (``before``: the delay comes before
         the function runs; ``after``: after it ran).
       * ``drop``: close the connection without any reply.
-      * ``status``: reply ``status`` with a JSON error body; a 429 carries
-        ``Retry-After: <retry_after>`` (default 1).
+      * ``status``: reply ``status`` with a JSON error body, with
+        ``Retry-After: <retry_after>`` when given (a 429 always has one, default 1).
       * ``malformed``: reply 200 with ``body`` as given and ``content_type``.
       * ``reset_mid_body``: send the headers and part of the body, then close the connection.
       * ``trickle``: send the normal reply one byte every ``delay`` seconds.
@@ -141,7 +141,7 @@ async def misbehave(
         return web.Response(status=204)  # never sent: the transport is closed
     if fault.kind == "status":
         headers = {}
-        if fault.status == 429:
+        if fault.retry_after is not None:  # a 429 always has one; a 503 when asked for
             headers["Retry-After"] = str(fault.retry_after)
         return web.json_response(
             {"status": "error", "error_msg": f"injected fault: HTTP {fault.status}"},
