@@ -16,23 +16,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-import attrs
-
+# Command lives in _cli_common so that subcommand modules can build one without importing
+# this module (which imports them): a subcommand is a module exporting a Command.
+from ._cli_common import Command
+from ._cli_invoke import INVOKE
+from ._cli_login import LOGIN, LOGOUT
 from ._version import __version__
 
 if TYPE_CHECKING:
     # Imported lazily at run time: "--help" and other commands need not load aiohttp.
     from .engine import Engine
-
-
-@attrs.frozen
-class Command:
-    """One subcommand: ``run`` gets the parsed arguments and returns the exit status."""
-
-    name: str
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
 
 
 # ---------------------------------------------------------------- serve
@@ -208,7 +201,7 @@ SERVE: Final = Command(
 )
 
 #: The subcommands, in the order ``--help`` lists them.
-COMMANDS: list[Command] = [SERVE]
+COMMANDS: list[Command] = [INVOKE, LOGIN, LOGOUT, SERVE]
 
 
 # ---------------------------------------------------------------- entry point
@@ -218,11 +211,21 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
     parser = argparse.ArgumentParser(
         prog="minapp-async",
         description="Tools for 知晓云 (MinApp) cloud functions.",
+        epilog="Run 'minapp-async COMMAND --help' for a command's options and examples.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in commands:
-        sub_parser = sub.add_parser(command.name, help=command.help, description=command.help)
+        sub_parser = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            epilog=command.epilog,
+            # No prefixes: "--password x" must not be taken for "--password-stdin".
+            allow_abbrev=False,
+            # Keeps the examples in the epilog as written.
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         command.add_arguments(sub_parser)
         sub_parser.set_defaults(_run=command.run)
     return parser
