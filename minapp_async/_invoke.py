@@ -181,8 +181,14 @@ def _describe_bad_body(raw: RawResponse, body: Any) -> str:
     kind = raw.content_type.split(";")[0].strip() or "no content type"
     if not raw.body:
         return f"invalid reply: empty body ({kind})"
-    if body is None:
-        return f"invalid reply: not JSON ({kind}): {snippet(raw.body, 80)!r}"
+    shown = snippet(raw.body, 80)
+    if body is None and not _is_json_null(raw.body):
+        return f"invalid reply: not JSON ({kind}): {shown!r}"
     if not isinstance(body, dict):
-        return f"invalid reply: expected a JSON object, got {type(body).__name__}"
+        return f"invalid reply: expected a JSON object, got {type(body).__name__}: {shown!r}"
     return f"invalid reply: JSON object without an integer 'code': {snippet(raw.body, 80)!r}"
+
+
+def _is_json_null(body: bytes) -> bool:
+    # parse_json gives None for both a JSON null and a body that is not JSON at all.
+    return body.strip() == b"null"
