@@ -5,14 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from hardening_support import ENGINE_CONFIG, FUNCTIONS
+from hardening_support import ENGINE_CONFIG, FUNCTIONS, PASSWORD, USERNAME
 
 import minapp_async
 from minapp_async.engine import Engine
 from minapp_async.testing import running_engine
-
-USERNAME = "hardy"
-PASSWORD = "pw-Zq81-never-logged"  # distinctive, so a leak of it is found by searching
 
 
 @pytest.fixture(name="engine")

@@ -15,6 +15,9 @@ import aiohttp
 import anyio
 from aiohttp import web
 
+USERNAME: Final = "hardy"
+PASSWORD: Final = "pw-Zq81-never-logged"  # distinctive, so a leak of it is found by searching
+
 #: Python functions, run by the engine's real Python workers; dump.js by real Node.
 FUNCTIONS: Final = {
     "echo.py": "def main(event):\n    return event['data']\n",
