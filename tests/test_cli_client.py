@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import signal
 import socket
 import stat
 import subprocess
@@ -175,6 +176,30 @@ class TestInvoke:
         assert 1 == run.status
         assert run.stderr.startswith("error: 601: no reply within 0.5 s")
         assert anyio.current_time() - started < 20  # the limit held, nothing hung
+
+    async def test_ctrl_c_cancels_the_call_and_exits_130(
+        self, engine: Engine, env: dict[str, str]
+    ) -> None:
+        """Ctrl-C during a call: exit 130 with 'interrupted', no traceback, the call given up."""
+        await login(engine, env)
+        process = await anyio.open_process(
+            [sys.executable, "-m", "minapp_async", "invoke", "slow", *app(engine)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        async with process:
+            with anyio.fail_after(60):
+                # Poll: the engine's counters have no event to wait on.
+                while "slow" not in engine.stats().functions:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+                process.send_signal(signal.SIGINT)
+                status = await process.wait()
+            assert process.stderr is not None
+            stderr = b"".join([chunk async for chunk in process.stderr]).decode()
+        assert 130 == status
+        assert "error: interrupted" in stderr
+        assert "Traceback" not in stderr
 
     async def test_env_vars_configure_app_and_token(
         self, engine: Engine, env: dict[str, str]
