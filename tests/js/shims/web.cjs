@@ -76,6 +76,8 @@ class XMLHttpRequest {
       url: this._url,
       headers: this._headers,
       body: body ?? null,
+      // axios's default timeout is 0 (none, as in a browser); the shim still bounds each
+      // request so a silent server fails the step instead of hanging the test.
       timeoutMs: this.timeout || 30000
     }, (err, res) => {
       if (this._aborted) return
