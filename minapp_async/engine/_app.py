@@ -151,6 +151,8 @@ async def _serve_middleware(
     """Request ids, the request gauges, faults, and JSON errors for everything."""
     state = request.app[STATE]
     request[_REQUEST_ID] = secrets.token_hex(16)
+    if request.method == "OPTIONS" and _is_preflight(request):
+        return web.Response(status=204, headers=_CORS_PREFLIGHT)
     state.requests_in_flight += 1
     state.peak_concurrent_requests = max(state.peak_concurrent_requests, state.requests_in_flight)
     try:
@@ -168,6 +170,33 @@ async def _serve_middleware(
 async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
     # A signal, not the middleware, so streamed (fault) replies carry the header too.
     response.headers[REQUEST_ID_HEADER] = request.get(_REQUEST_ID) or secrets.token_hex(16)
+    if "Origin" in request.headers and request.path.startswith("/hserve/"):
+        response.headers.update(_CORS)
+
+
+# A browser page using the JS SDK's web build calls the client API cross-origin: the engine
+# answers the preflight and marks replies as readable by any origin (it only serves 127.0.0.1).
+_CORS: Final = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": REQUEST_ID_HEADER,
+}
+_CORS_PREFLIGHT: Final = {
+    **_CORS,
+    "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": (
+        "Authorization, Content-Type, X-Hydrogen-Client-ID, X-Hydrogen-Client-Version, "
+        "X-Hydrogen-Client-Platform, X-Hydrogen-Client-SDK-Type, X-Hydrogen-Env-ID"
+    ),
+    "Access-Control-Max-Age": "600",
+}
+
+
+def _is_preflight(request: web.Request) -> bool:
+    return (
+        request.path.startswith("/hserve/")
+        and "Origin" in request.headers
+        and "Access-Control-Request-Method" in request.headers
+    )
 
 
 # ---------------------------------------------------------------- request parsing
@@ -714,6 +743,12 @@ async def _access_token(request: web.Request) -> web.Response:
     return web.json_response(pair.as_json())
 
 
+async def _latest_sdk_version(request: web.Request) -> web.Response:
+    # The WeChat build asks this once a day and reads a field named after its platform; the
+    # reply's shape is undocumented. An empty object reads as "no newer version".
+    return web.json_response({})
+
+
 # ---------------------------------------------------------------- the app
 
 
@@ -733,6 +768,7 @@ def create_app(state: AppState) -> web.Application:
     r.add_get("/hserve/v2.5/user/info/{user_id}/", _user_info)
     r.add_post("/hserve/v2.0/session/destroy/", _destroy_session)
     r.add_post("/hserve/v1/cloud-function/job/", _hserve_job, name="hserve-job")
+    r.add_get("/hserve/v1/latest-sdk-version/", _latest_sdk_version)
 
     r.add_post(_AUTHORIZE, _authorize)
     r.add_get(_AUTHORIZE_CONFIRM, _authorize_confirm)
