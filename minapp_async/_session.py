@@ -405,13 +405,16 @@ class Session:
         authorization: str | None,
         cookies: bool = False,
     ) -> dict[str, Any]:
-        """An auth request: JSON in, a JSON object out, HTTP errors raised."""
+        """An auth request: JSON in, a JSON object out, HTTP errors raised. Bounded by the
+        sync deadline; inside an invoke, the invoke's own deadline still applies too."""
         self._check_open()
         body = None if payload is None else dumps(payload)
-        raw = await self._send(
-            method, path, body, Attempt(), authorization=authorization, cookies=cookies
-        )
-        check_status(raw, method, path)
+        attempt = Attempt()
+        with _deadline(self._options.timeouts.sync, attempt, path, method):
+            raw = await self._send(
+                method, path, body, attempt, authorization=authorization, cookies=cookies
+            )
+        check_status(raw, method, "/" + path)
         reply = parse_json(raw)
         if not isinstance(reply, dict):
             raise ResponseFormatError(
@@ -528,7 +531,9 @@ class Session:
 
 
 @contextmanager
-def _deadline(seconds: float | None, attempt: Attempt, path: str) -> Iterator[None]:
+def _deadline(
+    seconds: float | None, attempt: Attempt, path: str, method: str = "POST"
+) -> Iterator[None]:
     """Bound a whole call; a timeout says where it was (pool, auth or send) and whether the
     request may have reached the server."""
     try:
@@ -537,7 +542,7 @@ def _deadline(seconds: float | None, attempt: Attempt, path: str) -> Iterator[No
     except HError:
         raise
     except TimeoutError:
-        details = ErrorDetails(method="POST", path="/" + path)
+        details = ErrorDetails(method=method, path="/" + path)
         where = {
             "pool": "waiting for a connection",
             "auth": "logging in",

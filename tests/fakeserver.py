@@ -14,6 +14,9 @@ from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+#: The client ID the SDK tests use (the one in PROTOCOL.md's captures).
+CLIENT_ID = "a4d2d62965ddb57fa4d6"
+
 
 @attrs.frozen
 class Recorded:

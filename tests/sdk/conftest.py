@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from fakeserver import FakeServer, fake_server
+from fakeserver import CLIENT_ID, FakeServer, fake_server
 
 import minapp_async
-
-CLIENT_ID = "a4d2d62965ddb57fa4d6"
 
 
 @pytest.fixture(name="server")

@@ -13,8 +13,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 from aiohttp import web
-from conftest import CLIENT_ID
-from fakeserver import FakeServer
+from fakeserver import CLIENT_ID, FakeServer
 
 import minapp_async
 
@@ -265,3 +264,21 @@ async def test_as_user_views_are_isolated(server: FakeServer, accounts: Accounts
         own = await s.invoke("f")
 
     assert ({"alice"}, {"bob"}, "tok-own") == (seen["alice"], seen["bob"], own.data)
+
+
+async def test_explicit_login_has_a_deadline(server: FakeServer) -> None:
+    """A login the server never answers fails with 601 at the sync deadline, not a hang."""
+
+    async def stall(request: web.Request) -> web.Response:
+        await server.stopping.wait()
+        raise AssertionError("unreachable")
+
+    server.handlers["/hserve/v2.1/login/username/"] = stall
+    timeouts = minapp_async.Timeouts(sync=0.3)
+    async with minapp_async.Session(CLIENT_ID, base_url=server.url, timeout=timeouts) as s:
+        with anyio.fail_after(5):
+            with pytest.raises(minapp_async.RequestTimeoutError) as info:
+                await s.auth.login(username="u", password="pw")
+
+    assert "/hserve/v2.1/login/username/" == info.value.details.path
+    assert "pw" not in str(info.value)

@@ -6,8 +6,7 @@ import pickle
 import socket
 
 import pytest
-from conftest import CLIENT_ID
-from fakeserver import FakeServer, Reply
+from fakeserver import CLIENT_ID, FakeServer, Reply
 
 import minapp_async
 from minapp_async import HError

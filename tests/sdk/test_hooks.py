@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CLIENT_ID
-from fakeserver import FakeServer, Reply
+from fakeserver import CLIENT_ID, FakeServer, Reply
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor

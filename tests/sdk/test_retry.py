@@ -7,8 +7,7 @@ import socket
 
 import anyio
 import pytest
-from conftest import CLIENT_ID
-from fakeserver import FakeServer, Reply
+from fakeserver import CLIENT_ID, FakeServer, Reply
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -7,8 +7,7 @@ import gc
 import warnings
 
 import pytest
-from conftest import CLIENT_ID
-from fakeserver import FakeServer, Reply
+from fakeserver import CLIENT_ID, FakeServer, Reply
 
 import minapp_async
 

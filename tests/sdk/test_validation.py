@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import CLIENT_ID
-from fakeserver import FakeServer
+from fakeserver import CLIENT_ID, FakeServer
 
 import minapp_async
 

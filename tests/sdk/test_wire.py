@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CLIENT_ID
-from fakeserver import FakeServer, Reply
+from fakeserver import CLIENT_ID, FakeServer, Reply
 
 import minapp_async
 
