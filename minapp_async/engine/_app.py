@@ -6,7 +6,6 @@ Every error reply is ``{"status": "error", "error_msg": "..."}`` JSON (PROTOCOL.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -16,12 +15,13 @@ import attrs
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from .._logs import get_logger
 from ._accounts import AccountError, Accounts, LoginKind, User
 from ._config import EngineConfig
 from ._faults import Faults, misbehave
 from ._jobs import FINISHED, Job, JobBoard
 
-logger = logging.getLogger("minapp_async.engine")
+logger = get_logger("minapp_async.engine")
 
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 CLIENT_ID_HEADER: Final = "X-Hydrogen-Client-ID"

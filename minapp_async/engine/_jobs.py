@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import secrets
 import time
@@ -14,7 +13,9 @@ import anyio
 import attrs
 from anyio.abc import TaskStatus
 
-logger = logging.getLogger("minapp_async.engine")
+from .._logs import get_logger
+
+logger = get_logger("minapp_async.engine")
 
 JobStatus = Literal[
     "waiting",

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import datetime
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -22,7 +21,9 @@ from typing import IO, Any
 
 import anyio
 
-_logger = logging.getLogger("minapp_async.engine")
+from .._logs import get_logger
+
+_logger = get_logger("minapp_async.engine")
 
 LOG_CAP = 1024 * 1024  # bytes of log kept per job
 _MESSAGE_CAP = 32 * 1024 * 1024  # one protocol line (a result) may not be larger
