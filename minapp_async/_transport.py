@@ -193,6 +193,15 @@ class Transport:
                 details=ErrorDetails(method=method, path=path),
                 may_have_executed=attempt.sent,
             ) from exc
+        except aiohttp.ClientConnectionResetError as exc:
+            # aiohttp raises this only while writing the request: the server never got a
+            # whole request, so the function cannot have run (typically a pooled keep-alive
+            # connection the server closed just as it was reused). Safe to retry.
+            attempt.sent = False
+            raise NetworkError(
+                "the connection closed before the request was sent",
+                details=ErrorDetails(method=method, path=path),
+            ) from exc
         except aiohttp.ServerDisconnectedError as exc:
             raise NetworkError(
                 "the server closed the connection without a reply",
