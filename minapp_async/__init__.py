@@ -23,6 +23,11 @@ from ._errors import ResponseFormatError as ResponseFormatError
 from ._errors import ServerError as ServerError
 from ._errors import SessionClosedError as SessionClosedError
 from ._errors import SessionMissingError as SessionMissingError
+from ._fanout import Batch as Batch
+from ._fanout import FanOut as FanOut
+from ._fanout import Outcome as Outcome
+from ._fanout import PoolSizeWarning as PoolSizeWarning
+from ._fanout import Summary as Summary
 from ._hooks import CallInfo as CallInfo
 from ._invoke import InvokeResult as InvokeResult
 from ._options import Limits as Limits
@@ -41,9 +46,11 @@ __all__ = [
     "Auth",
     "AuthenticationError",
     "BadRequestError",
+    "Batch",
     "CallInfo",
     "CurrentUser",
     "ErrorDetails",
+    "FanOut",
     "FileTokenStore",
     "ForbiddenError",
     "FunctionError",
@@ -56,7 +63,9 @@ __all__ = [
     "MemoryTokenStore",
     "NetworkError",
     "NotFoundError",
+    "Outcome",
     "PayloadTooLargeError",
+    "PoolSizeWarning",
     "PoolTimeoutError",
     "Promise",
     "RateLimitError",
@@ -68,6 +77,7 @@ __all__ = [
     "SessionClosedError",
     "SessionMissingError",
     "StoredSession",
+    "Summary",
     "Timeouts",
     "TokenStore",
     "UserCredentials",

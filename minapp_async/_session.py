@@ -7,7 +7,7 @@ import ipaddress
 import sys
 import traceback
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -34,6 +34,15 @@ from ._errors import (
     ResponseFormatError,
     SessionClosedError,
     snippet,
+)
+from ._fanout import (
+    Batch,
+    ErrorPolicy,
+    FanOut,
+    Progress,
+    check_fanout_arguments,
+    collect,
+    warn_if_pool_too_small,
 )
 from ._hooks import CallInfo, Hook, invocation_span, run_hook
 from ._invoke import (
@@ -528,6 +537,131 @@ class Session:
                     info.code = result.code
                     run_hook(options.on_response, info)
                     return result
+
+    # -- fan-out ----------------------------------------------------------------------------
+
+    def map(
+        self,
+        function_name: str,
+        params: Iterable[JSON] | AsyncIterable[JSON],
+        *,
+        sync: bool = True,
+        concurrency: int = 16,
+        rate: float | None = None,
+        ordered: bool = True,
+        window: int | None = None,
+        errors: ErrorPolicy = "raise",
+        timeout: float | None | NotGiven = NOT_GIVEN,
+        progress: Progress | None = None,
+    ) -> FanOut:
+        """Invoke *function_name* once per item of *params*: an async iterator of ``Outcome``.
+
+        ::
+
+            async with session.map("score", users(), concurrency=32) as outcomes:
+                async for o in outcomes:
+                    print(o.index, o.result.data if o.ok else o.error or o.result.error)
+
+        Args:
+            params: an iterable or async iterable, one item per call (each as ``invoke``'s
+                *params*), read lazily: never more than *window* items ahead of the outcomes
+                yielded.
+            sync: as ``invoke``'s.
+            concurrency: calls in flight at most. Each call takes its slot before its params
+                are serialised and before auth runs.
+            rate: calls started per second at most; None for no limit.
+            ordered: True yields outcomes in input order, False as they complete.
+            window: items taken but not yet yielded, at most (default ``2 * concurrency``;
+                at least *concurrency*). In input order, a slow item stops new calls once the
+                window is full, so memory stays bounded.
+            errors: ``"raise"``: the first ``HError`` cancels the calls in flight and is
+                raised from the iterator; ``"collect"``: every outcome is yielded, failed
+                calls with ``.error`` set. A function that ran and failed (``code != 0``) is
+                a result either way.
+            timeout: each call's deadline, as ``invoke``'s.
+            progress: called as ``progress(done, total)`` after each call (``total`` is
+                ``len(params)``, None when it has no length). It must not block.
+
+        Raises:
+            InvalidArgumentError: (605, at once) a bad argument.
+
+        Use ``async with`` for deterministic clean-up: leaving the block (or the loop's end,
+        an error, or cancelling the consumer) cancels the calls in flight and returns their
+        connections to the pool. A plain ``async for`` works too; after ``break`` the clean-up
+        runs on the event loop's next iteration. Warns ``PoolSizeWarning`` when *concurrency*
+        is larger than the connection pool.
+        """
+        check_fanout_arguments(
+            function_name,
+            params,
+            sync=sync,
+            concurrency=concurrency,
+            rate=rate,
+            ordered=ordered,
+            window=window,
+            errors=errors,
+            timeout=timeout,
+            progress=progress,
+        )
+        self._check_open()
+        warn_if_pool_too_small(self, concurrency, stacklevel=2)
+        return FanOut(
+            self,
+            function_name,
+            params,
+            sync=sync,
+            concurrency=concurrency,
+            rate=rate,
+            ordered=ordered,
+            window=window,
+            errors=errors,
+            timeout=timeout,
+            progress=progress,
+        )
+
+    async def invoke_many(
+        self,
+        function_name: str,
+        params: Iterable[JSON] | AsyncIterable[JSON],
+        *,
+        sync: bool = True,
+        concurrency: int = 16,
+        rate: float | None = None,
+        errors: ErrorPolicy = "raise",
+        # Each call's deadline, as invoke()'s: the batch as a whole has none of its own.
+        timeout: float | None | NotGiven = NOT_GIVEN,  # noqa: ASYNC109
+        progress: Progress | None = None,
+    ) -> Batch:
+        """``map()`` collected: a ``Batch`` with every ``Outcome`` in input order and a
+        ``Summary`` (counts, latency p50/p95/max, calls per second). Arguments as ``map``'s;
+        with ``errors="raise"`` the first ``HError`` is raised instead."""
+        check_fanout_arguments(
+            function_name,
+            params,
+            sync=sync,
+            concurrency=concurrency,
+            rate=rate,
+            errors=errors,
+            timeout=timeout,
+            progress=progress,
+        )
+        self._check_open()
+        warn_if_pool_too_small(self, concurrency, stacklevel=2)
+        # As completed: the list is in memory anyway, so no slow item should hold up others.
+        fanout = FanOut(
+            self,
+            function_name,
+            params,
+            sync=sync,
+            concurrency=concurrency,
+            rate=rate,
+            ordered=False,
+            window=None,
+            errors=errors,
+            timeout=timeout,
+            progress=progress,
+        )
+        return await collect(fanout)
 
 
 @contextmanager
