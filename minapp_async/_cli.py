@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 from ._cli_common import Command
 from ._cli_invoke import INVOKE
 from ._cli_login import LOGIN, LOGOUT
+from ._cli_map import MAP
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -201,7 +202,7 @@ SERVE: Final = Command(
 )
 
 #: The subcommands, in the order ``--help`` lists them.
-COMMANDS: list[Command] = [INVOKE, LOGIN, LOGOUT, SERVE]
+COMMANDS: list[Command] = [INVOKE, MAP, LOGIN, LOGOUT, SERVE]
 
 
 # ---------------------------------------------------------------- entry point

@@ -28,6 +28,7 @@ import attrs
 
 if TYPE_CHECKING:
     # Imported lazily at run time: "--help" need not load aiohttp.
+    from ._options import Limits
     from ._session import Session
 
 __all__ = [
@@ -143,22 +144,27 @@ class AppSettings:
     #: Warnings about how the settings were given (e.g. a secret on the command line).
     notes: tuple[str, ...] = ()
 
-    def session(self, *, use_stored_login: bool = True) -> Session:
-        """A Session for these settings: server credentials, a token, or the stored login."""
+    def session(self, *, use_stored_login: bool = True, limits: Limits | None = None) -> Session:
+        """A Session for these settings: server credentials, a token, or the stored login;
+        *limits* sizes its pool (``map --concurrency`` above the default pool)."""
+        from ._options import DEFAULT_LIMITS
         from ._session import Session
         from ._tokens import FileTokenStore
 
+        pool = DEFAULT_LIMITS if limits is None else limits
         if self.client_secret is not None:
             return Session(
                 self.client_id,
                 base_url=self.base_url,
                 env_id=self.env_id,
                 client_secret=self.client_secret,
+                limits=pool,
             )
         return Session(
             self.client_id,
             base_url=self.base_url,
             env_id=self.env_id,
+            limits=pool,
             token=self.token,
             # A --token is used for this run only: it must not replace the stored login.
             token_store=(
