@@ -233,9 +233,7 @@ class Auth:
 
     async def anonymous_login(self) -> CurrentUser:
         """Log in as a new anonymous (temporary) user."""
-        async with self._lock:
-            await self._login(ANONYMOUS_LOGIN_PATH, {}, fetch_info=True)
-        return self._current()
+        return await self._explicit_login(ANONYMOUS_LOGIN_PATH, {})
 
     async def login(
         self,
@@ -247,9 +245,7 @@ class Auth:
     ) -> CurrentUser:
         """Log in with a password and one of username, email or phone."""
         creds = UserCredentials(password=password, username=username, email=email, phone=phone)
-        async with self._lock:
-            await self._login(LOGIN_PATH.format(kind=creds.kind), creds.payload(), fetch_info=True)
-        return self._current()
+        return await self._explicit_login(LOGIN_PATH.format(kind=creds.kind), creds.payload())
 
     async def register(
         self,
@@ -261,10 +257,12 @@ class Auth:
     ) -> CurrentUser:
         """Create a user and log in as it."""
         creds = UserCredentials(password=password, username=username, email=email, phone=phone)
+        return await self._explicit_login(REGISTER_PATH.format(kind=creds.kind), creds.payload())
+
+    async def _explicit_login(self, path: str, payload: dict[str, Any]) -> CurrentUser:
+        # As the JS SDK: log in, then fetch the user object to build the current user.
         async with self._lock:
-            await self._login(
-                REGISTER_PATH.format(kind=creds.kind), creds.payload(), fetch_info=True
-            )
+            await self._login(path, payload, fetch_info=True)
         return self._current()
 
     async def logout(self) -> None:
