@@ -93,10 +93,12 @@ def client_api_body(function_name: str, params: JSON | NotGiven, sync: bool) -> 
     params were given (PROTOCOL.md §3.1)."""
     body: dict[str, Any] = {"function_name": function_name, "sync": sync}
     if params is not NOT_GIVEN:
-        body["data"] = _encode_params(params)
+        body["data"] = params
     try:
-        return dumps(body)
+        return dumps(body)  # serialised once: this runs for every call of a fan-out
     except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as exc:
+        if params is not NOT_GIVEN:
+            _encode_params(params)  # raises when the params are what cannot be sent
         raise InvalidArgumentError(f"function_name cannot be sent as JSON: {exc}") from None
 
 
@@ -107,8 +109,11 @@ def open_api_path(function_name: str) -> str:
 
 def open_api_body(params: JSON | NotGiven, sync: bool) -> bytes:
     """The Open API's job body: ``data`` is required there, ``{}`` when none was given."""
-    data = {} if params is NOT_GIVEN else _encode_params(params)
-    return dumps({"data": data, "sync": sync})
+    try:
+        return dumps({"data": {} if params is NOT_GIVEN else params, "sync": sync})
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
+        _encode_params(params)  # names what cannot be sent
+        raise
 
 
 def parse_json(raw: RawResponse) -> Any:

@@ -8,7 +8,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -671,8 +671,15 @@ def _deadline(
     """Bound a whole call; a timeout says where it was (pool, auth or send) and whether the
     request may have reached the server."""
     try:
-        with anyio.fail_after(seconds) if seconds is not None else nullcontext():
+        if seconds is None:
             yield
+        else:
+            # anyio.fail_after, inlined: its two nested generator frames cost more than the
+            # cancel scope itself (~4 µs of every call of a fan-out).
+            with anyio.CancelScope(deadline=anyio.current_time() + seconds) as scope:
+                yield
+            if scope.cancelled_caught and anyio.current_time() >= scope.deadline:
+                raise TimeoutError
     except HError:
         raise
     except TimeoutError:
