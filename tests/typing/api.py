@@ -8,6 +8,7 @@ ignore that is no longer needed fails too.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from typing_extensions import assert_type
 import minapp_async
 from minapp_async import (
     AuthenticationError,
+    Batch,
     CallInfo,
     CurrentUser,
     ErrorDetails,
@@ -26,6 +28,8 @@ from minapp_async import (
     InvokeResult,
     Limits,
     MemoryTokenStore,
+    Outcome,
+    PoolSizeWarning,
     Promise,
     RateLimitError,
     RequestTimeoutError,
@@ -33,6 +37,7 @@ from minapp_async import (
     Session,
     SessionMissingError,
     StoredSession,
+    Summary,
     Timeouts,
     TokenStore,
     UserCredentials,
@@ -232,6 +237,36 @@ async def errors(session: Session) -> None:
     refused: PermissionError = AuthenticationError(401)
     assert_type(minapp_async.__version__, str)
     del timeout, bad, refused
+
+
+# ---------------------------------------------------------------- fan-out
+
+
+async def fan_out(session: Session) -> None:
+    def rows() -> Iterator[dict[str, int]]:
+        yield from ({"n": i} for i in range(10))
+
+    async def arows() -> AsyncIterator[int]:
+        for i in range(3):
+            yield i
+
+    async with session.map("score", rows(), concurrency=8, rate=100.0) as outcomes:
+        async for outcome in outcomes:
+            assert_type(outcome, Outcome)
+            assert_type(outcome.index, int)
+            assert_type(outcome.result, InvokeResult | None)
+            assert_type(outcome.error, HError | None)
+            assert_type(outcome.ok, bool)
+    async for outcome in session.map("score", arows(), ordered=False, errors="collect"):
+        assert_type(outcome.latency, float)
+    batch = await session.invoke_many("score", [1, 2, 3], progress=lambda done, total: None)
+    assert_type(batch, Batch)
+    assert_type(batch.outcomes, list[Outcome])
+    assert_type(batch.summary, Summary)
+    assert_type(batch.summary.errors[601], int)
+    session.map("score", rows(), errors="ignore")  # type: ignore[arg-type]
+    warning: UserWarning = PoolSizeWarning("pool")
+    del warning
 
 
 # ---------------------------------------------------------------- engine and testing
