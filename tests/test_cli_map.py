@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import signal
+import struct
 import subprocess
 import sys
+import termios
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -379,6 +382,8 @@ async def test_progress_line_on_a_terminal(
     out = tmp_path / "out.jsonl"
     args = ["slow", "--input", str(source), "--output", str(out), "--concurrency", "2"]
     main, child = pty.openpty()
+    # A real terminal has a size; tqdm draws nothing on a 0-column one.
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     try:
         with anyio.fail_after(60):
             process = await anyio.open_process(
