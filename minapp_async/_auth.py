@@ -18,6 +18,7 @@ import attrs
 from ._constants import ACCESS_TOKEN_REFRESH_MARGIN, SESSION_EXPIRY_MARGIN
 from ._errors import HError, InvalidArgumentError, ResponseFormatError, SessionMissingError
 from ._tokens import MemoryTokenStore, StoredSession, TokenStore
+from ._types import NOT_GIVEN, NotGiven
 
 __all__ = ["Auth", "CurrentUser", "UserCredentials"]
 
@@ -162,6 +163,16 @@ class Auth:
             await self._store.clear()
         else:
             await self._store.save(session)
+
+    def ready_authorization(self) -> str | None | NotGiven:
+        """The Authorization header when it is known without any I/O, else NOT_GIVEN: the
+        per-call fast path (``authorization()`` is the general one)."""
+        session = self._session
+        if not self._loaded or (session is not None and session.expired):
+            return NOT_GIVEN
+        if session is None:
+            return None if self._credentials is None else NOT_GIVEN
+        return f"{AUTH_PREFIX} {session.token}"
 
     async def authorization(self) -> str | None:
         """The Authorization header for the next request, logging in first if credentials
@@ -340,6 +351,12 @@ class ServerAuth:
         return f"<ServerAuth client_id={self._client_id!r}>"
 
     can_reauthenticate = True
+
+    def ready_authorization(self) -> str | NotGiven:
+        """``Bearer <access token>`` while it needs no refresh, else NOT_GIVEN."""
+        if self._access is None or time.time() >= self._refresh_at:
+            return NOT_GIVEN
+        return f"Bearer {self._access}"
 
     async def authorization(self) -> str:
         """``Bearer <access token>``, fetching or refreshing the token first when needed."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import ipaddress
+import math
 import sys
+import time
 import traceback
 import warnings
-from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -381,7 +384,9 @@ class Session:
         pool_timeout = self._options.timeouts.pool
         headers = self._headers
         if authorization is NOT_GIVEN:
-            value = await self._auth.authorization()
+            value = self._auth.ready_authorization()
+            if value is NOT_GIVEN:
+                value = await self._auth.authorization()
             if value is not None:
                 headers = {**headers, "Authorization": value}
             raw = await self._transport.request(
@@ -419,7 +424,7 @@ class Session:
         self._check_open()
         body = None if payload is None else dumps(payload)
         attempt = Attempt()
-        with _deadline(self._options.timeouts.sync, attempt, path, method):
+        async with _Deadline(self._options.timeouts.sync, attempt, path, method):
             raw = await self._send(
                 method, path, body, attempt, authorization=authorization, cookies=cookies
             )
@@ -500,43 +505,64 @@ class Session:
     ) -> InvokeResult:
         attempt = Attempt()
         options = self._options
-        retry = options.retry
-        info = CallInfo(name, sync)
-        with invocation_span(info, options.tracing), _deadline(deadline, attempt, path):
-            while True:
-                info.attempt, info.status, info.code, info.error = attempt.number, None, None, None
-                run_hook(options.on_request, info)
-                try:
-                    raw = await self._send("POST", path, body, attempt)
-                    info.status, info.request_id = raw.status, raw.request_id
-                    check_status(raw, "POST", "/" + path)
-                    result = parse_result(raw, sync=sync, method="POST", path="/" + path)
-                except HError as err:
-                    err.attempts = attempt.number
-                    err.may_have_executed = err.may_have_executed or attempt.sent_before
-                    info.error = err
-                    run_hook(options.on_response, info)
-                    if attempt.number >= retry.attempts or not retry.should_retry(err, sync=sync):
-                        raise
-                    wait = retry.delay(attempt.number, getattr(err, "retry_after", None))
-                    if (
-                        wait is None
-                        or wait >= anyio.current_effective_deadline() - anyio.current_time()
-                    ):
-                        raise  # the server's pause, or the backoff, outlasts the deadline
-                    logger.debug(
-                        "retrying %s in %.3f s after try %d failed: %s",
-                        path,
-                        wait,
-                        attempt.number,
-                        err,
-                    )
-                    attempt.next(executed=err.may_have_executed)
-                    await anyio.sleep(wait)
-                else:
-                    info.code = result.code
-                    run_hook(options.on_response, info)
-                    return result
+        # CallInfo, hooks and spans cost a few µs a call: only pay when they are in use.
+        info = (
+            CallInfo(name, sync)
+            if options.on_request or options.on_response or options.tracing
+            else None
+        )
+        with invocation_span(info, options.tracing):
+            async with _Deadline(deadline, attempt, path) as bound:
+                while True:
+                    if info is not None:
+                        info.attempt, info.status, info.code, info.error = (
+                            attempt.number,
+                            None,
+                            None,
+                            None,
+                        )
+                        run_hook(options.on_request, info)
+                    try:
+                        raw = await self._send("POST", path, body, attempt)
+                        if info is not None:
+                            info.status, info.request_id = raw.status, raw.request_id
+                        check_status(raw, "POST", "/" + path)
+                        result = parse_result(raw, sync=sync, method="POST", path="/" + path)
+                    except HError as err:
+                        err.attempts = attempt.number
+                        err.may_have_executed = err.may_have_executed or attempt.sent_before
+                        if info is not None:
+                            info.error = err
+                            run_hook(options.on_response, info)
+                        wait = self._retry_wait(err, attempt, sync, bound)
+                        if wait is None:
+                            raise
+                        logger.debug(
+                            "retrying %s in %.3f s after try %d failed: %s",
+                            path,
+                            wait,
+                            attempt.number,
+                            err,
+                        )
+                        attempt.next(executed=err.may_have_executed)
+                        await anyio.sleep(wait)
+                    else:
+                        if info is not None:
+                            info.code = result.code
+                            run_hook(options.on_response, info)
+                        return result
+
+    def _retry_wait(
+        self, err: HError, attempt: Attempt, sync: bool, bound: _Deadline
+    ) -> float | None:
+        """How long to wait before trying *err*'s call again; None: do not."""
+        retry = self._options.retry
+        if attempt.number >= retry.attempts or not retry.should_retry(err, sync=sync):
+            return None
+        wait = retry.delay(attempt.number, getattr(err, "retry_after", None))
+        if wait is None or wait >= bound.remaining():
+            return None  # the server's pause, or the backoff, outlasts the deadline
+        return wait
 
     # -- fan-out ----------------------------------------------------------------------------
 
@@ -664,39 +690,78 @@ class Session:
         return await collect(fanout)
 
 
-@contextmanager
-def _deadline(
-    seconds: float | None, attempt: Attempt, path: str, method: str = "POST"
-) -> Iterator[None]:
-    """Bound a whole call; a timeout says where it was (pool, auth or send) and whether the
-    request may have reached the server."""
-    try:
-        if seconds is None:
+if sys.version_info >= (3, 11):
+    _timeout = asyncio.timeout
+else:  # pragma: no cover - Python 3.10
+
+    @asynccontextmanager
+    async def _timeout(seconds: float) -> AsyncIterator[None]:
+        with anyio.fail_after(seconds):
             yield
-        else:
-            # anyio.fail_after, inlined: its two nested generator frames cost more than the
-            # cancel scope itself (~4 µs of every call of a fan-out).
-            with anyio.CancelScope(deadline=anyio.current_time() + seconds) as scope:
-                yield
-            if scope.cancelled_caught and anyio.current_time() >= scope.deadline:
-                raise TimeoutError
-    except HError:
-        raise
-    except TimeoutError:
-        details = ErrorDetails(method=method, path="/" + path)
+
+
+class _Deadline:
+    """Bounds a whole call. A timeout says where the call was (pool, auth or send) and whether
+    the request may have reached the server.
+
+    On Python 3.11+ this is ``asyncio.timeout``, which is about 5 µs cheaper per call than an
+    anyio cancel scope and composes with anyio's cancellation (both count cancellations).
+    """
+
+    __slots__ = ("_attempt", "_cm", "_method", "_path", "_seconds", "_when")
+
+    def __init__(
+        self, seconds: float | None, attempt: Attempt, path: str, method: str = "POST"
+    ) -> None:
+        self._seconds = seconds
+        self._attempt = attempt
+        self._path = path
+        self._method = method
+        self._cm: AbstractAsyncContextManager[Any] | None = None
+        self._when = math.inf
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (infinite without one)."""
+        return self._when - time.monotonic()
+
+    async def __aenter__(self) -> Self:
+        if self._seconds is not None:
+            self._when = time.monotonic() + self._seconds
+            self._cm = _timeout(self._seconds)
+            await self._cm.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._cm is None:
+            return
+        try:
+            await self._cm.__aexit__(exc_type, exc, tb)
+        except TimeoutError as expired:
+            if isinstance(expired, HError):
+                raise
+            raise self._error() from None
+
+    def _error(self) -> RequestTimeoutError:
+        attempt = self._attempt
+        details = ErrorDetails(method=self._method, path="/" + self._path)
         where = {
             "pool": "waiting for a connection",
             "auth": "logging in",
             "send": "waiting for the reply",
         }
-        text = f"no reply within {seconds:g} s ({where[attempt.phase]})"
+        text = f"no reply within {self._seconds:g} s ({where[attempt.phase]})"
         if attempt.phase == "pool" and not attempt.sent_before:
-            raise PoolTimeoutError(text, details=details) from None
+            return PoolTimeoutError(text, details=details)
         err = RequestTimeoutError(
             text, details=details, may_have_executed=attempt.may_have_executed
         )
         err.attempts = attempt.number
-        raise err from None
+        return err
 
 
 def _check_timeout(value: object) -> None:

@@ -66,6 +66,11 @@ class RawResponse:
     retry_after: str | None = None
 
 
+def _details(method: str, url: str) -> ErrorDetails:
+    # Computed only on failure: parsing the URL on every request would cost a microsecond.
+    return ErrorDetails(method=method, path=urlsplit(url).path)
+
+
 class Transport:
     """A lazily created, pooled aiohttp ``ClientSession`` and the exception boundary.
 
@@ -136,7 +141,6 @@ class Transport:
         cookie jar, for the Open API's authorize flow.
         """
         client = self._session()
-        path = urlsplit(url).path
         pool = self._pool
         if pool is not None:
             if pool.locked():
@@ -149,48 +153,46 @@ class Transport:
                         f"no pooled connection became free within {pool_timeout:g} s "
                         f"({self._limits.pool_size} in use); raise Limits.max_connections or "
                         "lower the concurrency",
-                        details=ErrorDetails(method=method, path=path),
+                        details=_details(method, url),
                     ) from None
             else:
                 await pool.acquire()  # does not block: a permit is free
         attempt.phase = "send"
         started = time.perf_counter()
-        try:
-            scope = (
-                aiohttp.ClientSession(
-                    connector=client.connector,
-                    connector_owner=False,
-                    cookie_jar=aiohttp.CookieJar(unsafe=True),  # unsafe: allow IP hosts
-                    timeout=client.timeout,
-                )
-                if cookies
-                else nullcontext(client)
+        session = client
+        if cookies:
+            session = aiohttp.ClientSession(
+                connector=client.connector,
+                connector_owner=False,
+                cookie_jar=aiohttp.CookieJar(unsafe=True),  # unsafe: allow IP hosts
+                timeout=client.timeout,
             )
-            async with scope as session:
-                attempt.sent = True
-                async with session.request(
-                    method, url, data=body, headers=headers, allow_redirects=cookies
-                ) as resp:
-                    raw = RawResponse(
-                        status=resp.status,
-                        body=await resp.read(),
-                        content_type=resp.headers.get("Content-Type", ""),
-                        request_id=resp.headers.get(REQUEST_ID_HEADER),
-                        retry_after=resp.headers.get("Retry-After"),
-                    )
+        try:
+            attempt.sent = True
+            async with session.request(
+                method, url, data=body, headers=headers, allow_redirects=cookies
+            ) as resp:
+                reply = resp.headers
+                raw = RawResponse(
+                    status=resp.status,
+                    body=await resp.read(),
+                    content_type=reply.get("Content-Type", ""),
+                    request_id=reply.get(REQUEST_ID_HEADER),
+                    retry_after=reply.get("Retry-After"),
+                )
         except aiohttp.ClientConnectorError as exc:
             # The connection was never made (refused, DNS, TLS): nothing reached the server.
             attempt.sent = False
             raise NetworkError(
                 f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc}",
-                details=ErrorDetails(method=method, path=path),
+                details=_details(method, url),
             ) from exc
         except aiohttp.ServerTimeoutError as exc:
             if isinstance(exc, aiohttp.ConnectionTimeoutError):
                 attempt.sent = False
             raise RequestTimeoutError(
                 f"{exc or 'timed out'}",
-                details=ErrorDetails(method=method, path=path),
+                details=_details(method, url),
                 may_have_executed=attempt.sent,
             ) from exc
         except aiohttp.ClientConnectionResetError as exc:
@@ -200,34 +202,37 @@ class Transport:
             attempt.sent = False
             raise NetworkError(
                 "the connection closed before the request was sent",
-                details=ErrorDetails(method=method, path=path),
+                details=_details(method, url),
             ) from exc
         except aiohttp.ServerDisconnectedError as exc:
             raise NetworkError(
                 "the server closed the connection without a reply",
-                details=ErrorDetails(method=method, path=path),
+                details=_details(method, url),
                 may_have_executed=True,
             ) from exc
         except aiohttp.ClientPayloadError as exc:
             raise NetworkError(
                 "the connection broke while the reply was being read",
-                details=ErrorDetails(method=method, path=path),
+                details=_details(method, url),
                 may_have_executed=True,
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise NetworkError(
                 f"{type(exc).__name__}: {exc}",
-                details=ErrorDetails(method=method, path=path),
+                details=_details(method, url),
                 may_have_executed=attempt.sent,
             ) from exc
         finally:
             if pool is not None:
                 pool.release()
+            if cookies:
+                with anyio.CancelScope(shield=True):
+                    await session.close()  # closes nothing shared: connector_owner=False
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "%s %s -> %d in %.1f ms (request id %s)",
                 method,
-                path,
+                urlsplit(url).path,
                 raw.status,
                 (time.perf_counter() - started) * 1000,
                 raw.request_id,
