@@ -476,7 +476,7 @@ class FanOut:
         started = time.perf_counter()
         try:
             # invoke() validates and serialises here, after the slot was taken.
-            result = await self._session.invoke(self._name, item, self._sync, timeout=self._timeout)
+            result = await self._session._prepare(self._name, item, self._sync, self._timeout)
         except HError as err:
             return Outcome(index, item, None, err, time.perf_counter() - started)
         return Outcome(index, item, result, None, time.perf_counter() - started)

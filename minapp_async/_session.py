@@ -10,7 +10,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -474,6 +474,17 @@ class Session:
             InvalidArgumentError: (605, at once, nothing sent) a bad name, params or sync.
             HError: any failure of the call, with the HTTP status or a 6xx code.
         """
+        return Promise(self._prepare(function_name, params, sync, timeout))
+
+    def _prepare(
+        self,
+        function_name: str,
+        params: JSON | NotGiven,
+        sync: bool,
+        timeout: float | None | NotGiven,
+    ) -> Coroutine[Any, Any, InvokeResult]:
+        """Check the arguments and serialise the request now (605 before anything is sent);
+        the returned coroutine sends it. Fan-out awaits it directly, without a Promise."""
         name = check_name(function_name)
         check_sync(sync)
         if timeout is not NOT_GIVEN and timeout is not None:
@@ -484,7 +495,7 @@ class Session:
             path, body = CLIENT_JOB_PATH, client_api_body(name, params, sync)
         deadline = self._options.timeouts.for_mode(sync) if timeout is NOT_GIVEN else timeout
         self._check_open()
-        return Promise(self._invoke(name, path, body, sync, deadline))
+        return self._invoke(name, path, body, sync, deadline)
 
     def invoke_function(
         self,
