@@ -628,22 +628,7 @@ class Session:
         runs on the event loop's next iteration. Warns ``PoolSizeWarning`` when *concurrency*
         is larger than the connection pool.
         """
-        check_fanout_arguments(
-            function_name,
-            params,
-            sync=sync,
-            concurrency=concurrency,
-            rate=rate,
-            ordered=ordered,
-            window=window,
-            errors=errors,
-            timeout=timeout,
-            progress=progress,
-        )
-        self._check_open()
-        warn_if_pool_too_small(self, concurrency, stacklevel=2)
-        return FanOut(
-            self,
+        return self._fanout(
             function_name,
             params,
             sync=sync,
@@ -672,21 +657,8 @@ class Session:
         """``map()`` collected: a ``Batch`` with every ``Outcome`` in input order and a
         ``Summary`` (counts, latency p50/p95/max, calls per second). Arguments as ``map``'s;
         with ``errors="raise"`` the first ``HError`` is raised instead."""
-        check_fanout_arguments(
-            function_name,
-            params,
-            sync=sync,
-            concurrency=concurrency,
-            rate=rate,
-            errors=errors,
-            timeout=timeout,
-            progress=progress,
-        )
-        self._check_open()
-        warn_if_pool_too_small(self, concurrency, stacklevel=2)
         # As completed: the list is in memory anyway, so no slow item should hold up others.
-        fanout = FanOut(
-            self,
+        fanout = self._fanout(
             function_name,
             params,
             sync=sync,
@@ -699,6 +671,18 @@ class Session:
             progress=progress,
         )
         return await collect(fanout)
+
+    def _fanout(
+        self,
+        function_name: str,
+        params: Iterable[JSON] | AsyncIterable[JSON],
+        **options: Any,
+    ) -> FanOut:
+        check_fanout_arguments(function_name, params, **options)
+        self._check_open()
+        # stacklevel 3: the warning points at the caller of map() or invoke_many().
+        warn_if_pool_too_small(self, options["concurrency"], stacklevel=3)
+        return FanOut(self, function_name, params, **options)
 
 
 if sys.version_info >= (3, 11):
