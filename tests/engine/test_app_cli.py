@@ -67,10 +67,19 @@ def _functions(tmp_path: Path) -> Path:
     return tmp_path
 
 
+#: What the README's command serves: ``minapp-async serve --functions examples/functions``.
+EXAMPLE_FUNCTIONS = Path(__file__).resolve().parents[2] / "examples" / "functions"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-async def test_serve_answers_requests_and_stops_cleanly(functions: Path, signum: int) -> None:
-    """The served engine runs helloWorld; SIGTERM or Ctrl-C shuts it down with status 0."""
-    async with serve("--functions", str(functions), "--port", "0") as (process, url, lines):
+async def test_serve_answers_requests_and_stops_cleanly(signum: int) -> None:
+    """Serving examples/functions runs the seed's helloWorld; SIGTERM or Ctrl-C shuts the
+    engine down with status 0."""
+    async with serve("--functions", str(EXAMPLE_FUNCTIONS), "--port", "0") as (
+        process,
+        url,
+        lines,
+    ):
         banner = "\n".join(lines)
         assert DEFAULT_CLIENT_ID in banner
         assert f"base_url={url!r}" in banner
