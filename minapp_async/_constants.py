@@ -18,9 +18,8 @@ USER_AGENT: Final = f"minapp-async/{__version__}"
 CLIENT_API_HOST: Final = "https://{client_id}.myminapp.com"
 OPEN_API_HOST: Final = "https://cloud.minapp.com"
 
-#: The platform's limits (PROTOCOL.md §7.3): a sync job gets 5 s, an async job 300 s.
+#: The platform's limit for a sync job (PROTOCOL.md §7.3); an async job gets 300 s.
 SYNC_TIME_LIMIT: Final = 5.0
-ASYNC_TIME_LIMIT: Final = 300.0
 #: A sync call's client deadline: the platform's 5 s plus a margin for the network and auth.
 SYNC_DEADLINE: Final = SYNC_TIME_LIMIT + 5.0
 #: A sync=False call only waits for the acknowledgement.

@@ -33,10 +33,3 @@ def redact_text(text: str) -> str:
     text = _FORM_PAIR.sub(rf"\1{REDACTED}", text)
     return _AUTH_VALUE.sub(rf"\1 {REDACTED}", text)
 
-
-def redact_headers(headers: dict[str, str]) -> dict[str, str]:
-    """A copy of *headers* safe to log."""
-    return {
-        k: (REDACTED if k.lower() in ("authorization", "cookie", "set-cookie") else v)
-        for k, v in headers.items()
-    }
