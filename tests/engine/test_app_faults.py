@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 
@@ -49,7 +50,7 @@ async def test_slow_delays_the_reply_then_answers_normally(api: Api) -> None:
     """A slow fault makes a short client timeout fire; the next call is normal again."""
     token = await api.login()
     api.engine.faults.add("slow", delay=0.5)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):  # TimeoutError on 3.11+; its own class on 3.10
         await raw_invoke(api, token, timeout=aiohttp.ClientTimeout(total=0.1))
     await assert_normal(api, token)
     api.engine.faults.add("slow", delay=0.1)
@@ -60,7 +61,7 @@ async def test_slow_after_runs_the_function_before_the_delay(api: Api) -> None:
     """With when=after the function has run although the caller timed out waiting."""
     token = await api.login()
     api.engine.faults.add("slow", delay=0.5, when="after")
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):  # TimeoutError on 3.11+; its own class on 3.10
         await raw_invoke(api, token, timeout=aiohttp.ClientTimeout(total=0.2))
     await api.engine.drain(timeout=10)
     (job,) = api.engine.jobs("helloWorld")
@@ -175,7 +176,7 @@ async def test_a_client_leaving_a_trickle_is_no_engine_error(
     """A caller that times out mid-trickle leaves no error in the engine's logs."""
     token = await api.login()
     api.engine.faults.add("trickle", delay=0.05)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):  # TimeoutError on 3.11+; its own class on 3.10
         await raw_invoke(api, token, timeout=aiohttp.ClientTimeout(total=0.3))
     await assert_normal(api, token)
     await api.engine.aclose()  # waits for the abandoned reply's handler to end
