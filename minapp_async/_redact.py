@@ -32,4 +32,3 @@ def redact_text(text: str) -> str:
     text = _OAUTH_CODE.sub(rf'\1"{REDACTED}"', text)
     text = _FORM_PAIR.sub(rf"\1{REDACTED}", text)
     return _AUTH_VALUE.sub(rf"\1 {REDACTED}", text)
-
