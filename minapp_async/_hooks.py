@@ -69,9 +69,9 @@ def run_hook(hook: Hook | None, info: CallInfo) -> None:
 
 
 @contextmanager
-def invocation_span(info: CallInfo | None, enabled: bool) -> Iterator[None]:
-    """An OpenTelemetry client span around one invocation, when enabled and installed."""
-    if info is None or not enabled or _trace is None:
+def invocation_span(info: CallInfo | None) -> Iterator[None]:
+    """An OpenTelemetry client span around one invocation, when OpenTelemetry is installed."""
+    if info is None or _trace is None:
         yield
         return
     tracer = _trace.get_tracer("minapp_async", __version__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import ipaddress
 import math
 import sys
@@ -11,7 +12,7 @@ import time
 import traceback
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -76,6 +77,8 @@ __all__ = ["Session"]
 
 logger = get_logger()
 
+_NO_SPAN: Final = nullcontext()  # reusable: entering it does nothing
+
 _JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
@@ -85,6 +88,7 @@ class _State(enum.Enum):
     CLOSED = "closed"  # closed for good: a Session is never reopened
 
 
+@functools.lru_cache(maxsize=256)  # a handful of (base URL, path) pairs, joined per request
 def join_url(host: str, path: str) -> str:
     """PROTOCOL.md §1: strip one trailing ``/`` from the host and one leading ``/`` from the
     path, join with ``/``; a path that is already absolute is used as it is."""
@@ -169,6 +173,7 @@ class Session:
     _state: _State = _State.UNOPENED
     _headers: dict[str, str] = attrs.field(factory=dict)
     _source: str | None = None
+    _with_auth: tuple[str | None, dict[str, str]] = (None, {})
 
     def __init__(
         self,
@@ -388,7 +393,12 @@ class Session:
             if value is NOT_GIVEN:
                 value = await self._auth.authorization()
             if value is not None:
-                headers = {**headers, "Authorization": value}
+                # The same token is sent call after call: merge its header once.
+                cached_value, cached_headers = self._with_auth
+                if value != cached_value:
+                    cached_headers = {**headers, "Authorization": value}
+                    self._with_auth = (value, cached_headers)
+                headers = cached_headers
             raw = await self._transport.request(
                 method, url, body=body, headers=headers, attempt=attempt, pool_timeout=pool_timeout
             )
@@ -522,7 +532,7 @@ class Session:
             if options.on_request or options.on_response or options.tracing
             else None
         )
-        with invocation_span(info, options.tracing):
+        with invocation_span(info) if options.tracing else _NO_SPAN:
             async with _Deadline(deadline, attempt, path) as bound:
                 while True:
                     if info is not None:

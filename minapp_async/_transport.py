@@ -55,9 +55,9 @@ class Attempt:
         return self.sent or self.sent_before
 
 
-@attrs.frozen
+@attrs.define  # not frozen: frozen attrs classes pay for object.__setattr__ on every field
 class RawResponse:
-    """A whole reply, read into memory."""
+    """A whole reply, read into memory. Strictly private: treat as read-only."""
 
     status: int
     body: bytes = attrs.field(repr=False)
