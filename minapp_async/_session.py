@@ -384,40 +384,38 @@ class Session:
     ) -> RawResponse:
         """One request; with *authorization* NOT_GIVEN the credentials are applied, and a 401
         is answered by re-authenticating and sending once more, when that is possible."""
-        url = join_url(self._options.base_url, path)
-        pool_timeout = self._options.timeouts.pool
-        headers = self._headers
-        if authorization is NOT_GIVEN:
-            value = self._auth.ready_authorization()
-            if value is NOT_GIVEN:
-                value = await self._auth.authorization()
-            if value is not None:
-                # The same token is sent call after call: merge its header once.
-                cached_value, cached_headers = self._with_auth
-                if value != cached_value:
-                    cached_headers = {**headers, "Authorization": value}
-                    self._with_auth = (value, cached_headers)
-                headers = cached_headers
-            raw = await self._transport.request(
-                method, url, body=body, headers=headers, attempt=attempt, pool_timeout=pool_timeout
-            )
-            if raw.status == 401 and self._auth.can_reauthenticate:
-                await self._auth.reauthenticate(value)
-                return await self._send(
-                    method, path, body, attempt, authorization=await self._auth.authorization()
-                )
-            return raw
-        if authorization is not None:
-            headers = {**headers, "Authorization": authorization}
-        return await self._transport.request(
+        own_credentials = authorization is NOT_GIVEN
+        if own_credentials:
+            authorization = self._auth.ready_authorization()
+            if authorization is NOT_GIVEN:
+                authorization = await self._auth.authorization()
+        assert authorization is not NOT_GIVEN
+        raw = await self._transport.request(
             method,
-            url,
+            join_url(self._options.base_url, path),
             body=body,
-            headers=headers,
+            headers=self._headers_with(authorization),
             attempt=attempt,
-            pool_timeout=pool_timeout,
+            pool_timeout=self._options.timeouts.pool,
             cookies=cookies,
         )
+        if own_credentials and raw.status == 401 and self._auth.can_reauthenticate:
+            await self._auth.reauthenticate(authorization)
+            return await self._send(
+                method, path, body, attempt, authorization=await self._auth.authorization()
+            )
+        return raw
+
+    def _headers_with(self, authorization: str | None) -> dict[str, str]:
+        """The request headers with *authorization*; the same token is sent call after call,
+        so its merged headers are kept and reused."""
+        if authorization is None:
+            return self._headers
+        cached_value, cached_headers = self._with_auth
+        if authorization != cached_value:
+            cached_headers = {**self._headers, "Authorization": authorization}
+            self._with_auth = (authorization, cached_headers)
+        return cached_headers
 
     async def _exchange(
         self,
