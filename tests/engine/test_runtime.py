@@ -22,7 +22,18 @@ pytestmark = pytest.mark.anyio
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "functions"
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (LOG|INFO|WARN|ERROR) (.*)")
 
-needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+
+@pytest.fixture(name="node")
+def _node() -> str:
+    """node on PATH. The project requires Node.js (README), so a machine without it fails
+    these tests with this message instead of silently skipping them."""
+    path = shutil.which("node")
+    if path is None:
+        pytest.fail("Node.js is not installed: these tests run real Node.js functions")
+    return path
+
+
+needs_node = pytest.mark.usefixtures("node")
 
 
 def write(folder: Path, filename: str, source: str) -> None:
