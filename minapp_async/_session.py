@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import functools
 import ipaddress
-import math
 import sys
 import traceback
 import warnings
 from collections.abc import AsyncIterable, Coroutine, Iterable, Mapping
-from contextlib import nullcontext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -28,12 +25,11 @@ from ._constants import (
     SDK_TYPE,
     USER_AGENT,
 )
+from ._deadline import Deadline, Timers
 from ._errors import (
     ErrorDetails,
     HError,
     InvalidArgumentError,
-    PoolTimeoutError,
-    RequestTimeoutError,
     ResponseFormatError,
     SessionClosedError,
     snippet,
@@ -76,7 +72,6 @@ __all__ = ["Session"]
 
 logger = get_logger()
 
-_NO_SPAN: Final = nullcontext()  # reusable: entering it does nothing
 
 _JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
 
@@ -110,23 +105,30 @@ class _Options:
     on_response: Hook | None = None
     tracing: bool = False
 
-    def base_headers(self, client_id: str, server: bool) -> dict[str, str]:
+    def fixed_headers(self, client_id: str, server: bool) -> dict[str, str]:
+        """What every request in this mode carries: the transport sends these by default."""
         if server:
-            headers = {"User-Agent": USER_AGENT, **_JSON_HEADERS}
-        else:
-            # PROTOCOL.md §2: sent on every client API request, names exactly as written.
-            headers = {
-                "X-Hydrogen-Client-ID": client_id,
-                "X-Hydrogen-Client-Version": CLIENT_VERSION,
-                "X-Hydrogen-Client-Platform": self.platform,
-                "X-Hydrogen-Client-SDK-Type": SDK_TYPE,
-                "User-Agent": USER_AGENT,
-                **_JSON_HEADERS,
-            }
+            return {"User-Agent": USER_AGENT, **_JSON_HEADERS}
+        # PROTOCOL.md §2: sent on every client API request, names exactly as written.
+        return {
+            "X-Hydrogen-Client-ID": client_id,
+            "X-Hydrogen-Client-Version": CLIENT_VERSION,
+            "X-Hydrogen-Client-Platform": self.platform,
+            "X-Hydrogen-Client-SDK-Type": SDK_TYPE,
+            "User-Agent": USER_AGENT,
+            **_JSON_HEADERS,
+        }
+
+    def headers_beyond(
+        self, client_id: str, server: bool, defaults: Mapping[str, str]
+    ) -> dict[str, str]:
+        """This view's headers less those the transport already sends (*defaults*). Every
+        default name is among them, so what aiohttp merges per request is exactly these."""
+        headers = self.fixed_headers(client_id, server)
         if self.env_id is not None:
             headers["X-Hydrogen-Env-ID"] = self.env_id
         headers.update(self.headers)
-        return headers
+        return {name: value for name, value in headers.items() if defaults.get(name) != value}
 
 
 def _check_str(name: str, value: object, *, optional: bool = True) -> None:
@@ -173,6 +175,7 @@ class Session:
     _headers: dict[str, str] = attrs.field(factory=dict)
     _source: str | None = None
     _with_auth: tuple[str | None, dict[str, str]] = (None, {})
+    _timers: Timers = attrs.field(factory=dict)  # shared by views, as the pool is
 
     def __init__(
         self,
@@ -225,7 +228,7 @@ class Session:
             on_response=_hook("on_response", on_response),
             tracing=bool(tracing),
         )
-        transport = Transport(limits, options.timeouts)
+        transport = Transport(limits, options.timeouts, options.fixed_headers(client_id, server))
         self.__attrs_init__(client_id, options, transport, None, True)  # type: ignore[arg-type]
         self._auth = (
             ServerAuth(self._exchange, client_id, client_secret)
@@ -237,7 +240,7 @@ class Session:
                 token=token,
             )
         )
-        self._headers = options.base_headers(client_id, server)
+        self._headers = options.headers_beyond(client_id, server, transport.headers)
         # Where an unclosed Session was made, for the ResourceWarning (as aiohttp does).
         self._source = _caller() if sys.flags.dev_mode else None
 
@@ -350,7 +353,9 @@ class Session:
     def _view(self, options: _Options, auth: Auth | ServerAuth) -> Session:
         view = object.__new__(Session)
         view.__attrs_init__(self.client_id, options, self._transport, auth, False)
-        view._headers = options.base_headers(self.client_id, isinstance(auth, ServerAuth))
+        server = isinstance(auth, ServerAuth)
+        view._headers = options.headers_beyond(self.client_id, server, self._transport.headers)
+        view._timers = self._timers
         return view
 
     # -- auth --------------------------------------------------------------------------------
@@ -407,8 +412,8 @@ class Session:
         return raw
 
     def _headers_with(self, authorization: str | None) -> dict[str, str]:
-        """The request headers with *authorization*; the same token is sent call after call,
-        so its merged headers are kept and reused."""
+        """The request's own headers (beyond the transport's) with *authorization*; the same
+        token is sent call after call, so its merged headers are kept and reused."""
         if authorization is None:
             return self._headers
         cached_value, cached_headers = self._with_auth
@@ -431,7 +436,7 @@ class Session:
         self._check_open()
         body = None if payload is None else dumps(payload)
         attempt = Attempt()
-        with _Deadline(self._options.timeouts.sync, attempt, path, method):
+        with Deadline(self._options.timeouts.sync, attempt, path, self._timers, method):
             raw = await self._send(
                 method, path, body, attempt, authorization=authorization, cookies=cookies
             )
@@ -500,9 +505,16 @@ class Session:
             path, body = open_api_path(name), open_api_body(params, sync)
         else:
             path, body = CLIENT_JOB_PATH, client_api_body(name, params, sync)
-        deadline = self._options.timeouts.for_mode(sync) if timeout is NOT_GIVEN else timeout
+        options = self._options
+        deadline = options.timeouts.for_mode(sync) if timeout is NOT_GIVEN else timeout
         self._check_open()
-        return self._invoke(name, path, body, sync, deadline)
+        # CallInfo, hooks and spans cost a few µs a call: only pay when they are in use.
+        if options.on_request or options.on_response or options.tracing:
+            info = CallInfo(name, sync)
+            if options.tracing:
+                return self._traced(info, path, body, sync, deadline)
+            return self._invoke(info, path, body, sync, deadline)
+        return self._invoke(None, path, body, sync, deadline)
 
     def invoke_function(
         self,
@@ -518,60 +530,61 @@ class Session:
         )
         return self.invoke(function_name, params, sync, timeout=timeout)
 
+    async def _traced(
+        self, info: CallInfo, path: str, body: bytes, sync: bool, deadline: float | None
+    ) -> InvokeResult:
+        """``_invoke`` inside an OpenTelemetry span."""
+        with invocation_span(info):
+            return await self._invoke(info, path, body, sync, deadline)
+
     async def _invoke(
-        self, name: str, path: str, body: bytes, sync: bool, deadline: float | None
+        self, info: CallInfo | None, path: str, body: bytes, sync: bool, deadline: float | None
     ) -> InvokeResult:
         attempt = Attempt()
         options = self._options
-        # CallInfo, hooks and spans cost a few µs a call: only pay when they are in use.
-        info = (
-            CallInfo(name, sync)
-            if options.on_request or options.on_response or options.tracing
-            else None
-        )
-        with invocation_span(info) if options.tracing else _NO_SPAN:
-            with _Deadline(deadline, attempt, path) as bound:
-                while True:
+        shown = "/" + path  # as error messages show it
+        with Deadline(deadline, attempt, path, self._timers) as bound:
+            while True:
+                if info is not None:
+                    info.attempt, info.status, info.code, info.error = (
+                        attempt.number,
+                        None,
+                        None,
+                        None,
+                    )
+                    run_hook(options.on_request, info)
+                try:
+                    raw = await self._send("POST", path, body, attempt)
                     if info is not None:
-                        info.attempt, info.status, info.code, info.error = (
-                            attempt.number,
-                            None,
-                            None,
-                            None,
-                        )
-                        run_hook(options.on_request, info)
-                    try:
-                        raw = await self._send("POST", path, body, attempt)
-                        if info is not None:
-                            info.status, info.request_id = raw.status, raw.request_id
-                        check_status(raw, "POST", "/" + path)
-                        result = parse_result(raw, sync=sync, method="POST", path="/" + path)
-                    except HError as err:
-                        err.attempts = attempt.number
-                        err.may_have_executed = err.may_have_executed or attempt.sent_before
-                        if info is not None:
-                            info.error = err
-                            run_hook(options.on_response, info)
-                        wait = self._retry_wait(err, attempt, sync, bound)
-                        if wait is None:
-                            raise
-                        logger.debug(
-                            "retrying %s in %.3f s after try %d failed: %s",
-                            path,
-                            wait,
-                            attempt.number,
-                            err,
-                        )
-                        attempt.next(executed=err.may_have_executed)
-                        await anyio.sleep(wait)
-                    else:
-                        if info is not None:
-                            info.code = result.code
-                            run_hook(options.on_response, info)
-                        return result
+                        info.status, info.request_id = raw.status, raw.request_id
+                    check_status(raw, "POST", shown)
+                    result = parse_result(raw, sync=sync, method="POST", path=shown)
+                except HError as err:
+                    err.attempts = attempt.number
+                    err.may_have_executed = err.may_have_executed or attempt.sent_before
+                    if info is not None:
+                        info.error = err
+                        run_hook(options.on_response, info)
+                    wait = self._retry_wait(err, attempt, sync, bound)
+                    if wait is None:
+                        raise
+                    logger.debug(
+                        "retrying %s in %.3f s after try %d failed: %s",
+                        path,
+                        wait,
+                        attempt.number,
+                        err,
+                    )
+                    attempt.next(executed=err.may_have_executed)
+                    await anyio.sleep(wait)
+                else:
+                    if info is not None:
+                        info.code = result.code
+                        run_hook(options.on_response, info)
+                    return result
 
     def _retry_wait(
-        self, err: HError, attempt: Attempt, sync: bool, bound: _Deadline
+        self, err: HError, attempt: Attempt, sync: bool, bound: Deadline
     ) -> float | None:
         """How long to wait before trying *err*'s call again; None: do not."""
         retry = self._options.retry
@@ -690,114 +703,6 @@ class Session:
         # stacklevel 3: the warning points at the caller of map() or invoke_many().
         warn_if_pool_too_small(self, options["concurrency"], stacklevel=3)
         return FanOut(self, function_name, params, **options)
-
-
-class _Deadline:
-    """Bounds a whole call. A timeout says where the call was (pool, auth or send) and whether
-    the request may have reached the server.
-
-    On Python 3.11+ this is ``asyncio.timeout``'s algorithm without its coroutines (a timer
-    that cancels the task, and ``uncancel()`` to tell its own cancellation from anyone else's,
-    so it composes with anyio's cancel scopes): it runs on every call, and this saves a few µs
-    each. Python 3.10 has no ``uncancel()``, so there it is an anyio cancel scope.
-    """
-
-    __slots__ = (
-        "_attempt",
-        "_cancelling",
-        "_expired",
-        "_handle",
-        "_loop",
-        "_method",
-        "_path",
-        "_scope",
-        "_seconds",
-        "_task",
-        "_when",
-    )
-
-    def __init__(
-        self, seconds: float | None, attempt: Attempt, path: str, method: str = "POST"
-    ) -> None:
-        self._seconds = seconds
-        self._attempt = attempt
-        self._path = path
-        self._method = method
-        self._when = math.inf
-        self._expired = False
-        self._handle: asyncio.TimerHandle | None = None
-        self._scope: anyio.CancelScope | None = None
-        self._task: asyncio.Task[Any] | None = None
-        self._cancelling = 0
-
-    def remaining(self) -> float:
-        """Seconds left before the deadline (infinite without one)."""
-        return self._when - self._loop.time() if self._seconds is not None else math.inf
-
-    def __enter__(self) -> Self:
-        if self._seconds is None:
-            return self
-        self._loop = loop = asyncio.get_running_loop()
-        self._when = loop.time() + self._seconds
-        if sys.version_info >= (3, 11):  # Task.cancelling() and uncancel() exist
-            task = asyncio.current_task()
-            assert task is not None
-            self._task = task
-            self._cancelling = task.cancelling()
-            self._handle = loop.call_at(self._when, self._expire)
-        else:  # pragma: no cover - Python 3.10
-            self._scope = anyio.CancelScope(deadline=anyio.current_time() + self._seconds)
-            self._scope.__enter__()
-        return self
-
-    def _expire(self) -> None:
-        assert self._task is not None
-        self._handle = None
-        self._expired = True
-        self._task.cancel()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._seconds is None:
-            return
-        if sys.version_info >= (3, 11):
-            if self._handle is not None:
-                self._handle.cancel()
-                self._handle = None
-            # As asyncio.timeout: only a cancellation that is ours alone becomes a timeout.
-            if (
-                self._expired
-                and self._task is not None
-                and self._task.uncancel() <= self._cancelling
-                and exc_type is asyncio.CancelledError
-            ):
-                raise self._error() from None
-            return
-        assert self._scope is not None  # pragma: no cover - Python 3.10
-        # The scope swallows only its own cancellation, which happens at the deadline.
-        if self._scope.__exit__(exc_type, exc, tb) or self._scope.cancelled_caught:
-            raise self._error() from None
-
-    def _error(self) -> RequestTimeoutError:
-        attempt = self._attempt
-        details = ErrorDetails(method=self._method, path="/" + self._path)
-        where = {
-            "pool": "waiting for a connection",
-            "auth": "logging in",
-            "send": "waiting for the reply",
-        }
-        text = f"no reply within {self._seconds:g} s ({where[attempt.phase]})"
-        if attempt.phase == "pool" and not attempt.sent_before:
-            return PoolTimeoutError(text, details=details)
-        err = RequestTimeoutError(
-            text, details=details, may_have_executed=attempt.may_have_executed
-        )
-        err.attempts = attempt.number
-        return err
 
 
 def _check_timeout(value: object) -> None:

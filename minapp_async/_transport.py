@@ -8,6 +8,7 @@ that times out there raises ``PoolTimeoutError`` and is known not to have been s
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Mapping
@@ -55,6 +56,52 @@ class Attempt:
         return self.sent or self.sent_before
 
 
+class Permits:
+    """The pool's connections as permits: a free one is taken without awaiting anything (this
+    runs on every request, and ``asyncio.Semaphore.acquire`` is a coroutine even then); when
+    none is free, callers wait in FIFO order and a released permit passes straight to the first.
+    """
+
+    __slots__ = ("_free", "_waiters", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def in_use(self) -> int:
+        return self.size - self._free
+
+    def take_free(self) -> bool:
+        """Take a permit if one is free and nobody is queued for it."""
+        if self._free and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Wait in line for a permit."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if not waiter.cancelled():
+                self.release()  # granted as this call was cancelled: the next one gets it
+            elif waiter in self._waiters:  # release() may have dropped it already
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the permit passes on: _free stays as it is
+                return
+        self._free += 1
+
+
 @attrs.define  # not frozen: frozen attrs classes pay for object.__setattr__ on every field
 class RawResponse:
     """A whole reply, read into memory. Strictly private: treat as read-only."""
@@ -77,11 +124,14 @@ class Transport:
     Strictly private: the Session owns exactly one and shares it with its views.
     """
 
-    def __init__(self, limits: Limits, timeouts: Timeouts) -> None:
+    def __init__(self, limits: Limits, timeouts: Timeouts, headers: Mapping[str, str]) -> None:
         self._limits = limits
+        # Sent with every request; each request's own headers add to or replace them. As the
+        # aiohttp session's defaults they cost less per request than merged in every time.
+        self.headers = dict(headers)
         self._connect_timeout = timeouts.connect
         self._client: aiohttp.ClientSession | None = None
-        self._pool: asyncio.Semaphore | None = None
+        self._pool: Permits | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -93,9 +143,7 @@ class Transport:
     @property
     def in_use(self) -> int:
         """Connections checked out right now (our view of the pool)."""
-        if self._pool is None:
-            return 0
-        return self._limits.pool_size - self._pool._value
+        return 0 if self._pool is None else self._pool.in_use
 
     def _session(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -110,12 +158,13 @@ class Transport:
             )
             self._client = aiohttp.ClientSession(
                 connector=connector,
+                headers=self.headers,
                 cookie_jar=aiohttp.DummyCookieJar(),  # the client API uses no cookies
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
                 auto_decompress=True,
             )
             if self._limits.pool_size:
-                self._pool = asyncio.Semaphore(self._limits.pool_size)
+                self._pool = Permits(self._limits.pool_size)
             self._loop = loop
         elif loop is not self._loop:
             raise SessionClosedError(
@@ -142,23 +191,20 @@ class Transport:
         """
         client = self._session()
         pool = self._pool
-        if pool is not None:
-            if pool.locked():
-                attempt.phase = "pool"
-                try:
-                    with anyio.fail_after(pool_timeout) if pool_timeout else nullcontext():
-                        await pool.acquire()
-                except TimeoutError:
-                    raise PoolTimeoutError(
-                        f"no pooled connection became free within {pool_timeout:g} s "
-                        f"({self._limits.pool_size} in use); raise Limits.max_connections or "
-                        "lower the concurrency",
-                        details=_details(method, url),
-                    ) from None
-            else:
-                await pool.acquire()  # does not block: a permit is free
+        if pool is not None and not pool.take_free():
+            attempt.phase = "pool"
+            try:
+                with anyio.fail_after(pool_timeout) if pool_timeout else nullcontext():
+                    await pool.take()
+            except TimeoutError:
+                raise PoolTimeoutError(
+                    f"no pooled connection became free within {pool_timeout:g} s "
+                    f"({self._limits.pool_size} in use); raise Limits.max_connections or "
+                    "lower the concurrency",
+                    details=_details(method, url),
+                ) from None
         attempt.phase = "send"
-        started = time.perf_counter()
+        started = time.perf_counter() if logger.isEnabledFor(logging.DEBUG) else None
         session = client
         if cookies:
             session = aiohttp.ClientSession(
@@ -166,6 +212,7 @@ class Transport:
                 connector_owner=False,
                 cookie_jar=aiohttp.CookieJar(unsafe=True),  # unsafe: allow IP hosts
                 timeout=client.timeout,
+                headers=self.headers,
             )
         try:
             attempt.sent = True
@@ -228,7 +275,7 @@ class Transport:
             if cookies:
                 with anyio.CancelScope(shield=True):
                     await session.close()  # closes nothing shared: connector_owner=False
-        if logger.isEnabledFor(logging.DEBUG):
+        if started is not None:
             logger.debug(
                 "%s %s -> %d in %.1f ms (request id %s)",
                 method,

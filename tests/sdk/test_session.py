@@ -144,3 +144,23 @@ def test_plain_http_to_another_host_warns(url: str, warns: bool) -> None:
         minapp_async.Session(CLIENT_ID, base_url=url)
 
     assert warns == any(issubclass(w.category, minapp_async.InsecureURLWarning) for w in caught)
+
+
+async def test_finished_calls_deadlines_never_fire_later(
+    session: minapp_async.Session, server: FakeServer
+) -> None:
+    """One task making call after call, as a map worker does, is never cancelled by the
+    deadline of a call that already finished: deadlines share timers and leave them on exit."""
+    timeout = 0.2
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 5 * timeout  # five deadlines' worth of calls, each well within its own
+    calls = 0
+    while loop.time() < end:
+        assert (await session.invoke("f", calls, timeout=timeout)).ok
+        calls += 1
+
+    assert calls > 5
+    assert [r.body for r in server.requests[:2]] == [
+        b'{"function_name":"f","sync":true,"data":0}',
+        b'{"function_name":"f","sync":true,"data":1}',
+    ]

@@ -129,6 +129,28 @@ async def test_with_options_view(session: minapp_async.Session, server: FakeServ
     assert len(server.requests) == 3
 
 
+async def test_view_drops_and_replaces_headers(server: FakeServer) -> None:
+    """A view sends exactly its own headers, in order: none of the original's env or extra
+    headers leak through the pool they share, and its values replace the original's."""
+    async with minapp_async.Session(
+        CLIENT_ID, base_url=server.url, env_id="env42", headers={"X-Trace": "1"}, token="t"
+    ) as s:
+        view = s.with_options(env_id=None, headers={"Accept": "text/plain"}, platform="WECHAT")
+        await view.invoke("f")
+
+    assert [
+        ("X-Hydrogen-Client-ID", CLIENT_ID),
+        ("X-Hydrogen-Client-Version", f"v{minapp_async.__version__}"),
+        ("X-Hydrogen-Client-Platform", "WECHAT"),
+        ("X-Hydrogen-Client-SDK-Type", "file"),
+        ("User-Agent", f"minapp-async/{minapp_async.__version__}"),
+        ("Content-Type", "application/json"),
+        ("Accept", "text/plain"),
+        ("Authorization", "Hydrogen-r1 t"),
+        ("Content-Length", "33"),
+    ] == [(k, v) for k, v in server.requests[-1].raw_headers if k not in ("Host", "Accept-Encoding")]
+
+
 async def test_result_shapes(session: minapp_async.Session, server: FakeServer) -> None:
     """Sync results, function failures and both async acknowledgements become InvokeResults."""
     server.json_reply(200, {"code": 0, "data": "hello allen", "error": {}})
