@@ -68,7 +68,7 @@ class PoolSizeWarning(UserWarning):
     wait for a free connection (and may raise ``PoolTimeoutError``) instead of running."""
 
 
-@attrs.frozen
+@attrs.define  # not frozen, as InvokeResult: one is built per item
 class Outcome:
     """One item's outcome.
 
@@ -347,16 +347,30 @@ class FanOut:
     async def _iterate(self) -> AsyncIterator[Outcome]:
         try:
             while True:
-                try:
-                    outcome = await self._next()
-                except StopAsyncIteration:
-                    return
+                # A ready outcome is handed over without a coroutine: this runs per item.
+                outcome = self._ready_outcome() if self._failure is None else None
+                if outcome is None:
+                    try:
+                        outcome = await self._next()
+                    except StopAsyncIteration:
+                        return
                 yield outcome
         finally:
             # Without `async with`, leaving the loop (break, error, garbage collection) is
             # the only signal that the outcomes are no longer wanted.
             if not self._managed:
                 await self.aclose()
+
+    def _ready_outcome(self) -> Outcome | None:
+        """The next outcome to yield if it is there, else None."""
+        if self._ordered:
+            outcome = self._ready.pop(self._yielded, None)
+        else:
+            outcome = self._queue.popleft() if self._queue else None
+        if outcome is not None:
+            self._yielded += 1
+            self._make_space()
+        return outcome
 
     async def _next(self) -> Outcome:
         if self._waiter is not None:
@@ -368,13 +382,8 @@ class FanOut:
                 failure, self._failure = self._failure, None
                 await self.aclose()
                 raise failure
-            if self._ordered:
-                outcome = self._ready.pop(self._yielded, None)
-            else:
-                outcome = self._queue.popleft() if self._queue else None
+            outcome = self._ready_outcome()
             if outcome is not None:
-                self._yielded += 1
-                self._make_space()
                 return outcome
             if self._workers == 0 or self._closed:
                 await self.aclose()
@@ -415,7 +424,9 @@ class FanOut:
     async def _work(self) -> None:
         try:
             while True:
-                if self._lock is None:
+                if self._lock is None and self._taken - self._yielded < self._window:
+                    taken = self._take_next()  # the common case, without a coroutine
+                elif self._lock is None:
                     taken = await self._take()
                 else:
                     async with self._lock:
@@ -425,10 +436,19 @@ class FanOut:
                 index, item = taken
                 if self._workers < self._concurrency and not self._exhausted:
                     self._spawn()  # ramp up: one more worker per item taken, up to the limit
-                outcome = await self._call(index, item)
-                if outcome.error is not None and not self._collect:
-                    self._fail(outcome.error, index)
-                    return
+                started = time.perf_counter()
+                try:
+                    # invoke() validates and serialises here, after the slot was taken.
+                    result = await self._session._prepare(
+                        self._name, item, self._sync, self._timeout
+                    )
+                except HError as err:
+                    if not self._collect:
+                        self._fail(err, index)
+                        return
+                    outcome = Outcome(index, item, None, err, time.perf_counter() - started)
+                else:
+                    outcome = Outcome(index, item, result, None, time.perf_counter() - started)
                 self._deliver(outcome)
         except asyncio.CancelledError:
             raise
@@ -446,40 +466,44 @@ class FanOut:
             space = asyncio.get_running_loop().create_future()
             self._space.append(space)
             await space
-        if self._stopping or self._exhausted:
-            return None
-        if self._interval:
+        if self._interval and not (self._stopping or self._exhausted):
             loop = asyncio.get_running_loop()
             now = loop.time()
             start = max(now, self._next_start)
             self._next_start = start + self._interval
             if start > now:
                 await asyncio.sleep(start - now)
-            if self._stopping:
-                return None
+        if self._aitems is None:
+            return self._take_next()
+        if self._stopping or self._exhausted:
+            return None
         try:
-            if self._aitems is not None:
-                item = await anext(self._aitems)
-            else:
-                assert self._items is not None
-                item = next(self._items)
-        except (StopIteration, StopAsyncIteration):
-            self._exhausted = True
-            self._items = self._aitems = None
-            self._wake_all()
+            item = await anext(self._aitems)
+        except StopAsyncIteration:
+            self._end_of_input()
             return None
         index = self._taken
         self._taken = index + 1
         return index, item
 
-    async def _call(self, index: int, item: JSON) -> Outcome:
-        started = time.perf_counter()
+    def _take_next(self) -> tuple[int, JSON] | None:
+        """The next item of a plain iterable and its index, once it may be taken."""
+        if self._stopping or self._exhausted:
+            return None
+        assert self._items is not None
         try:
-            # invoke() validates and serialises here, after the slot was taken.
-            result = await self._session._prepare(self._name, item, self._sync, self._timeout)
-        except HError as err:
-            return Outcome(index, item, None, err, time.perf_counter() - started)
-        return Outcome(index, item, result, None, time.perf_counter() - started)
+            item = next(self._items)
+        except StopIteration:
+            self._end_of_input()
+            return None
+        index = self._taken
+        self._taken = index + 1
+        return index, item
+
+    def _end_of_input(self) -> None:
+        self._exhausted = True
+        self._items = self._aitems = None
+        self._wake_all()
 
     def _deliver(self, outcome: Outcome) -> None:
         if self._ordered:
