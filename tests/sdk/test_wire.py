@@ -148,7 +148,9 @@ async def test_view_drops_and_replaces_headers(server: FakeServer) -> None:
         ("Accept", "text/plain"),
         ("Authorization", "Hydrogen-r1 t"),
         ("Content-Length", "33"),
-    ] == [(k, v) for k, v in server.requests[-1].raw_headers if k not in ("Host", "Accept-Encoding")]
+    ] == [
+        (k, v) for k, v in server.requests[-1].raw_headers if k not in ("Host", "Accept-Encoding")
+    ]
 
 
 async def test_result_shapes(session: minapp_async.Session, server: FakeServer) -> None:
