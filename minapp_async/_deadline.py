@@ -82,7 +82,7 @@ class Deadline:
         timers: Timers,
         method: str = "POST",
     ) -> None:
-        """*timers*: the shared timers of the loop this runs on (the Session's transport's)."""
+        """*timers*: the shared timers of the Session this call belongs to (and its views)."""
         self._seconds = seconds
         self._attempt = attempt
         self._path = path

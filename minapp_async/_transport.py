@@ -1,7 +1,7 @@
 """The only module that touches aiohttp: one pooled ``ClientSession``, bytes in, bytes out.
 
 Every aiohttp exception is translated here, at this one boundary, into an ``HError``. The pool
-is guarded by our own semaphore so that waiting for a connection is a phase we can see: a call
+is guarded by our own permits so that waiting for a connection is a phase we can see: a call
 that times out there raises ``PoolTimeoutError`` and is known not to have been sent.
 """
 
