@@ -1,14 +1,13 @@
 """The only module that touches aiohttp: one pooled ``ClientSession``, bytes in, bytes out.
 
 Every aiohttp exception is translated here, at this one boundary, into an ``HError``. The pool
-is guarded by our own permits so that waiting for a connection is a phase we can see: a call
+is guarded by our own semaphore so that waiting for a connection is a phase we can see: a call
 that times out there raises ``PoolTimeoutError`` and is known not to have been sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Mapping
@@ -56,52 +55,6 @@ class Attempt:
         return self.sent or self.sent_before
 
 
-class Permits:
-    """The pool's connections as permits: a free one is taken without awaiting anything (this
-    runs on every request, and ``asyncio.Semaphore.acquire`` is a coroutine even then); when
-    none is free, callers wait in FIFO order and a released permit passes straight to the first.
-    """
-
-    __slots__ = ("_free", "_waiters", "size")
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._free = size
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    @property
-    def in_use(self) -> int:
-        return self.size - self._free
-
-    def take_free(self) -> bool:
-        """Take a permit if one is free and nobody is queued for it."""
-        if self._free and not self._waiters:
-            self._free -= 1
-            return True
-        return False
-
-    async def take(self) -> None:
-        """Wait in line for a permit."""
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except BaseException:
-            if not waiter.cancelled():
-                self.release()  # granted as this call was cancelled: the next one gets it
-            elif waiter in self._waiters:  # release() may have dropped it already
-                self._waiters.remove(waiter)
-            raise
-
-    def release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the permit passes on: _free stays as it is
-                return
-        self._free += 1
-
-
 @attrs.define  # not frozen: frozen attrs classes pay for object.__setattr__ on every field
 class RawResponse:
     """A whole reply, read into memory. Strictly private: treat as read-only."""
@@ -131,7 +84,7 @@ class Transport:
         self.headers = dict(headers)
         self._connect_timeout = timeouts.connect
         self._client: aiohttp.ClientSession | None = None
-        self._pool: Permits | None = None
+        self._pool: anyio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -143,7 +96,7 @@ class Transport:
     @property
     def in_use(self) -> int:
         """Connections checked out right now (our view of the pool)."""
-        return 0 if self._pool is None else self._pool.in_use
+        return 0 if self._pool is None else self._limits.pool_size - self._pool.value
 
     def _session(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -164,7 +117,7 @@ class Transport:
                 auto_decompress=True,
             )
             if self._limits.pool_size:
-                self._pool = Permits(self._limits.pool_size)
+                self._pool = anyio.Semaphore(self._limits.pool_size)
             self._loop = loop
         elif loop is not self._loop:
             raise SessionClosedError(
@@ -191,18 +144,21 @@ class Transport:
         """
         client = self._session()
         pool = self._pool
-        if pool is not None and not pool.take_free():
-            attempt.phase = "pool"
+        if pool is not None:
             try:
-                with anyio.fail_after(pool_timeout) if pool_timeout else nullcontext():
-                    await pool.take()
-            except TimeoutError:
-                raise PoolTimeoutError(
-                    f"no pooled connection became free within {pool_timeout:g} s "
-                    f"({self._limits.pool_size} in use); raise Limits.max_connections or "
-                    "lower the concurrency",
-                    details=_details(method, url),
-                ) from None
+                pool.acquire_nowait()  # every request passes here: no coroutine when one is free
+            except anyio.WouldBlock:
+                attempt.phase = "pool"
+                try:
+                    with anyio.fail_after(pool_timeout) if pool_timeout else nullcontext():
+                        await pool.acquire()  # FIFO; a released permit passes to the first
+                except TimeoutError:
+                    raise PoolTimeoutError(
+                        f"no pooled connection became free within {pool_timeout:g} s "
+                        f"({self._limits.pool_size} in use); raise Limits.max_connections or "
+                        "lower the concurrency",
+                        details=_details(method, url),
+                    ) from None
         attempt.phase = "send"
         started = time.perf_counter() if logger.isEnabledFor(logging.DEBUG) else None
         session = client
