@@ -348,7 +348,9 @@ class FanOut:
         try:
             while True:
                 # A ready outcome is handed over without a coroutine: this runs per item.
-                outcome = self._ready_outcome() if self._failure is None else None
+                # _next() handles the rest: a failure, waiting, and a second consumer.
+                ready = self._failure is None and self._waiter is None
+                outcome = self._ready_outcome() if ready else None
                 if outcome is None:
                     try:
                         outcome = await self._next()
