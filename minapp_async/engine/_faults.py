@@ -168,8 +168,8 @@ async def _trickle(
     body = _body_of(normal)
     response = web.StreamResponse(status=normal.status, headers=normal.headers)
     response.content_length = len(body)
-    await response.prepare(request)
     try:
+        await response.prepare(request)
         for i in range(len(body)):
             await response.write(body[i : i + 1])
             await anyio.sleep(delay)
