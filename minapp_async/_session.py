@@ -386,9 +386,11 @@ class Session:
         *,
         authorization: str | None | NotGiven = NOT_GIVEN,
         cookies: bool = False,
+        queue: bool = True,
     ) -> RawResponse:
         """One request; with *authorization* NOT_GIVEN the credentials are applied, and a 401
-        is answered by re-authenticating and sending once more, when that is possible."""
+        is answered by re-authenticating and sending once more, when that is possible.
+        *queue* False skips the pool's permit queue (see ``Transport.request``)."""
         own_credentials = authorization is NOT_GIVEN
         if own_credentials:
             authorization = self._auth.ready_authorization()
@@ -403,6 +405,7 @@ class Session:
             attempt=attempt,
             pool_timeout=self._options.timeouts.pool,
             cookies=cookies,
+            queue=queue,
         )
         if own_credentials and raw.status == 401 and self._auth.can_reauthenticate:
             await self._auth.reauthenticate(authorization)
@@ -437,8 +440,16 @@ class Session:
         body = None if payload is None else dumps(payload)
         attempt = Attempt()
         with Deadline(self._options.timeouts.sync, attempt, path, self._timers, method):
+            # Not queued: a re-login or refresh would otherwise wait behind every call queued
+            # for a connection, each about to send the token it replaces and fail with a 401.
             raw = await self._send(
-                method, path, body, attempt, authorization=authorization, cookies=cookies
+                method,
+                path,
+                body,
+                attempt,
+                authorization=authorization,
+                cookies=cookies,
+                queue=False,
             )
         check_status(raw, method, "/" + path)
         reply = parse_json(raw)

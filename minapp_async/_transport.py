@@ -135,15 +135,19 @@ class Transport:
         attempt: Attempt,
         pool_timeout: float | None = None,
         cookies: bool = False,
+        queue: bool = True,
     ) -> RawResponse:
         """Send one request and read the whole reply.
 
         Raises ``NetworkError``, ``RequestTimeoutError`` or ``PoolTimeoutError``; never an
         aiohttp exception. *cookies* runs the request (and its redirects) with a private
-        cookie jar, for the Open API's authorize flow.
+        cookie jar, for the Open API's authorize flow. *queue* False skips the permit queue
+        and takes the next connection aiohttp frees: for auth requests, which must not wait
+        behind calls queued with the very token they renew. The connector's own limit still
+        bounds the connections.
         """
         client = self._session()
-        pool = self._pool
+        pool = self._pool if queue else None
         if pool is not None:
             try:
                 pool.acquire_nowait()  # every request passes here: no coroutine when one is free

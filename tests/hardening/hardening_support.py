@@ -55,6 +55,7 @@ class CountingProxy:
         self.upstream = upstream
         self.url = ""
         self.paths: Counter[str] = Counter()
+        self.arrivals: list[str] = []  # every request's path, in the order they came in
         self._client: aiohttp.ClientSession | None = None
 
     def count(self, fragment: str) -> int:
@@ -64,6 +65,7 @@ class CountingProxy:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._client is not None
         self.paths[request.path] += 1
+        self.arrivals.append(request.path)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         async with self._client.request(
             request.method,

@@ -91,6 +91,36 @@ async def test_a_crowd_with_an_expired_access_token_refreshes_once(engine: Engin
     assert (1, 2) == (proxy.paths[AUTHORIZE], proxy.paths[ACCESS_TOKEN])
 
 
+@pytest.mark.parametrize("renewal", [LOGIN, ACCESS_TOKEN], ids=["user", "server"])
+async def test_the_renewal_does_not_queue_behind_the_crowd(
+    engine: Engine, credentials: minapp_async.UserCredentials, renewal: str
+) -> None:
+    """200 calls queued for a pool of 4 when the token expires: the re-login or refresh the
+    first 401 starts goes out at once, not behind the queued calls that carry the dead token."""
+    auth: dict[str, object] = (
+        {"credentials": credentials}
+        if renewal == LOGIN
+        else {"client_secret": engine.client_secret}
+    )
+    async with (
+        counting_proxy(engine.url) as proxy,
+        minapp_async.Session(
+            engine.client_id, base_url=proxy.url, limits=minapp_async.Limits(4), **auth
+        ) as s,
+    ):
+        await s.invoke("echo", -1)
+        engine.expire_sessions()
+        start = len(proxy.arrivals)
+        results = await crowd(s, 200)
+
+    after_expiry = proxy.arrivals[start:]
+    assert list(range(200)) == results
+    assert 1 == after_expiry.count(renewal)
+    # Before it went only the 4 calls holding a connection and the few handed one as they
+    # finished: not the 196 still waiting in the pool when the first 401 came back.
+    assert after_expiry.index(renewal) <= 8
+
+
 async def test_a_401_re_logs_in_and_replays_once_then_fails_clearly(
     engine: Engine, credentials: minapp_async.UserCredentials
 ) -> None:
