@@ -44,6 +44,8 @@ CLIENT_JOB_PATH: Final = "hserve/v1/cloud-function/job/"
 LATEST_SDK_VERSION_PATH: Final = "hserve/v1/latest-sdk-version/"
 #: The login kinds: username, email or phone with a password.
 LOGIN_KINDS: Final = ("username", "email", "phone")
+#: The login kinds as a type (the same three words as LOGIN_KINDS).
+LoginKind = Literal["username", "email", "phone"]
 
 # --- Open API (oserve) and its OAuth flow ------------------------------------------------------
 OPEN_API_JOB_PATH: Final = "oserve/v1.3/cloud-function/{name}/job/"
@@ -51,6 +53,16 @@ OPEN_API_LEGACY_JOB_PATH: Final = "oserve/v1/cloud-function/job/"
 OPEN_API_FUNCTION_PREFIX: Final = "oserve/v1.3/cloud-function/{name}/"
 AUTHORIZE_PATH: Final = "api/oauth2/hydrogen/openapi/authorize/"
 ACCESS_TOKEN_PATH: Final = "api/oauth2/access_token/"
+
+# --- Error replies (PROTOCOL.md §4.1) ---------------------------------------------------------
+#: The field of an error reply that says what went wrong (the SDK's ``extractErrorMsg`` reads it).
+ERROR_MSG_FIELD: Final = "error_msg"
+
+
+def error_reply(message: str) -> dict[str, str]:
+    """The JSON body of an error reply: ``{"status": "error", "error_msg": message}``."""
+    return {"status": "error", ERROR_MSG_FIELD: message}
+
 
 # --- Jobs ------------------------------------------------------------------------------------
 JobStatus = Literal[
@@ -69,6 +81,9 @@ FINISHED_STATUSES: Final[frozenset[JobStatus]] = frozenset(
 )
 #: The whole reply to an accepted ``sync=False`` job.
 ACCEPTED_REPLY: Final = {"status": "ok"}
+#: The field of a failed job's 400 reply that names its status (the engine's addition: with
+#: ``schedule_failed`` a client knows the function never started, so a retry is safe).
+JOB_STATUS_FIELD: Final = "job_status"
 
 # --- Platform limits (PROTOCOL.md §7.3) ----------------------------------------------------------
 #: Seconds a function may run when invoked with ``sync=True``.

@@ -6,6 +6,7 @@ and point the SDK at ``engine.url``.
 
 from __future__ import annotations
 
+from .._protocol import JobStatus as JobStatus
 from ._config import DEFAULT_CLIENT_ID as DEFAULT_CLIENT_ID
 from ._config import DEFAULT_CLIENT_SECRET as DEFAULT_CLIENT_SECRET
 from ._config import EngineConfig as EngineConfig
@@ -16,7 +17,6 @@ from ._faults import Faults as Faults
 from ._jobs import EngineStats as EngineStats
 from ._jobs import FunctionStats as FunctionStats
 from ._jobs import Job as Job
-from ._jobs import JobStatus as JobStatus
 
 __all__ = [
     "DEFAULT_CLIENT_ID",

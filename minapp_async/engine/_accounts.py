@@ -10,11 +10,11 @@ import secrets
 import string
 import time
 from collections.abc import Callable
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import attrs
 
-LoginKind = Literal["username", "email", "phone"]
+from .._protocol import SERVER_AUTH_SCHEME, LoginKind
 
 INVALID_LOGIN: Final = "Invalid username/email or password."
 #: Lifetime of an OAuth authorization code (PROTOCOL.md §6.1: about 10 minutes).
@@ -103,7 +103,7 @@ class TokenPair:
     def as_json(self) -> dict[str, Any]:
         return {
             "access_token": self.access_token,
-            "token_type": "Bearer",
+            "token_type": SERVER_AUTH_SCHEME,
             "expires_in": self.expires_in,
             "refresh_token": self.refresh_token,
             "scope": "write",

@@ -8,6 +8,8 @@ from typing import Any, Final
 
 import attrs
 
+from .._protocol import ASYNC_TIME_LIMIT, SYNC_TIME_LIMIT
+
 #: Fixed, documented defaults so the demo (and the SDK's examples) need no setup. They are
 #: local-only credentials: the engine binds 127.0.0.1 unless told otherwise.
 DEFAULT_CLIENT_ID: Final = "1a2b3c4d5e6f7a8b9c0d"
@@ -76,8 +78,8 @@ class EngineConfig:
         default=DEFAULT_CLIENT_SECRET, repr=False, validator=_non_empty
     )
     allow_anonymous: bool = False
-    sync_time_limit: float = attrs.field(default=5.0, validator=_positive)
-    async_time_limit: float = attrs.field(default=300.0, validator=_positive)
+    sync_time_limit: float = attrs.field(default=SYNC_TIME_LIMIT, validator=_positive)
+    async_time_limit: float = attrs.field(default=ASYNC_TIME_LIMIT, validator=_positive)
     memory_limit_mb: int = attrs.field(default=256, validator=_positive)
     concurrency: int = attrs.field(default=10, validator=_positive)
     schedule_wait: float = attrs.field(default=2.0, validator=_non_negative)

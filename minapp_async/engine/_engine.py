@@ -15,11 +15,11 @@ import attrs
 from aiohttp import web
 
 from ._accounts import AccountError, Accounts
-from ._app import AppState, create_app
 from ._config import EngineConfig
 from ._faults import Faults
 from ._jobs import EngineStats, Job, JobBoard
-from ._runtime import Runtime
+from .http import AppState, create_app
+from .runtime import Runtime
 
 #: In-flight HTTP handlers get this long to finish at shutdown before they are cancelled.
 #: Running jobs are cancelled first, so only fault-delayed replies can take that long.
@@ -124,7 +124,7 @@ class Engine:
                 config=self.config,
                 accounts=self._accounts,
                 board=self._board,
-                find_function=self._runtime.find,
+                locate_function=self._runtime.locate,
                 faults=self.faults,
             )
             self._runner = web.AppRunner(

@@ -13,6 +13,8 @@ import anyio
 import attrs
 from aiohttp import web
 
+from .._protocol import error_reply
+
 FaultKind = Literal["slow", "drop", "status", "malformed", "reset_mid_body", "trickle"]
 FaultWhen = Literal["before", "after"]
 _KINDS: Final = frozenset(get_args(FaultKind))
@@ -144,7 +146,7 @@ async def misbehave(
         if fault.retry_after is not None:  # a 429 always has one; a 503 when asked for
             headers["Retry-After"] = str(fault.retry_after)
         return web.json_response(
-            {"status": "error", "error_msg": f"injected fault: HTTP {fault.status}"},
+            error_reply(f"injected fault: HTTP {fault.status}"),
             status=fault.status,
             headers=headers,
         )
@@ -183,7 +185,7 @@ def _body_of(response: web.StreamResponse) -> bytes:
     if isinstance(response, web.Response) and isinstance(response.body, bytes):
         return response.body
     # Our handlers only produce in-memory bodies; anything else gets a stand-in.
-    return json.dumps({"status": "error", "error_msg": "no body"}).encode()
+    return json.dumps(error_reply("no body")).encode()
 
 
 def _close(request: web.Request) -> None:

@@ -7,64 +7,23 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal
 
 import anyio
 import attrs
 from anyio.abc import TaskStatus
 
 from .._logs import get_logger
+from .._protocol import FINISHED_STATUSES, SCHEDULE_FAILED, JobStatus
+from .runtime import FunctionFile, Runtime, timed_out_message
 
 logger = get_logger("minapp_async.engine")
 
-JobStatus = Literal[
-    "waiting",
-    "executing",
-    "fulfilled",
-    "schedule_failed",
-    "execution_rejected",
-    "deadline_exceeded",
-    "execution_failed",
-]
 ServiceType = Literal["time_sensitive", "batch"]
-FINISHED: Final[frozenset[str]] = frozenset(
-    {"fulfilled", "schedule_failed", "execution_rejected", "deadline_exceeded", "execution_failed"}
-)
 #: The runtime enforces time limits itself; this backstop only catches a runtime that hangs.
 RUNTIME_GRACE: Final = 5.0
-#: The runtime's outcome statuses, as job statuses (anything else counts as a failure).
-_RUN_STATUSES: Final[dict[str, JobStatus]] = {
-    "fulfilled": "fulfilled",
-    "execution_failed": "execution_failed",
-    "deadline_exceeded": "deadline_exceeded",
-}
 #: Finished jobs kept for the job list and Engine.jobs(); the oldest are forgotten first.
 MAX_JOB_RECORDS: Final = 10_000
-
-
-class RunOutcomeLike(Protocol):
-    """What the function runtime reports for one run (``_runtime.RunOutcome``)."""
-
-    @property
-    def status(self) -> str: ...
-    @property
-    def result(self) -> dict[str, Any] | None: ...
-    @property
-    def error_msg(self) -> str | None: ...
-    @property
-    def log(self) -> str: ...
-    @property
-    def execution_time_ms(self) -> float: ...
-    @property
-    def mem_usage(self) -> int: ...
-
-
-class RunnerLike(Protocol):
-    """The part of ``_runtime.Runtime`` jobs need."""
-
-    async def run(
-        self, name: str, event: dict[str, Any], *, time_limit: float
-    ) -> RunOutcomeLike: ...
 
 
 @attrs.frozen
@@ -95,7 +54,7 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return self.status in FINISHED
+        return self.status in FINISHED_STATUSES
 
 
 @attrs.frozen
@@ -157,7 +116,7 @@ class JobBoard:
 
     def __init__(
         self,
-        runner: RunnerLike,
+        runner: Runtime,
         *,
         concurrency: int,
         schedule_wait: float,
@@ -178,9 +137,13 @@ class JobBoard:
         self._idle.set()
         self._sync_scopes: set[anyio.CancelScope] = set()
         self._queue_send, self._queue_receive = anyio.create_memory_object_stream[
-            tuple[str, dict[str, Any]]
+            tuple[str, FunctionFile, dict[str, Any]]
         ](math.inf)
         self._closed = False
+
+    def time_limit(self, *, sync: bool) -> float:
+        """Seconds a job of that mode may run."""
+        return self.sync_time_limit if sync else self.async_time_limit
 
     # ---- records ----
 
@@ -245,29 +208,29 @@ class JobBoard:
 
     # ---- running ----
 
-    async def run_sync(self, job_id: str, event: dict[str, Any]) -> Job:
+    async def run_sync(self, job_id: str, function: FunctionFile, event: dict[str, Any]) -> Job:
         """Run a sync job now: wait at most ``schedule_wait`` for a slot, then run it."""
         with anyio.CancelScope() as scope:
             self._sync_scopes.add(scope)
             try:
                 await self._schedule_and_run(
-                    job_id, event, schedule_wait=self._schedule_wait, urgent=True
+                    job_id, function, event, schedule_wait=self._schedule_wait, urgent=True
                 )
             finally:
                 self._sync_scopes.discard(scope)
         return self._jobs[job_id]
 
-    def submit(self, job_id: str, event: dict[str, Any]) -> None:
+    def submit(self, job_id: str, function: FunctionFile, event: dict[str, Any]) -> None:
         """Queue an async job; it runs in the background (see :meth:`serve`)."""
-        self._queue_send.send_nowait((job_id, event))
+        self._queue_send.send_nowait((job_id, function, event))
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run queued async jobs until cancelled; cancelling cancels them all."""
         async with anyio.create_task_group() as tg:
             task_status.started()
             async with self._queue_receive:
-                async for job_id, event in self._queue_receive:
-                    tg.start_soon(self._run_async, job_id, event)
+                async for job_id, function, event in self._queue_receive:
+                    tg.start_soon(self._run_async, job_id, function, event)
 
     def close(self) -> None:
         """Refuse new jobs and cancel running sync jobs (async ones stop with :meth:`serve`)."""
@@ -281,7 +244,7 @@ class JobBoard:
         with self._queue_receive:
             while True:
                 try:
-                    job_id, _ = self._queue_receive.receive_nowait()
+                    job_id, _, _ = self._queue_receive.receive_nowait()
                 except (anyio.EndOfStream, anyio.WouldBlock, anyio.ClosedResourceError):
                     break
                 self._finish(
@@ -290,11 +253,11 @@ class JobBoard:
                     error_msg="the engine shut down before the job started",
                 )
 
-    async def _run_async(self, job_id: str, event: dict[str, Any]) -> None:
+    async def _run_async(self, job_id: str, function: FunctionFile, event: dict[str, Any]) -> None:
         try:
             # The platform retries an async job's scheduling for about as long as it may run.
             await self._schedule_and_run(
-                job_id, event, schedule_wait=self.async_time_limit, urgent=False
+                job_id, function, event, schedule_wait=self.async_time_limit, urgent=False
             )
         except Exception:
             # A bug here must not take down serve()'s task group and every queued job with it.
@@ -305,7 +268,13 @@ class JobBoard:
                 )
 
     async def _schedule_and_run(
-        self, job_id: str, event: dict[str, Any], *, schedule_wait: float, urgent: bool
+        self,
+        job_id: str,
+        function: FunctionFile,
+        event: dict[str, Any],
+        *,
+        schedule_wait: float,
+        urgent: bool,
     ) -> None:
         name = self._jobs[job_id].function_name
         try:
@@ -314,7 +283,7 @@ class JobBoard:
             if waited.cancelled_caught:
                 self._finish(
                     job_id,
-                    status="schedule_failed",
+                    status=SCHEDULE_FAILED,
                     error_msg=(
                         f"cloud function {name!r} could not be scheduled: all "
                         f"{self._concurrency} execution slots stayed busy for {schedule_wait:g} s"
@@ -322,7 +291,7 @@ class JobBoard:
                 )
                 return
             try:
-                await self._execute(job_id, event)
+                await self._execute(job_id, function, event)
             finally:
                 self._slots.release()
         except anyio.get_cancelled_exc_class():
@@ -337,14 +306,10 @@ class JobBoard:
                 )
             raise
 
-    async def _execute(self, job_id: str, event: dict[str, Any]) -> None:
+    async def _execute(self, job_id: str, function: FunctionFile, event: dict[str, Any]) -> None:
         job = self._jobs[job_id]
         name = job.function_name
-        limit = (
-            self.sync_time_limit
-            if job.service_type == "time_sensitive"
-            else (self.async_time_limit)
-        )
+        limit = self.time_limit(sync=job.service_type == "time_sensitive")
         self._jobs[job_id] = attrs.evolve(job, status="executing", started_at=time.time())
         stats = self._stats.get(name, FunctionStats())
         in_flight = stats.in_flight + 1
@@ -353,23 +318,15 @@ class JobBoard:
         )
         try:
             with anyio.move_on_after(limit + RUNTIME_GRACE) as backstop:
-                outcome = await self._runner.run(name, event, time_limit=limit)
+                outcome = await self._runner.run(function, event, time_limit=limit)
             if backstop.cancelled_caught:
                 logger.error("the runtime did not stop job %s of %r at its limit", job_id, name)
                 self._finish(
                     job_id,
                     status="deadline_exceeded",
-                    error_msg=f"cloud function {name!r} timed out after {limit * 1000:.0f} ms",
+                    error_msg=timed_out_message(name, limit),
                 )
                 return
-        except LookupError:
-            # Deleted between the request's lookup and the run.
-            self._finish(
-                job_id,
-                status="execution_failed",
-                error_msg=f"cloud function {name!r} not found",
-            )
-            return
         except Exception:
             logger.exception("running job %s of %r failed inside the engine", job_id, name)
             self._finish(
@@ -381,20 +338,16 @@ class JobBoard:
         finally:
             stats = self._stats[name]
             self._stats[name] = attrs.evolve(stats, in_flight=stats.in_flight - 1)
-        status = _RUN_STATUSES.get(outcome.status, "execution_failed")
-        error_msg = outcome.error_msg
-        if status == "deadline_exceeded" and not error_msg:
-            error_msg = f"cloud function {name!r} timed out after {limit * 1000:.0f} ms"
-        elif outcome.result is None and status != "fulfilled" and not error_msg:
-            error_msg = f"cloud function {name!r} failed without a result"
+        # The runtime's outcome is already in job terms: its status and, when there is no
+        # result, an error message.
         self._finish(
             job_id,
-            status=status,
+            status=outcome.status,
             result=outcome.result,
             log=outcome.log,
             mem_usage=outcome.mem_usage,
             execution_time_ms=outcome.execution_time_ms,
-            error_msg=error_msg,
+            error_msg=outcome.error_msg,
         )
 
     def _finish(self, job_id: str, *, status: JobStatus, **fields: Any) -> None:

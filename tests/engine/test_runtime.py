@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from minapp_async.engine._runtime import RunOutcome, Runtime
+from minapp_async.engine.runtime import RunOutcome, Runtime
 
 pytestmark = pytest.mark.anyio
 

@@ -17,20 +17,20 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import attrs
 
-from ._worker_process import FD_PLACEHOLDER, Job, WorkerProcess, WorkerStartError, iso_now
+from ..._protocol import JobStatus
+from ._worker_process import FD_PLACEHOLDER, Run, WorkerProcess, WorkerStartError, iso_now
 
-__all__ = ["JobStatus", "RunOutcome", "Runtime"]
-
-JobStatus = Literal["fulfilled", "execution_failed", "deadline_exceeded"]
+__all__ = ["FunctionFile", "RunOutcome", "Runtime", "timed_out_message"]
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}", re.ASCII)
 _HERE = Path(__file__).resolve().parent
@@ -46,8 +46,9 @@ _SENTINEL_NODE: Any = object()  # "node" not given: look it up on PATH
 class RunOutcome:
     """How one job ended."""
 
-    #: fulfilled: result code 0; execution_failed: user code failed (code 1) or the worker
-    #: died (crash, memory limit); deadline_exceeded: killed at the time limit.
+    #: The job's final status, one of three: fulfilled (result code 0); execution_failed (user
+    #: code failed with code 1, or the worker died: crash, memory limit); deadline_exceeded
+    #: (killed at the time limit).
     status: JobStatus
     #: The envelope ``{"code", "data", "error"}``; None when the worker died or timed out.
     result: dict[str, Any] | None
@@ -58,6 +59,21 @@ class RunOutcome:
     execution_time_ms: float
     #: The worker's peak RSS during the job, in bytes (best effort; 0 when unknown).
     mem_usage: int
+
+
+@attrs.frozen
+class FunctionFile:
+    """A function's source file, resolved once when a request names it and used for its run."""
+
+    name: str
+    #: The real path (symlinks resolved), always inside the functions folder.
+    path: Path
+    #: Identifies this version of the file: a warm worker runs only the version it loaded.
+    key: tuple[Path, int, int, int]
+
+    @property
+    def is_node(self) -> bool:
+        return self.path.suffix == ".js"
 
 
 def _kill_groups(pgids: set[int]) -> None:
@@ -95,7 +111,7 @@ class Runtime:
         # invocations finds every worker warm instead of killing and respawning some.
         self._max_idle = max_idle_per_function
         self._idle_timeout = idle_timeout
-        self._job_ids = itertools.count(1)
+        self._run_ids = itertools.count(1)
         self._workers: set[WorkerProcess] = set()
         self._idle: dict[Path, list[WorkerProcess]] = {}
         self._latest_key: dict[Path, tuple[Path, int, int, int]] = {}
@@ -111,7 +127,7 @@ class Runtime:
 
     # -- lookup ----------------------------------------------------------------------------
 
-    def find(self, name: str) -> Path | None:
+    def locate(self, name: str) -> FunctionFile | None:
         """The function's source file, or None (also for any name that is not valid)."""
         if not isinstance(name, str) or _NAME.fullmatch(name) is None:
             return None
@@ -119,12 +135,18 @@ class Runtime:
             path = self._dir / candidate
             try:
                 real = path.resolve(strict=True)
+                info = real.stat()
             except (OSError, RuntimeError):  # missing, or a symlink loop
                 continue
             # Never outside the folder, whatever a symlink says.
-            if real.is_file() and real.is_relative_to(self._dir):
-                return real
+            if stat.S_ISREG(info.st_mode) and real.is_relative_to(self._dir):
+                return FunctionFile(name, real, (real, info.st_ino, info.st_mtime_ns, info.st_size))
         return None
+
+    def find(self, name: str) -> Path | None:
+        """The path of the function's source file, or None."""
+        found = self.locate(name)
+        return found.path if found is not None else None
 
     def names(self) -> list[str]:
         """The functions currently in the folder, sorted."""
@@ -141,53 +163,53 @@ class Runtime:
 
     # -- running ---------------------------------------------------------------------------
 
-    async def run(self, name: str, event: dict[str, Any], *, time_limit: float) -> RunOutcome:
-        """Run one job of function ``name``; raises LookupError when there is no such function."""
+    async def run(
+        self, function: str | FunctionFile, event: dict[str, Any], *, time_limit: float
+    ) -> RunOutcome:
+        """Run one job of a function: a :class:`FunctionFile` found by :meth:`locate`, or a name
+        to look up (LookupError when there is no such function)."""
         if self._closed:
             raise RuntimeError("the runtime is closed")
         if not (isinstance(time_limit, (int, float)) and math.isfinite(time_limit)) or (
             time_limit <= 0
         ):
             raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
-        path = self.find(name)
-        if path is None:
-            raise LookupError(f"cloud function {name!r} not found")
+        if isinstance(function, str):
+            found = self.locate(function)
+            if found is None:
+                raise LookupError(f"cloud function {function!r} not found")
+            function = found
+        name = function.name
+        run_id = next(self._run_ids)
         try:
-            stat = path.stat()
-        except OSError:
-            raise LookupError(f"cloud function {name!r} not found") from None
-        job_id = next(self._job_ids)
-        try:
-            request = (json.dumps({"j": job_id, "e": event}, allow_nan=False) + "\n").encode()
+            request = (json.dumps({"j": run_id, "e": event}, allow_nan=False) + "\n").encode()
         except (TypeError, ValueError) as exc:
             raise TypeError(f"the event for cloud function {name!r} is not JSON: {exc}") from None
-        is_node = path.suffix == ".js"
-        if is_node and not self._node:
+        if function.is_node and not self._node:
             return _failed(self._node_missing_message())
-        key = (path, stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        self._latest_key[path] = key
-        worker = await self._take_idle(path, key)
+        self._latest_key[function.path] = function.key
+        worker = await self._take_idle(function.path, function.key)
         if worker is None:
             try:
-                worker = await self._spawn(name, path, key, is_node=is_node)
+                worker = await self._spawn(function)
             except WorkerStartError as exc:
                 return _failed(f"cloud function {name!r} could not run: {exc.message}", exc.log)
         return await self._run_on(
-            worker, name, Job(job_id, asyncio.get_running_loop()), request, time_limit
+            worker, name, Run(run_id, asyncio.get_running_loop()), request, time_limit
         )
 
     async def _run_on(
-        self, worker: WorkerProcess, name: str, job: Job, request: bytes, time_limit: float
+        self, worker: WorkerProcess, name: str, run: Run, request: bytes, time_limit: float
     ) -> RunOutcome:
         started = time.perf_counter()
         try:
-            worker.begin(job, request)
+            worker.begin(run, request)
             self._watch_busy()
             with anyio.move_on_after(time_limit):
-                await asyncio.shield(job.finished)
+                await asyncio.shield(run.finished)
             elapsed_ms = (time.perf_counter() - started) * 1000
-            envelope = job.finished.result() if job.finished.done() else None
-            job.peak_rss = max(job.peak_rss, worker.peak_rss())
+            envelope = run.finished.result() if run.finished.done() else None
+            run.peak_rss = max(run.peak_rss, worker.peak_rss())
             if envelope is not None:
                 worker.end()
                 await self._release(worker)
@@ -195,11 +217,11 @@ class Runtime:
                     status="fulfilled" if envelope.get("code") == 0 else "execution_failed",
                     result=envelope,
                     error_msg=None,
-                    log=job.log.text(),
+                    log=run.log.text(),
                     execution_time_ms=elapsed_ms,
-                    mem_usage=job.peak_rss,
+                    mem_usage=run.peak_rss,
                 )
-            if not job.finished.done():
+            if not run.finished.done():
                 worker.kill("timeout")
         except BaseException:
             # Cancelled (or worse) mid-job: the worker's state is unknown, so it goes.
@@ -214,15 +236,15 @@ class Runtime:
             status="deadline_exceeded" if worker.kill_reason == "timeout" else "execution_failed",
             result=None,
             error_msg=self._death_message(worker, name, time_limit),
-            log=job.log.text(),
+            log=run.log.text(),
             execution_time_ms=elapsed_ms,
-            mem_usage=job.peak_rss,
+            mem_usage=run.peak_rss,
         )
 
     def _death_message(self, worker: WorkerProcess, name: str, time_limit: float) -> str:
         reason = worker.kill_reason
         if reason == "timeout":
-            return f"cloud function {name!r} timed out after {time_limit * 1000:.0f} ms"
+            return timed_out_message(name, time_limit)
         if (
             reason == "memory"
             or worker.oom_reported
@@ -263,9 +285,8 @@ class Runtime:
                     await self._discard(worker)
         return found
 
-    async def _spawn(
-        self, name: str, path: Path, key: tuple[Path, int, int, int], *, is_node: bool
-    ) -> WorkerProcess:
+    async def _spawn(self, function: FunctionFile) -> WorkerProcess:
+        name, path, is_node = function.name, function.path, function.is_node
         if is_node:
             assert self._node is not None
             argv = [
@@ -301,7 +322,7 @@ class Runtime:
                 cwd=str(path.parent),
                 env=env,
                 path=path,
-                key=key,
+                key=function.key,
                 name=name,
                 startup_timeout=_STARTUP_TIMEOUT,
             )
@@ -376,14 +397,14 @@ class Runtime:
                 with anyio.CancelScope(shield=True):
                     await self._discard(worker)
             # No await from here to the wait below, so no job can start unseen in between.
-            busy = [w for w in self._workers if w.job is not None and w.alive]
+            busy = [w for w in self._workers if w.current_run is not None and w.alive]
             # Idle workers too: a timer left running by an earlier job may still allocate.
             for worker in self._workers if busy else ():
                 if not worker.alive:
                     continue
                 rss = worker.rss()
-                if worker.job is not None:
-                    worker.job.peak_rss = max(worker.job.peak_rss, rss)
+                if worker.current_run is not None:
+                    worker.current_run.peak_rss = max(worker.current_run.peak_rss, rss)
                 if rss > limit:
                     # A busy worker's run() sees the death and reports it; an idle one is
                     # no longer alive, so the pool drops it.
@@ -418,6 +439,11 @@ class Runtime:
                     tg.start_soon(self._discard, worker)
             self._idle.clear()
         self._finalizer.detach()
+
+
+def timed_out_message(name: str, time_limit: float) -> str:
+    """What a job stopped at its time limit reports."""
+    return f"cloud function {name!r} timed out after {time_limit * 1000:.0f} ms"
 
 
 def _failed(message: str, log: str = "") -> RunOutcome:

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import anyio
 
-from .._logs import get_logger
+from ..._logs import get_logger
 
 _logger = get_logger("minapp_async.engine")
 
@@ -50,8 +50,8 @@ class WorkerStartError(Exception):
         self.log = log
 
 
-class JobLog:
-    """A job's log, capped at LOG_CAP bytes; the cut is announced by a final line."""
+class RunLog:
+    """A run's log, capped at LOG_CAP bytes; the cut is announced by a final line."""
 
     def __init__(self) -> None:
         self._parts: list[str] = []
@@ -76,12 +76,16 @@ class JobLog:
         return text
 
 
-class Job:
-    """One job in flight on a worker: its log and the envelope it ends with."""
+class Run:
+    """One run of a function in flight on a worker: its log and the envelope it ends with.
 
-    def __init__(self, job_id: int, loop: asyncio.AbstractEventLoop) -> None:
-        self.id = job_id
-        self.log = JobLog()
+    The engine's job record (``minapp_async.engine.Job``) is what callers see; a Run is the
+    worker's side of executing it once.
+    """
+
+    def __init__(self, run_id: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.id = run_id
+        self.log = RunLog()
         # The result envelope, or None when the worker died first.
         self.finished: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         self.peak_rss = 0
@@ -204,7 +208,7 @@ class WorkerProcess:
             self._pidfd = None
         self._process_gone = asyncio.Event()
         self._exit_fallback: asyncio.TimerHandle | None = None
-        self.job: Job | None = None
+        self.current_run: Run | None = None
         self.recycle = False  # replace after the current job (the worker said its state is bad)
         self.kill_reason: str | None = None  # "timeout" | "memory" | "shutdown" | "protocol"
         self.kill_message: str | None = None
@@ -212,7 +216,7 @@ class WorkerProcess:
         self.idle_since = 0.0
         self._ready = asyncio.Event()  # set on "ready", and also when the worker dies
         self._is_ready = False
-        self._startup_log = JobLog()
+        self._startup_log = RunLog()
         self._stderr_tail = b""
         self._exited = False  # the message pipe closed: no more replies will come
         self._closed = False
@@ -325,8 +329,8 @@ class WorkerProcess:
             return
         self._exited = True
         self._ready.set()
-        if self.job is not None:
-            self.job.settle(None)
+        if self.current_run is not None:
+            self.current_run.settle(None)
 
     def kill(self, reason: str, message: str | None = None) -> None:
         """SIGKILL the worker's whole process group at once (idempotent)."""
@@ -422,17 +426,17 @@ class WorkerProcess:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def begin(self, job: Job, request: bytes) -> None:
+    def begin(self, run: Run, request: bytes) -> None:
         """Hand the worker a job (one JSON line, already encoded)."""
-        assert self.job is None and self._stdin is not None
-        self.job = job
+        assert self.current_run is None and self._stdin is not None
+        self.current_run = run
         self._stats.reset_peak()
         self._stdin.write(request)
         if self._exited:  # died while idle, after the caller checked
-            job.settle(None)
+            run.settle(None)
 
     def end(self) -> None:
-        self.job = None
+        self.current_run = None
 
     # -- pipe callbacks --------------------------------------------------------------------
 
@@ -445,18 +449,18 @@ class WorkerProcess:
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["t"]
-        job = self.job
+        run = self.current_run
         if kind == "log":
-            if job is not None and message.get("j") == job.id:
-                job.log.add(message["s"])
-            elif job is None and not self._is_ready:
+            if run is not None and message.get("j") == run.id:
+                run.log.add(message["s"])
+            elif run is None and not self._is_ready:
                 self._startup_log.add(message["s"])
             # Otherwise a late line from a finished job (a stray timer): dropped.
         elif kind == "result":
             if message.get("recycle"):
                 self.recycle = True
-            if job is not None and message.get("j") == job.id:
-                job.settle(message["r"])
+            if run is not None and message.get("j") == run.id:
+                run.settle(message["r"])
         elif kind == "ready":
             self._is_ready = True
             self._ready.set()
@@ -478,8 +482,8 @@ class WorkerProcess:
                 self._stderr_tail = (self._stderr_tail + raw + b"\n")[-_STDERR_TAIL:]
             text = raw.decode("utf-8", "replace").rstrip("\r")
             line = f"{iso_now()} {level} {text}\n"
-            if self.job is not None:
-                self.job.log.add(line)
+            if self.current_run is not None:
+                self.current_run.log.add(line)
             elif not self._is_ready or self._exited:
                 self._startup_log.add(line)
 

@@ -1,0 +1,28 @@
+"""The engine's HTTP side: one aiohttp application serving the client API and the Open API.
+
+``_client_api`` (hserve) and ``_open_api`` (oserve and its OAuth flow) hold the routes;
+``_invoking`` runs a function for either of them; ``_middleware`` (state, errors, request ids,
+faults, CORS) and ``_parsing`` (bodies and parameters) are what every route shares.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ._client_api import add_client_api_routes
+from ._middleware import STATE, AppState, add_request_id, serve_middleware
+from ._open_api import add_open_api_routes
+
+__all__ = ["AppState", "create_app"]
+
+
+def create_app(state: AppState) -> web.Application:
+    """The engine's aiohttp application over *state*."""
+    app = web.Application(
+        middlewares=[serve_middleware], client_max_size=state.config.max_body_bytes
+    )
+    app[STATE] = state
+    app.on_response_prepare.append(add_request_id)
+    add_client_api_routes(app.router)
+    add_open_api_routes(app.router)
+    return app

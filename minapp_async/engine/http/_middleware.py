@@ -1,0 +1,188 @@
+"""What every route shares: the engine's state, JSON error replies, request ids, the request
+gauges, injected faults and CORS for browser pages.
+
+Every error reply is ``{"status": "error", "error_msg": "..."}`` JSON (PROTOCOL.md §4.1).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final
+
+import attrs
+from aiohttp import web
+
+from ..._logs import get_logger
+from ..._protocol import CLIENT_API_PREFIX, CLIENT_HEADERS, REQUEST_ID_HEADER, error_reply
+from .._accounts import Accounts
+from .._config import EngineConfig
+from .._faults import Faults, misbehave
+from .._jobs import JobBoard
+from ..runtime import FunctionFile
+
+logger = get_logger("minapp_async.engine")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Names of the routes that run a function: faults with path=None target these.
+CLIENT_JOB_ROUTE: Final = "hserve-job"
+OPEN_API_LEGACY_JOB_ROUTE: Final = "oserve-job"
+OPEN_API_JOB_ROUTE: Final = "oserve-v13-job"
+OPEN_API_DEBUG_ROUTE: Final = "oserve-debug"
+INVOKE_ROUTES: Final = frozenset(
+    {CLIENT_JOB_ROUTE, OPEN_API_LEGACY_JOB_ROUTE, OPEN_API_JOB_ROUTE, OPEN_API_DEBUG_ROUTE}
+)
+_CLIENT_API_ROOT: Final = "/" + CLIENT_API_PREFIX
+
+
+@attrs.define
+class AppState:
+    """Everything the handlers share; one per engine."""
+
+    config: EngineConfig
+    accounts: Accounts
+    board: JobBoard
+    #: The function file for a name, resolved once per request (None: no such function).
+    locate_function: Callable[[str], FunctionFile | None]
+    faults: Faults
+    requests_served: int = 0
+    requests_in_flight: int = 0
+    peak_concurrent_requests: int = 0
+
+
+STATE: Final = web.AppKey("minapp_engine_state", AppState)
+# aiohttp 3.14 added typed request keys and warns on plain strings; older versions take a string.
+_REQUEST_ID: Final = (
+    web.RequestKey("minapp_engine_request_id", str)
+    if hasattr(web, "RequestKey")
+    else "minapp_engine_request_id"
+)
+
+
+class ApiError(Exception):
+    """Raised by handlers to reply ``status`` with an error body naming *message*."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(
+    status: int, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.json_response(error_reply(message), status=status, headers=headers)
+
+
+def request_id(request: web.Request) -> str:
+    """The id the middleware gave *request* (sent back in the request-id header)."""
+    return request[_REQUEST_ID]
+
+
+def safe_name(name: str, limit: int = 64) -> str:
+    """*name* quoted for an error message: control characters escaped, length capped."""
+    shown = name if len(name) <= limit else name[:limit] + "…"
+    out = []
+    for ch in shown:
+        if ch.isprintable() and ch not in "'\\":
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+    return "'" + "".join(out) + "'"
+
+
+async def _call(handler: Handler, request: web.Request) -> web.StreamResponse:
+    """Run *handler*, turning every failure into a JSON error reply."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise  # a redirect raised by aiohttp itself: let it through
+        return _http_exception_reply(request, exc)
+    except ConnectionResetError:
+        # The client left mid-request (e.g. its timeout fired): nobody will read a reply.
+        logger.debug("client went away during %s %s", request.method, request.path)
+        return error_response(400, "the client closed the connection")
+    except Exception:
+        logger.exception(
+            "unexpected error on %s %s (request id %s)",
+            request.method,
+            request.path,
+            request.get(_REQUEST_ID),
+        )
+        return error_response(
+            500,
+            f"internal engine error (request id {request.get(_REQUEST_ID)}); see the engine's log",
+        )
+
+
+def _http_exception_reply(request: web.Request, exc: web.HTTPException) -> web.Response:
+    state = request.app[STATE]
+    headers = {}
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        message = f"request body is too large: at most {state.config.max_body_bytes} bytes allowed"
+    elif isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        message = f"method {exc.method} is not allowed on {request.path} (allowed: {allowed})"
+        headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+    elif isinstance(exc, web.HTTPNotFound):
+        message = f"no such endpoint: {request.method} {safe_name(request.path, 200)}"
+    else:
+        message = exc.text or exc.reason
+    return error_response(exc.status, message, headers)
+
+
+@web.middleware
+async def serve_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request ids, the request gauges, faults, and JSON errors for everything."""
+    state = request.app[STATE]
+    request[_REQUEST_ID] = secrets.token_hex(16)
+    if request.method == "OPTIONS" and _is_preflight(request):
+        return web.Response(status=204, headers=_CORS_PREFLIGHT)
+    state.requests_in_flight += 1
+    state.peak_concurrent_requests = max(state.peak_concurrent_requests, state.requests_in_flight)
+    try:
+        route = request.match_info.route
+        is_invoke = request.method == "POST" and route.name in INVOKE_ROUTES
+        fault = state.faults.take(request.path, is_invoke=is_invoke)
+        if fault is None:
+            return await _call(handler, request)
+        return await misbehave(fault, request, lambda: _call(handler, request))
+    finally:
+        state.requests_in_flight -= 1
+        state.requests_served += 1
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """An ``on_response_prepare`` signal, not middleware, so streamed (fault) replies carry the
+    request-id header too."""
+    response.headers[REQUEST_ID_HEADER] = request.get(_REQUEST_ID) or secrets.token_hex(16)
+    if "Origin" in request.headers and request.path.startswith(_CLIENT_API_ROOT):
+        response.headers.update(_CORS)
+
+
+# A browser page using the JS SDK's web build calls the client API cross-origin: the engine
+# answers the preflight and marks replies as readable by any origin (it only serves 127.0.0.1).
+_CORS: Final = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": REQUEST_ID_HEADER,
+}
+_CORS_PREFLIGHT: Final = {
+    **_CORS,
+    "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": ", ".join(("Authorization", "Content-Type", *CLIENT_HEADERS)),
+    "Access-Control-Max-Age": "600",
+}
+
+
+def _is_preflight(request: web.Request) -> bool:
+    return (
+        request.path.startswith(_CLIENT_API_ROOT)
+        and "Origin" in request.headers
+        and "Access-Control-Request-Method" in request.headers
+    )
