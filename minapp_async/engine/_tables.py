@@ -52,7 +52,7 @@ _DDL: Final = """
 CREATE TABLE IF NOT EXISTS baas_tables (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
-    fields TEXT NOT NULL,
+    meta TEXT NOT NULL,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
@@ -86,6 +86,55 @@ class Change:
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     enable_trigger: bool
+
+
+@attrs.define
+class _Table:
+    """A table's row in baas_tables: `meta` holds fields, write_perm and default_row_perm."""
+
+    id: int
+    name: str
+    meta: dict[str, Any]
+
+    @property
+    def types(self) -> dict[str, str]:
+        """Field name → stored type (the schema's `reference` is a pointer)."""
+        out: dict[str, str] = {}
+        for field in self.meta["fields"]:
+            kind = field["type"]
+            out[field["name"]] = "pointer" if kind == "reference" else kind
+        return out
+
+
+def _check_fields(
+    fields: Iterable[Mapping[str, Any]], current: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Validated field metadata merged over `current` by name (a copy)."""
+    out = {f["name"]: f for f in current}
+    if isinstance(fields, (str, bytes, Mapping)):
+        raise TableError(400, "schema fields must be a list of field objects")
+    for field in fields:
+        if not isinstance(field, Mapping):
+            raise TableError(400, f"a field must be an object, not {field!r:.60}")
+        fname, kind = field.get("name"), field.get("type")
+        if not isinstance(fname, str) or not _KEY.match(fname) or fname in SYSTEM_FIELDS:
+            raise TableError(400, f"invalid field name: {fname!r:.60}")
+        if kind not in FIELD_TYPES and kind != "reference":
+            raise TableError(400, f"invalid type {kind!r:.30} for field {fname!r}")
+        if "default" in field and not type_fits(
+            "pointer" if kind == "reference" else str(kind), field["default"]
+        ):
+            raise TableError(400, f"the default of field {fname!r} is not a {kind}")
+        out[fname] = {"description": fname, **json.loads(json.dumps(dict(field)))}
+    return list(out.values())
+
+
+def _perms(value: Sequence[str] | None, default: list[str]) -> list[str]:
+    if value is None:
+        return list(default)
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise TableError(400, f"a permission list must be a list of strings, not {value!r:.60}")
+    return list(value)
 
 
 def _now() -> int:
@@ -537,133 +586,169 @@ class Tables:
 
     # -- schema ---------------------------------------------------------------------------
 
-    def _table_row(self, table: str | int) -> tuple[int, str, dict[str, str]] | None:
+    def _table_row(self, table: str | int) -> _Table | None:
         if isinstance(table, bool) or not isinstance(table, (str, int)):
             raise TableError(400, f"invalid table name: {table!r:.60}")
         if isinstance(table, int) or table.isdigit():
             cur = self._db.execute(
-                "SELECT id, name, fields FROM baas_tables WHERE id = ?", (int(table),)
+                "SELECT id, name, meta FROM baas_tables WHERE id = ?", (int(table),)
             )
         else:
             cur = self._db.execute(
-                "SELECT id, name, fields FROM baas_tables WHERE name = ?", (table,)
+                "SELECT id, name, meta FROM baas_tables WHERE name = ?", (table,)
             )
         found = cur.fetchone()
         if found is None:
             return None
-        return int(found[0]), str(found[1]), dict(json.loads(found[2]))
+        return _Table(int(found[0]), str(found[1]), dict(json.loads(found[2])))
 
-    def _resolve(self, table: str | int, *, write: bool) -> tuple[int, str, dict[str, str]]:
+    def _resolve(self, table: str | int, *, write: bool) -> _Table:
         found = self._table_row(table)
         if found is not None:
             return found
         if write and self.auto_create and isinstance(table, str) and not table.isdigit():
-            self.create_table(table, [])
+            self.create_table(table)
             found = self._table_row(table)
             assert found is not None
             return found
         raise TableError(404, f"table not found: {table!r}")
 
-    def create_table(self, name: str, fields: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
-        """Create a table with typed fields ({"name", "type"}); 400 if the name is taken."""
+    def create_table(
+        self,
+        name: str,
+        fields: Iterable[Mapping[str, Any]] = (),
+        *,
+        write_perm: Sequence[str] | None = None,
+        row_read_perm: Sequence[str] | None = None,
+        row_write_perm: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """Create a table (fields as in the schema docs: name, type, default, constraints…).
+
+        400 if the name is taken or invalid, or a field is malformed.
+        """
         if not isinstance(name, str) or not _TABLE_NAME.match(name):
             raise TableError(400, f"invalid table name: {name!r:.60}")
-        spec = self._check_fields(fields)
+        anyone = ["user:anonymous"]
+        meta = {
+            "fields": _check_fields(fields, []),
+            "write_perm": _perms(write_perm, anyone),
+            "default_row_perm": {
+                "_read_perm": _perms(row_read_perm, anyone),
+                "_write_perm": _perms(row_write_perm, anyone),
+            },
+        }
         now = _now()
         try:
             with self._txn():
                 self._db.execute(
-                    "INSERT INTO baas_tables (name, fields, created_at, updated_at) "
-                    "VALUES (?,?,?,?)",
-                    (name, json.dumps(spec), now, now),
+                    "INSERT INTO baas_tables (name, meta, created_at, updated_at) VALUES (?,?,?,?)",
+                    (name, json.dumps(meta), now, now),
                 )
         except sqlite3.IntegrityError:
             raise TableError(400, f"table already exists: {name!r}") from None
         return self.get_table(name)
 
-    def _check_fields(self, fields: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-        spec: dict[str, str] = {}
-        for field in fields:
-            if not isinstance(field, Mapping):
-                raise TableError(400, f"a field must be an object, not {field!r:.60}")
-            fname, kind = field.get("name"), field.get("type")
-            if not isinstance(fname, str) or not _KEY.match(fname) or fname in SYSTEM_FIELDS:
-                raise TableError(400, f"invalid field name: {fname!r:.60}")
-            if kind not in FIELD_TYPES:
-                raise TableError(400, f"invalid type {kind!r:.30} for field {fname!r}")
-            spec[fname] = str(kind)
-        return spec
-
     def get_table(self, table: str | int) -> dict[str, Any]:
+        """The table as `TableSchema.getSchema` documents it."""
         found = self._table_row(table)
         if found is None:
             raise TableError(404, f"table not found: {table!r}")
-        tid, name, spec = found
         row = self._db.execute(
-            "SELECT created_at, updated_at FROM baas_tables WHERE id = ?", (tid,)
+            "SELECT created_at, updated_at FROM baas_tables WHERE id = ?", (found.id,)
         ).fetchone()
-        fields = [{"name": k, "type": v} for k, v in spec.items()]
         return {
-            "id": tid,
-            "name": name,
-            "schema": {"fields": fields},
+            "id": found.id,
+            "name": found.name,
+            "protected_fields": None,
+            "schema": {"fields": found.meta["fields"]},
+            "write_perm": found.meta["write_perm"],
+            "default_row_perm": found.meta["default_row_perm"],
             "created_at": row[0],
             "updated_at": row[1],
         }
 
-    def list_tables(self) -> list[dict[str, Any]]:
-        ids = [r[0] for r in self._db.execute("SELECT id FROM baas_tables ORDER BY id")]
-        return [self.get_table(int(i)) for i in ids]
+    def list_tables(self, *, limit: int | None = None, offset: int | None = None) -> dict[str, Any]:
+        """`{meta, objects}` as `TableSchema.getSchemaList` documents it (oldest first)."""
+        lim, off = _check_page(limit, offset)
+        total = int(self._db.execute("SELECT count(*) FROM baas_tables").fetchone()[0])
+        ids = self._db.execute(
+            "SELECT id FROM baas_tables ORDER BY id LIMIT ? OFFSET ?", (lim, off)
+        ).fetchall()
+        meta = {
+            "limit": lim,
+            "offset": off,
+            "next": f"/dserve/v2.4/schema/?limit={lim}&offset={off + lim}"
+            if off + lim < total
+            else None,
+            "previous": f"/dserve/v2.4/schema/?limit={lim}&offset={max(off - lim, 0)}"
+            if off > 0
+            else None,
+            "total_count": total,
+        }
+        return {"meta": meta, "objects": [self.get_table(int(r[0])) for r in ids]}
 
     def update_table(
-        self, table: str | int, *, name: str | None = None, fields: Iterable[Mapping[str, Any]] = ()
+        self,
+        table: str | int,
+        *,
+        name: str | None = None,
+        fields: Iterable[Mapping[str, Any]] = (),
+        write_perm: Sequence[str] | None = None,
+        row_read_perm: Sequence[str] | None = None,
+        row_write_perm: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """Rename a table and/or add (or retype) fields."""
-        tid, old, spec = self._resolve(table, write=False)
-        spec.update(self._check_fields(fields))
-        new = old if name is None else name
+        """Rename a table, add or replace fields (matched by name), change permissions."""
+        found = self._resolve(table, write=False)
+        meta = found.meta
+        meta["fields"] = _check_fields(fields, meta["fields"])
+        meta["write_perm"] = _perms(write_perm, meta["write_perm"])
+        rows = meta["default_row_perm"]
+        rows["_read_perm"] = _perms(row_read_perm, rows["_read_perm"])
+        rows["_write_perm"] = _perms(row_write_perm, rows["_write_perm"])
+        new = found.name if name is None else name
         if not isinstance(new, str) or not _TABLE_NAME.match(new):
             raise TableError(400, f"invalid table name: {new!r:.60}")
         try:
             with self._txn():
                 self._db.execute(
-                    "UPDATE baas_tables SET name = ?, fields = ?, updated_at = ? WHERE id = ?",
-                    (new, json.dumps(spec), _now(), tid),
+                    "UPDATE baas_tables SET name = ?, meta = ?, updated_at = ? WHERE id = ?",
+                    (new, json.dumps(meta), _now(), found.id),
                 )
         except sqlite3.IntegrityError:
             raise TableError(400, f"table already exists: {new!r}") from None
-        return self.get_table(tid)
+        return self.get_table(found.id)
 
     def delete_table(self, table: str | int) -> None:
-        tid, _, _ = self._resolve(table, write=False)
+        found = self._resolve(table, write=False)
         with self._txn():
-            self._db.execute("DELETE FROM baas_records WHERE tbl = ?", (tid,))
-            self._db.execute("DELETE FROM baas_tables WHERE id = ?", (tid,))
+            self._db.execute("DELETE FROM baas_records WHERE tbl = ?", (found.id,))
+            self._db.execute("DELETE FROM baas_tables WHERE id = ?", (found.id,))
 
-    def _learn_fields(self, tid: int, spec: dict[str, str], row: Mapping[str, Any]) -> None:
+    def _learn_fields(self, table: _Table, row: Mapping[str, Any]) -> None:
         """Unknown fields: add them to the schema (auto_create) or refuse them."""
-        new: dict[str, str] = {}
+        known = table.types
+        new: list[dict[str, Any]] = []
         for key, value in row.items():
-            if key in SYSTEM_FIELDS or key in spec or key in ("read_perm", "write_perm"):
+            if key in SYSTEM_FIELDS or key in known or key in ("read_perm", "write_perm"):
                 continue
             if not self.auto_create:
                 raise TableError(400, f"unknown field {key!r} (the table has no such column)")
             kind = infer_type(value)
             if kind is not None:
-                new[key] = kind
+                new.append({"name": key, "type": kind, "description": key})
         if new:
-            spec.update(new)
+            table.meta["fields"].extend(new)
             self._db.execute(
-                "UPDATE baas_tables SET fields = ? WHERE id = ?", (json.dumps(spec), tid)
+                "UPDATE baas_tables SET meta = ? WHERE id = ?", (json.dumps(table.meta), table.id)
             )
 
     # -- records --------------------------------------------------------------------------
 
-    def _new_id(self, tid: int, name: str, given: Any) -> tuple[str, Any]:
-        if name == USER_TABLE:
+    def _new_id(self, table: _Table, given: Any) -> tuple[str, Any]:
+        if table.name == USER_TABLE:
             if given is None:
                 top = self._db.execute(
-                    "SELECT max(CAST(rid AS INTEGER)) FROM baas_records WHERE tbl = ?", (tid,)
+                    "SELECT max(CAST(rid AS INTEGER)) FROM baas_records WHERE tbl = ?", (table.id,)
                 ).fetchone()[0]
                 given = int(top or 0) + 1
             if not isinstance(given, int) or isinstance(given, bool) or given <= 0:
@@ -671,28 +756,35 @@ class Tables:
             return str(given), given
         return secrets.token_hex(12), None
 
-    def _prepare(self, tid: int, name: str, spec: dict[str, str], data: Any) -> dict[str, Any]:
+    def _prepare(self, table: _Table, data: Any) -> dict[str, Any]:
         if not isinstance(data, Mapping):
             raise TableError(400, "a record must be an object of fields")
+        given_id = data.get("id") if table.name == USER_TABLE else None
         row: dict[str, Any] = {}
-        for key, value in data.items():
-            _field_path(key)
-            if "." in key:
-                raise TableError(400, f"invalid field name: {key!r}")
-            row[key] = value
-        for key in [k for k, v in row.items() if k in spec and not type_fits(spec[k], v)]:
+        apply_update(row, {k: v for k, v in data.items() if k not in ("id", "_id")})
+        types = table.types
+        for key in [k for k, v in row.items() if k in types and not type_fits(types[k], v)]:
             del row[key]  # documented: a mistyped field is dropped on create
-        self._learn_fields(tid, spec, row)
-        rid, int_id = self._new_id(tid, name, row.pop("id", None) if name == USER_TABLE else None)
-        row.pop("_id", None)
+        for field in table.meta["fields"]:
+            fname = field["name"]
+            if row.get(fname) is None and "default" in field:
+                row[fname] = field["default"]
+            required = isinstance(field.get("constraints"), dict) and field["constraints"].get(
+                "required"
+            )
+            if required and row.get(fname) is None:
+                raise TableError(400, f"field {fname!r} is required")
+        self._learn_fields(table, row)
+        rid, int_id = self._new_id(table, given_id)
         now = _now()
         row["id"] = int_id if int_id is not None else rid
         row.setdefault("created_at", now)
         row.setdefault("updated_at", now)
         row.setdefault("created_by", None)
-        if name != USER_TABLE:
-            row.setdefault("read_perm", ["user:anonymous"])
-            row.setdefault("write_perm", ["user:anonymous"])
+        if table.name != USER_TABLE:
+            perms = table.meta["default_row_perm"]
+            row.setdefault("read_perm", list(perms["_read_perm"]))
+            row.setdefault("write_perm", list(perms["_write_perm"]))
         return row
 
     def _insert(self, tid: int, row: dict[str, Any]) -> None:
@@ -711,8 +803,9 @@ class Tables:
     def create(self, table: str | int, data: Mapping[str, Any]) -> dict[str, Any]:
         """Create one record; returns the stored row (201 on the platform)."""
         with self._txn():
-            tid, name, spec = self._resolve(table, write=True)
-            row = self._prepare(tid, name, spec, data)
+            t = self._resolve(table, write=True)
+            tid, name = t.id, t.name
+            row = self._prepare(t, data)
             self._insert(tid, row)
         self._emit(Change("create", name, tid, None, _out(row), True))
         return _out(row)
@@ -728,10 +821,11 @@ class Tables:
         results: list[dict[str, Any]] = []
         made: list[dict[str, Any]] = []
         with self._txn():
-            tid, name, spec = self._resolve(table, write=True)
+            t = self._resolve(table, write=True)
+            tid, name = t.id, t.name
             for item in items:
                 try:
-                    row = self._prepare(tid, name, spec, item)
+                    row = self._prepare(t, item)
                     self._insert(tid, row)
                 except TableError as exc:
                     results.append({"error": {"code": exc.status, "err_msg": exc.message}})
@@ -758,7 +852,8 @@ class Tables:
         select: str | Sequence[str] | None = None,
         expand: str | Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        tid, name, _ = self._resolve(table, write=False)
+        t = self._resolve(table, write=False)
+        tid, name = t.id, t.name
         row = self._load(tid, record_id)
         if row is None:
             raise TableError(404, f"record not found: {record_id!r} in table {name!r}")
@@ -788,7 +883,7 @@ class Tables:
         return [(int(seq), dict(json.loads(doc))) for seq, doc in rows]
 
     def count(self, table: str | int, where: Any = None) -> int:
-        tid, _, _ = self._resolve(table, write=False)
+        tid = self._resolve(table, write=False).id
         builder = _Where()
         cond = builder.build(where)
         try:
@@ -813,7 +908,8 @@ class Tables:
         with_count: bool = False,
     ) -> dict[str, Any]:
         """`{meta, objects}` as the platform lists records; total_count only if with_count."""
-        tid, name, _ = self._resolve(table, write=False)
+        t = self._resolve(table, write=False)
+        tid, name = t.id, t.name
         lim, off = _check_page(limit, offset)
         rows = self._query(tid, where, lim, off, order_by, extra=1)
         more = len(rows) > lim
@@ -854,7 +950,7 @@ class Tables:
         found = self._table_row(table)
         if found is None:
             return None
-        row = self._load(found[0], rid)
+        row = self._load(found.id, rid)
         return None if row is None else _out(row)
 
     def _save(self, tid: int, row: dict[str, Any]) -> None:
@@ -863,12 +959,11 @@ class Tables:
             (_dumps(row), tid, str(row["id"])),
         )
 
-    def _apply(
-        self, tid: int, name: str, spec: dict[str, str], row: dict[str, Any], update: Any
-    ) -> dict[str, Any]:
+    def _apply(self, t: _Table, row: dict[str, Any], update: Any) -> dict[str, Any]:
         new: dict[str, Any] = json.loads(json.dumps(row))
         changed = apply_update(new, update)
         top = {f.split(".")[0] for f in changed}
+        spec = t.types
         bad = [f for f in top if f in spec and not type_fits(spec[f], new.get(f))]
         if bad and len(bad) == len(top):
             raise TableError(
@@ -879,10 +974,10 @@ class Tables:
                 new[f] = row[f]
             else:
                 new.pop(f, None)
-        self._learn_fields(tid, spec, {f: new.get(f) for f in top if f in new})
+        self._learn_fields(t, {f: new.get(f) for f in top if f in new})
         if "updated_at" not in top:
             new["updated_at"] = _now()
-        if name == USER_TABLE:
+        if t.name == USER_TABLE:
             new["id"] = row["id"]
         return new
 
@@ -896,11 +991,12 @@ class Tables:
     ) -> dict[str, Any]:
         """Update one record with a REST-style update document; returns the whole new row."""
         with self._txn():
-            tid, name, spec = self._resolve(table, write=False)
+            t = self._resolve(table, write=False)
+            tid, name = t.id, t.name
             row = self._load(tid, record_id)
             if row is None:
                 raise TableError(404, f"record not found: {record_id!r} in table {name!r}")
-            new = self._apply(tid, name, spec, row, update)
+            new = self._apply(t, row, update)
             self._save(tid, new)
         self._emit(Change("update", name, tid, _out(row), _out(new), enable_trigger))
         return _out(new)
@@ -921,11 +1017,12 @@ class Tables:
         changes: list[Change] = []
         results: list[dict[str, Any]] = []
         with self._txn():
-            tid, name, spec = self._resolve(table, write=False)
+            t = self._resolve(table, write=False)
+            tid, name = t.id, t.name
             rows = self._query(tid, where, lim, off, None, extra=1)
             more = len(rows) > lim
             for _, row in rows[:lim]:
-                new = self._apply(tid, name, spec, row, update)
+                new = self._apply(t, row, update)
                 self._save(tid, new)
                 changes.append(Change("update", name, tid, _out(row), _out(new), enable_trigger))
                 results.append({"success": {"id": new["id"], "updated_at": new["updated_at"]}})
@@ -947,7 +1044,8 @@ class Tables:
         self, table: str | int, record_id: str | int, *, enable_trigger: bool = True
     ) -> None:
         with self._txn():
-            tid, name, _ = self._resolve(table, write=False)
+            t = self._resolve(table, write=False)
+            tid, name = t.id, t.name
             row = self._load(tid, record_id)
             if row is None:
                 raise TableError(404, f"record not found: {record_id!r} in table {name!r}")
@@ -968,7 +1066,8 @@ class Tables:
     ) -> dict[str, Any]:
         lim, off = _check_page(limit, offset)
         with self._txn():
-            tid, name, _ = self._resolve(table, write=False)
+            t = self._resolve(table, write=False)
+            tid, name = t.id, t.name
             total = self.count(tid, where) if with_count else None
             rows = self._query(tid, where, lim, off, None, extra=1)
             more = len(rows) > lim
