@@ -162,10 +162,8 @@ def infer_type(value: Any) -> str | None:
         return None
     if isinstance(value, bool):
         return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
+    if isinstance(value, (int, float)):
+        return "number"  # not "integer": a later 12.5 must not be dropped as mistyped
     if isinstance(value, str):
         return "string"
     if isinstance(value, list):
