@@ -233,6 +233,7 @@ class BaasOps:
             _obj(p, "update"),
             limit=_opt_int(p, "limit"),
             offset=_opt_int(p, "offset"),
+            order_by=_fields(p, "order_by"),
             enable_trigger=_flag(p, "enable_trigger", True),
             with_count=_flag(p, "with_count", False),
         )
@@ -251,6 +252,7 @@ class BaasOps:
             p.get("where"),
             limit=_opt_int(p, "limit"),
             offset=_opt_int(p, "offset"),
+            order_by=_fields(p, "order_by"),
             enable_trigger=_flag(p, "enable_trigger", True),
             with_count=_flag(p, "with_count", False),
         )

@@ -1007,24 +1007,25 @@ class Tables:
         *,
         limit: int | None = None,
         offset: int | None = None,
+        order_by: str | Sequence[str] | None = None,
         enable_trigger: bool = True,
         with_count: bool = False,
     ) -> dict[str, Any]:
-        """Update the rows a query matches (one page of them, ≤1000), in default order."""
+        """Update the rows a query matches: one page of them (≤1000), in `order_by` order."""
         lim, off = _check_page(limit, offset)
         changes: list[Change] = []
         results: list[dict[str, Any]] = []
         with self._txn():
             t = self._resolve(table, write=False)
             tid, name = t.id, t.name
-            rows = self._query(tid, where, lim, off, None, extra=1)
+            total = self.count(tid, where) if with_count else None  # matched, before the change
+            rows = self._query(tid, where, lim, off, order_by, extra=1)
             more = len(rows) > lim
             for _, row in rows[:lim]:
                 new = self._apply(t, row, update)
                 self._save(tid, new)
                 changes.append(Change("update", name, tid, _out(row), _out(new), enable_trigger))
                 results.append({"success": {"id": new["id"], "updated_at": new["updated_at"]}})
-            total = self.count(tid, where) if with_count else None
         for change in changes:
             self._emit(change)
         reply: dict[str, Any] = {
@@ -1059,6 +1060,7 @@ class Tables:
         *,
         limit: int | None = None,
         offset: int | None = None,
+        order_by: str | Sequence[str] | None = None,
         enable_trigger: bool = True,
         with_count: bool = False,
     ) -> dict[str, Any]:
@@ -1067,7 +1069,7 @@ class Tables:
             t = self._resolve(table, write=False)
             tid, name = t.id, t.name
             total = self.count(tid, where) if with_count else None
-            rows = self._query(tid, where, lim, off, None, extra=1)
+            rows = self._query(tid, where, lim, off, order_by, extra=1)
             more = len(rows) > lim
             gone = rows[:lim]
             self._db.executemany("DELETE FROM baas_records WHERE seq = ?", [(s,) for s, _ in gone])

@@ -311,7 +311,7 @@ function createBaaS (call) {
     getWithoutData (idOrQuery) {
       if (idOrQuery instanceof Query) {
         const q = this._takeQuery()
-        return new TableRecord(this, { where: idOrQuery._where(), limit: q.limit, offset: q.offset })
+        return new TableRecord(this, { where: idOrQuery._where(), limit: q.limit, offset: q.offset, order_by: q.order_by })
       }
       if (typeof idOrQuery === 'string' || Number.isInteger(idOrQuery)) return new TableRecord(this, { id: idOrQuery })
       throw invalid('getWithoutData takes a record id or a BaaS.Query')
@@ -325,6 +325,7 @@ function createBaaS (call) {
           where: idOrQuery._where(),
           limit: q.limit,
           offset: q.offset,
+          order_by: q.order_by,
           enable_trigger: Boolean(enableTrigger),
           with_count: Boolean(withCount)
         }))
@@ -413,6 +414,7 @@ function createBaaS (call) {
         update: this._record,
         limit: t.limit,
         offset: t.offset,
+        order_by: t.order_by,
         enable_trigger: Boolean(enableTrigger),
         with_count: Boolean(withCount)
       }))
