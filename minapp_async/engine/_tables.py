@@ -28,6 +28,10 @@ MAX_DEPTH: Final = 8
 MAX_CONDITIONS: Final = 200
 MAX_LIST: Final = 1000
 MAX_REGEX: Final = 500
+#: A read slower than this is interrupted (a 400): the store shares the engine's event loop.
+QUERY_SECONDS: Final = 5.0
+#: A quantified group that holds a quantifier, like `(a+)+`: the classic catastrophic pattern.
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)[+*{]")
 #: The platform's pattern for table fields and object keys; dots join nested keys.
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _TABLE_NAME = re.compile(r"_?[A-Za-z][A-Za-z0-9_]{0,63}\Z")
@@ -343,6 +347,8 @@ class _Where:
             raise TableError(400, f"$regex on {field!r} takes a pattern string")
         if len(arg) > MAX_REGEX:
             raise TableError(400, f"$regex pattern on {field!r} is longer than {MAX_REGEX}")
+        if _NESTED_QUANTIFIER.search(arg):
+            raise TableError(400, f"$regex pattern on {field!r} nests quantifiers (too slow)")
         try:
             re.compile(arg, _regex_flags(options))
         except re.error as exc:
@@ -874,24 +880,30 @@ class Tables:
             f"ORDER BY {order} LIMIT ? OFFSET ?"
         )
         params = [tid, *builder.params, *order_params, limit + extra, offset]
-        try:
-            rows = self._db.execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
-            raise TableError(400, f"bad query: {exc}") from None
+        rows = self._select_rows(sql, params)
         return [(int(seq), dict(json.loads(doc))) for seq, doc in rows]
+
+    def _select_rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Run a read with a deadline, so one query cannot stall the engine's event loop."""
+        deadline = time.monotonic() + QUERY_SECONDS
+        self._db.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "interrupted" in str(exc):
+                raise TableError(400, f"query took longer than {QUERY_SECONDS} s") from None
+            raise TableError(400, f"bad query: {exc}") from None
+        finally:
+            self._db.set_progress_handler(None, 0)
 
     def count(self, table: str | int, where: Any = None) -> int:
         tid = self._resolve(table, write=False).id
         builder = _Where()
         cond = builder.build(where)
-        try:
-            found = self._db.execute(
-                f"SELECT count(*) FROM baas_records WHERE tbl = ? AND {cond}",
-                [tid, *builder.params],
-            ).fetchone()
-        except sqlite3.OperationalError as exc:
-            raise TableError(400, f"bad query: {exc}") from None
-        return int(found[0])
+        found = self._select_rows(
+            f"SELECT count(*) FROM baas_records WHERE tbl = ? AND {cond}", [tid, *builder.params]
+        )
+        return int(found[0][0])
 
     def find(
         self,

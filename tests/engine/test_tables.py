@@ -406,6 +406,7 @@ def test_query_size_is_bounded(tables: Tables) -> None:
     [
         ({"name": {"$regex": "("}}, "bad $regex"),
         ({"name": {"$regex": "a", "$options": "q"}}, "bad $regex"),
+        ({"name": {"$regex": "^(a+)+$"}}, "nests quantifiers"),
         ({"name": {"$bogus": 1}}, "unknown query operator"),
         ({"loc": {"$intersects": {"type": "Point", "coordinates": [1, 2]}}}, "not supported"),
         ({"name": {"$contains": 5}}, "string"),
