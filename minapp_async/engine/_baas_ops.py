@@ -177,6 +177,8 @@ class BaasOps:
             return {"status": status, "data": data}
         except TableError as exc:
             return {"error": {"code": exc.status, "message": exc.message}}
+        except sqlite3.Error as exc:  # e.g. a locked or full database: the function sees a 500
+            return {"error": {"code": 500, "message": f"storage error: {exc}"}}
 
     # -- records --------------------------------------------------------------------------
 
