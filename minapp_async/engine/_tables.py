@@ -509,8 +509,8 @@ def _apply_op(doc: dict[str, Any], field: str, op: str, arg: Any) -> None:
             raise TableError(400, f"{op[1:]} on {field!r}: the field is not an array")
         _set_path(doc, field, current[:-1] if op == "$pop" else current[1:])
     elif op == "$update":
-        if not isinstance(arg, dict):
-            raise TableError(400, f"patchObject on {field!r} takes an object")
+        if not isinstance(arg, dict) or not all(isinstance(k, str) and _KEY.match(k) for k in arg):
+            raise TableError(400, f"patchObject on {field!r} takes an object with plain keys")
         if current is None:
             current = {}
         if not isinstance(current, dict):
@@ -1024,7 +1024,8 @@ class Tables:
         with_count: bool = False,
     ) -> dict[str, Any]:
         """Update the rows a query matches: one page of them (≤1000), in `order_by` order."""
-        lim, off = _check_page(limit, offset)
+        # Documented: a bulk operation touches at most the first 1000 matches by default.
+        lim, off = _check_page(MAX_LIMIT if limit is None else limit, offset)
         changes: list[Change] = []
         results: list[dict[str, Any]] = []
         with self._txn():
@@ -1076,7 +1077,7 @@ class Tables:
         enable_trigger: bool = True,
         with_count: bool = False,
     ) -> dict[str, Any]:
-        lim, off = _check_page(limit, offset)
+        lim, off = _check_page(MAX_LIMIT if limit is None else limit, offset)
         with self._txn():
             t = self._resolve(table, write=False)
             tid, name = t.id, t.name

@@ -242,12 +242,13 @@ def test_atomic_updates(tables: Tables) -> None:
         {"n": {"$append": [1]}},
         {"n": {"$incr_by": "1"}},
         {"n": {"$update": {"a": 1}}},
+        {"o": {"$update": {"$x": 1}}},
         {"n": {"$nope": 1}},
         {"bad-name": 1},
     ],
 )
 def test_bad_updates_are_400_and_change_nothing(tables: Tables, update: dict[str, Any]) -> None:
-    row = tables.create("rec", {"n": 1, "tags": ["a"]})
+    row = tables.create("rec", {"n": 1, "tags": ["a"], "o": {}})
     assert _error(tables.update, "rec", row["id"], update).status == 400
     assert tables.get("rec", row["id"]) == row
 
@@ -328,6 +329,7 @@ def test_update_and_delete_by_query(tables: Tables) -> None:
     assert reply["succeed"] == 1 and reply["total_count"] == 5 and reply["next"] is None
     reply = tables.delete_many("nums", {"even": False}, with_count=True)
     assert reply["succeed"] == 5 and reply["total_count"] == 5
+    assert reply["limit"] == 1000  # documented: bulk ops take the first 1000 by default
     assert tables.count("nums") == 5
     row = tables.find("nums", limit=1)["objects"][0]
     tables.delete("nums", row["id"])
@@ -462,3 +464,10 @@ def test_user_table_ids_are_integers(tables: Tables) -> None:
     assert (a["id"], b["id"], c["id"]) == (1, 100, 101)
     assert tables.get("_userprofile", 100)["nickname"] == "b"
     assert tables.update("_userprofile", 100, {"nickname": "B"})["id"] == 100
+
+
+def test_bulk_updates_take_up_to_1000_rows_by_default(tables: Tables) -> None:
+    tables.create_many("nums", [{"n": i} for i in range(25)])
+    reply = tables.update_many("nums", {}, {"seen": True})
+    assert (reply["succeed"], reply["limit"], reply["next"]) == (25, 1000, None)
+    assert tables.count("nums", {"seen": True}) == 25
