@@ -5,6 +5,25 @@
 `{"error": {"code": int, "message": str}}` on failure, which `baas.cjs` turns into an HError
 rejection. Messages a function sends (template messages, SMS, email …) land in the `Outbox`, an
 SQLite table that tests and the CLI read; nothing leaves the machine.
+
+Ops and payloads (snake_case keys; `table` is a name or an integer table id; `where` is the
+platform's JSON query; `update` is the REST update document, e.g. `{"n": {"$incr_by": 1}}`):
+
+    table.create       {table, data}                                            → 201 row
+    table.create_many  {table, items, enable_trigger}                           → 201 {succeed, total_count, operation_result}
+    table.get          {table, id, select?, expand?}                            → 200 row
+    table.find         {table, where, limit, offset, order_by, select, expand, with_count} → 200 {meta, objects}
+    table.count        {table, where}                                           → 200 int
+    table.update       {table, id, update, enable_trigger}                      → 200 row
+    table.update_many  {table, where, update, limit, offset, order_by, enable_trigger, with_count} → 200 bulk reply
+    table.delete       {table, id, enable_trigger}                              → 204 ""
+    table.delete_many  {table, where, limit, offset, order_by, enable_trigger, with_count} → 200 bulk reply
+    schema.create      {name, schema: {fields}, write_perm, row_read_perm, row_write_perm} → 201 table
+    schema.get / schema.delete {id};  schema.list {limit, offset};  schema.update {id, name?, schema?, …}
+    message.send       {kind, data}   (kind in MESSAGE_KINDS)                  → 200 {status: "ok"}
+    sms.send_code      {phone, …};  sms.verify_code {phone, code}               → 201 {status: "ok"}
+    wechat.access_token {};  server.date {}
+    function.invoke    {name, params, sync}   → 200 envelope (needs an `invoke` callable)
 """
 
 from __future__ import annotations
