@@ -35,6 +35,7 @@ _NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)[+*{]
 #: The platform's pattern for table fields and object keys; dots join nested keys.
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _TABLE_NAME = re.compile(r"_?[A-Za-z][A-Za-z0-9_]{0,63}\Z")
+_RECORD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 USER_TABLE: Final = "_userprofile"
 SYSTEM_FIELDS: Final = frozenset({"id", "_id", "created_at", "updated_at", "created_by"})
 FIELD_TYPES: Final = frozenset(
@@ -749,6 +750,10 @@ class Tables:
     # -- records --------------------------------------------------------------------------
 
     def _new_id(self, table: _Table, given: Any) -> tuple[str, Any]:
+        if table.name != USER_TABLE and given is not None:  # an imported record keeps its id
+            if not isinstance(given, str) or not _RECORD_ID.match(given):
+                raise TableError(400, f"invalid record id: {given!r:.60}")
+            return given, None
         if table.name == USER_TABLE:
             if given is None:
                 top = self._db.execute(
@@ -760,10 +765,10 @@ class Tables:
             return str(given), given
         return secrets.token_hex(12), None
 
-    def _prepare(self, table: _Table, data: Any) -> dict[str, Any]:
+    def _prepare(self, table: _Table, data: Any, *, keep_id: bool = False) -> dict[str, Any]:
         if not isinstance(data, Mapping):
             raise TableError(400, "a record must be an object of fields")
-        given_id = data.get("id") if table.name == USER_TABLE else None
+        given_id = data.get("id") if table.name == USER_TABLE or keep_id else None
         row: dict[str, Any] = {}
         apply_update(row, {k: v for k, v in data.items() if k not in ("id", "_id")})
         types = table.types
@@ -1097,6 +1102,40 @@ class Tables:
         if total is not None:
             reply["total_count"] = total
         return reply
+
+    # -- seeding and inspection (tests, the CLI) ------------------------------------------
+
+    def import_records(self, table: str | int, rows: Iterable[Any]) -> int:
+        """Insert records as given (their `id` and system fields are kept), fire no triggers;
+        all or nothing. Returns how many were inserted."""
+        count = 0
+        with self._txn():
+            t = self._resolve(table, write=True)
+            for row in rows:
+                self._insert(t.id, self._prepare(t, row, keep_id=True))
+                count += 1
+        return count
+
+    def export_records(self, table: str | int) -> list[dict[str, Any]]:
+        """Every record of a table, oldest first, as stored (no `_id` copy)."""
+        tid = self._resolve(table, write=False).id
+        rows = self._db.execute(
+            "SELECT doc FROM baas_records WHERE tbl = ? ORDER BY seq", (tid,)
+        ).fetchall()
+        return [dict(json.loads(doc)) for (doc,) in rows]
+
+    def reset(self, table: str | int | None = None, *, drop: bool = False) -> None:
+        """Delete the records of one table (or of all); with drop, the tables themselves too."""
+        with self._txn():
+            if table is None:
+                self._db.execute("DELETE FROM baas_records")
+                if drop:
+                    self._db.execute("DELETE FROM baas_tables")
+                return
+            tid = self._resolve(table, write=False).id
+            self._db.execute("DELETE FROM baas_records WHERE tbl = ?", (tid,))
+            if drop:
+                self._db.execute("DELETE FROM baas_tables WHERE id = ?", (tid,))
 
 
 def _out(row: dict[str, Any]) -> dict[str, Any]:

@@ -471,3 +471,28 @@ def test_bulk_updates_take_up_to_1000_rows_by_default(tables: Tables) -> None:
     reply = tables.update_many("nums", {}, {"seen": True})
     assert (reply["succeed"], reply["limit"], reply["next"]) == (25, 1000, None)
     assert tables.count("nums", {"seen": True}) == 25
+
+
+def test_import_export_and_reset(tables: Tables) -> None:
+    rows = [
+        {"id": "a" * 24, "n": 1, "created_at": 100, "created_by": 3},
+        {"id": "b" * 24, "n": 2, "created_at": 200},
+    ]
+    assert tables.import_records("seeded", rows) == 2
+    assert tables.get("seeded", "a" * 24)["created_by"] == 3
+    exported = tables.export_records("seeded")
+    assert [(r["id"], r["n"], r["created_at"]) for r in exported] == [
+        ("a" * 24, 1, 100),
+        ("b" * 24, 2, 200),
+    ]
+    # A clash or a bad id rolls the whole import back.
+    assert (
+        _error(tables.import_records, "seeded", [{"id": "c" * 24}, {"id": "a" * 24}]).status == 400
+    )
+    assert _error(tables.import_records, "seeded", [{"id": "x'; --"}]).status == 400
+    assert tables.count("seeded") == 2
+    tables.create("other", {"k": 1})
+    tables.reset("seeded")
+    assert (tables.count("seeded"), tables.count("other")) == (0, 1)
+    tables.reset(drop=True)
+    assert tables.list_tables()["objects"] == []
