@@ -434,3 +434,42 @@ async def test_dispatcher_refuses_bad_ops_without_raising(bridge: Bridge) -> Non
     assert answer["error"]["code"] == 400
     answer = await ops.handle("table.create", {"table": "x", "data": {"a": 1}})
     assert answer["status"] == 201 and answer["data"]["a"] == 1
+
+
+QUERY_SETTINGS = """
+exports.main = async (event) => {
+  const Shop = new BaaS.TableObject('shop')
+  const made = await Shop.createMany([
+    { name: 'a', loc: new BaaS.GeoPoint(113.3, 23.1), at: new Date(Date.UTC(2020, 0, 2)), rank: 2 },
+    { name: 'b', area: new BaaS.GeoPolygon([[0, 0], [0, 1], [1, 1]]), rank: 1 }
+  ])
+  const byId = await Shop.select(['name', 'loc']).get(made.data.operation_result[0].success.id)
+  // Settings are used once: the next find sees none of them.
+  const narrowed = await Shop.limit(1).orderBy('rank').find()
+  const plain = await Shop.find()
+  const errors = {}
+  try { Shop.limit(-1) } catch (e) { errors.negative = e.code }
+  try { await Shop.limit(1001).find() } catch (e) { errors.tooMany = [e.code, e.message] }
+  const near = new BaaS.Query(); near.withinCircle('loc', new BaaS.GeoPoint(113, 23), 10)
+  try { await Shop.setQuery(near).find() } catch (e) { errors.geo = e.message }
+  const re = new BaaS.Query(); re.matches('name', /^A$/i)
+  const matched = await Shop.setQuery(re).find()
+  return { byId: byId.data, narrowed: narrowed.data.objects.map(o => o.name),
+           plain: plain.data.objects.length, errors, matched: matched.data.objects.map(o => o.name),
+           area: plain.data.objects.find(o => o.name === 'b').area }
+}
+"""
+
+
+async def test_query_settings_geo_values_and_limits(bridge: Bridge) -> None:
+    out = await bridge.run(QUERY_SETTINGS)
+    assert out["byId"] == {"name": "a", "loc": {"type": "Point", "coordinates": [113.3, 23.1]}}
+    assert out["narrowed"] == ["b"]
+    assert out["plain"] == 2
+    assert out["errors"]["negative"] == 605
+    assert out["errors"]["tooMany"][0] == 400 and "limit" in out["errors"]["tooMany"][1]
+    assert "$center is not supported by the local engine" in out["errors"]["geo"]
+    assert out["matched"] == ["a"]
+    assert out["area"] == {"type": "Polygon", "coordinates": [[[0, 0], [0, 1], [1, 1], [0, 0]]]}
+    [stored] = bridge.tables.find("shop", {"name": "a"})["objects"]
+    assert stored["at"] == "2020-01-02T00:00:00.000Z"
