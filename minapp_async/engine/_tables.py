@@ -25,7 +25,7 @@ DEFAULT_LIMIT: Final = 20
 MAX_LIMIT: Final = 1000
 #: Bounds on a `where` document: nesting of $and/$or, number of conditions, `$in` list size.
 MAX_DEPTH: Final = 8
-MAX_CONDITIONS: Final = 200
+MAX_CONDITIONS: Final = 500
 MAX_LIST: Final = 1000
 MAX_REGEX: Final = 500
 #: A read slower than this is interrupted (a 400): the store shares the engine's event loop.
@@ -220,6 +220,7 @@ class _Where:
             raise TableError(400, f"query nested deeper than {MAX_DEPTH} levels")
         if not isinstance(node, dict):
             raise TableError(400, f"a query condition must be an object, not {node!r:.60}")
+        self._tick()  # nodes count too, so a list of a million `{}` is refused
         parts: list[str] = []
         for key, value in node.items():
             if key in ("$and", "$or"):
@@ -233,8 +234,8 @@ class _Where:
                 if isinstance(value, dict) and value and all(str(k).startswith("$") for k in value):
                     for op, arg in value.items():
                         if op == "$regex":  # {"$regex": p, "$options": "i"}, as the SDK sends
-                            self.conditions += 1
-                            parts.append(self._regex(key, path, arg, value.get("$options", "")))
+                            both = {"$regex": arg, "$options": value.get("$options", "")}
+                            parts.append(self._condition(key, path, op, both))
                         elif op != "$options" or "$regex" not in value:
                             parts.append(self._condition(key, path, op, arg))
                 else:  # a bare value means equality
@@ -252,10 +253,13 @@ class _Where:
             "ELSE json_extract(doc, ?) END)"
         )
 
-    def _condition(self, field: str, path: str, op: str, arg: Any) -> str:
+    def _tick(self) -> None:
         self.conditions += 1
         if self.conditions > MAX_CONDITIONS:
             raise TableError(400, f"query has more than {MAX_CONDITIONS} conditions")
+
+    def _condition(self, field: str, path: str, op: str, arg: Any) -> str:
+        self._tick()
         if op in _SCALAR_OPS:
             return self._compare(field, path, op, arg)
         if op in ("$contains", "$icontains"):

@@ -397,8 +397,10 @@ def test_query_size_is_bounded(tables: Tables) -> None:
     for _ in range(7):
         shallow = {"$or": [shallow]}
     assert _names(tables.find("goods", shallow)) == ["apple"]
-    wide = {"$or": [{"price": i} for i in range(201)]}
+    wide = {"$or": [{"price": i} for i in range(501)]}
     assert "conditions" in _error(tables.find, "goods", wide).message
+    empties: dict[str, Any] = {"$and": [{}] * 500}
+    assert "conditions" in _error(tables.find, "goods", empties).message
     assert _error(tables.find, "goods", {"name": {"$in": list(range(1001))}}).status == 400
     assert _error(tables.find, "goods", {"name": {"$regex": "a" * 501}}).status == 400
 
