@@ -34,6 +34,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, Final
 
 from ._tables import TableError, Tables
@@ -74,8 +75,8 @@ _APP_TZ: Final = dt.timezone(dt.timedelta(hours=8))
 class Outbox:
     """Messages sent from functions, kept in SQLite (the engine's state database)."""
 
-    def __init__(self, db: sqlite3.Connection | str) -> None:
-        self._db = db if isinstance(db, sqlite3.Connection) else sqlite3.connect(db)
+    def __init__(self, db: sqlite3.Connection | str | Path) -> None:
+        self._db = db if isinstance(db, sqlite3.Connection) else sqlite3.connect(str(db))
         self._db.executescript(_OUTBOX_DDL)
 
     def record(self, kind: str, data: Mapping[str, Any]) -> int:
