@@ -140,7 +140,9 @@ class StoreBounds:
 
 @attrs.frozen
 class StoreStats:
-    """Counters kept in step with the file (no query needed to read them)."""
+    """Counters kept in memory (no query needed to read them). ``waiting`` and ``executing``
+    count the calls made so far; ``finished`` and ``finished_bytes`` the records committed
+    (after :meth:`Store.flush` they include every finish made before it)."""
 
     waiting: int
     executing: int
@@ -223,6 +225,9 @@ def token_digest(token: str) -> bytes:
 # A request to the writer thread: (operation, arguments, future or None).
 _Op = tuple[str, tuple[Any, ...], "asyncio.Future[Any] | None"]
 _STOP: Final = "stop"
+# What the writer hands back per request: (future, result or error, failed, id of the job
+# an "accept" request was for, so a failed accept can be forgotten).
+_Outcome = tuple["asyncio.Future[Any] | None", Any, bool, "str | None"]
 
 
 class Store:
@@ -552,6 +557,9 @@ class Store:
         if self._closing:
             raise RuntimeError(f"the state store {self.path!r} is closed")
         await self._room.acquire()  # no suspension while there is room
+        if self._closing:  # closed while this waited for room: the writer is gone
+            self._room.release()
+            raise RuntimeError(f"the state store {self.path!r} is closed")
         if not wait:
             self._requests.put((op, args, None))
             return None
@@ -560,8 +568,11 @@ class Store:
         self._requests.put((op, args, future))
         return await future
 
-    def _batch_done(self, outcomes: list[tuple[asyncio.Future[Any] | None, Any, bool]]) -> None:
-        for future, value, failed in outcomes:
+    def _batch_done(self, outcomes: list[_Outcome], queued: int) -> None:
+        """On the loop: hand out one batch's results and make room for *queued* requests."""
+        for future, value, failed, accepted in outcomes:
+            if failed and accepted is not None:
+                self._active.pop(accepted, None)  # the record was never written
             if future is None:
                 if failed:
                     logger.error("state store %s: a write failed: %s", self.path, value)
@@ -570,13 +581,13 @@ class Store:
                     future.set_exception(value)
                 else:
                     future.set_result(value)
-        for _ in range(sum(1 for f, _, _ in outcomes if f is not self._closed)):
+        for _ in range(queued):
             self._room.release()
 
-    def _post(self, outcomes: list[tuple[asyncio.Future[Any] | None, Any, bool]]) -> None:
+    def _post(self, outcomes: list[_Outcome], queued: int = 0) -> None:
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-            self._loop.call_soon_threadsafe(self._batch_done, outcomes)
+            self._loop.call_soon_threadsafe(self._batch_done, outcomes, queued)
 
     # ---- the writer thread ----
 
@@ -591,12 +602,12 @@ class Store:
             conn = self._connect(durability, busy_timeout)
             self._load(conn)
         except BaseException as exc:  # noqa: BLE001 - handed to the opener
-            self._post([(ready, exc, True)])
+            self._post([(ready, exc, True, None)])
             return
         if on_statement is not None:
             conn.set_trace_callback(on_statement)
         self._conn = conn
-        self._post([(ready, None, False)])
+        self._post([(ready, None, False, None)])
         stop: asyncio.Future[Any] | None = None
         while stop is None:
             batch = [self._requests.get()]
@@ -605,27 +616,28 @@ class Store:
                     batch.append(self._requests.get_nowait())
                 except queue.Empty:
                     break
-            outcomes: list[tuple[asyncio.Future[Any] | None, Any, bool]] = []
+            outcomes: list[_Outcome] = []
             conn.execute("BEGIN IMMEDIATE")
             for op, args, future in batch:
                 if op == _STOP:
                     stop = future
                     continue
+                accepted = args[0] if op == "accept" else None
                 try:
-                    outcomes.append((future, self._apply(conn, op, args), False))
+                    outcomes.append((future, self._apply(conn, op, args), False, accepted))
                 except sqlite3.Error as exc:
-                    outcomes.append((future, self._error(exc), True))
+                    outcomes.append((future, self._error(exc), True, accepted))
             try:
                 self._prune_jobs(conn)
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 error = self._error(exc)
-                outcomes = [(future, error, True) for future, _, _ in outcomes]
+                outcomes = [(future, error, True, accepted) for future, _, _, accepted in outcomes]
                 with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
                     conn.execute("ROLLBACK")
-            self._post(outcomes)
+            self._post(outcomes, len(outcomes))
         conn.close()
-        self._post([(stop, None, False)])
+        self._post([(stop, None, False, None)])
 
     def _connect(self, durability: Durability, busy_timeout: float) -> sqlite3.Connection:
         where = self.path
