@@ -121,6 +121,10 @@ _BODY_COLUMNS: Final = ", params, result, log"
 _RERUN_NOTE: Final = "cut off mid-run when the engine stopped; run again"
 
 
+class _Nothing(Exception):
+    """Raised by a request's ``before`` step: there is nothing to write."""
+
+
 class StoreError(Exception):
     """The state file cannot be used; the message names the file and what to do."""
 
@@ -257,6 +261,7 @@ class Store:
         self._tokens: dict[bytes, tuple[str, bytes, float]] = {}  # -> (kind, partner, expiry)
         # job id -> [waiting or executing, bytes of its params]
         self._active: dict[str, tuple[str, int]] = {}
+        self._executing = 0
         self._next_user_id = FIRST_USER_ID
         # Owned by the writer thread; read from the loop (plain ints).
         self._finished = 0
@@ -323,10 +328,9 @@ class Store:
 
     @property
     def stats(self) -> StoreStats:
-        executing = sum(1 for s, _ in self._active.values() if s == EXECUTING)
         return StoreStats(
-            waiting=len(self._active) - executing,
-            executing=executing,
+            waiting=len(self._active) - self._executing,
+            executing=self._executing,
             finished=self._finished,
             finished_bytes=self._finished_bytes,
         )
@@ -347,25 +351,36 @@ class Store:
         wait: bool | None = None,
     ) -> None:
         """Record a new waiting job. By default an async job's record is committed before
-        this returns (``wait=True``) and a sync job's is not (its caller is still there)."""
-        if job_id in self._active:
-            raise ValueError(f"job {job_id} is already waiting or executing")
+        this returns (``wait=True``) and a sync job's is not (its caller is still there).
+
+        Cancelled while it waits for the commit, the job is still recorded (a write cannot
+        be taken back): the caller should treat it as accepted, e.g. shield accept + queue.
+        """
         params_json = json.dumps(params, separators=(",", ":"))
         created = time.time() if created_at is None else created_at
-        self._active[job_id] = (WAITING, len(params_json))  # ASCII: chars are bytes
         row = (job_id, function_name, sync, source, request_id, user_id, params_json, created)
-        await self._submit("accept", row, wait=not sync if wait is None else wait)
+
+        def record() -> None:
+            if job_id in self._active:
+                raise ValueError(f"job {job_id} is already waiting or executing")
+            self._active[job_id] = (WAITING, len(params_json))  # ASCII: chars are bytes
+
+        await self._submit("accept", row, wait=not sync if wait is None else wait, before=record)
 
     async def start(
         self, job_id: str, *, started_at: float | None = None, wait: bool = False
     ) -> None:
         """Mark a waiting job executing and count the attempt."""
-        entry = self._active.get(job_id)
-        if entry is None or entry[0] != WAITING:
-            raise KeyError(f"job {job_id} is not waiting")
-        self._active[job_id] = (EXECUTING, entry[1])
         started = time.time() if started_at is None else started_at
-        await self._submit("start", (job_id, started), wait=wait)
+
+        def record() -> None:
+            entry = self._active.get(job_id)
+            if entry is None or entry[0] != WAITING:
+                raise KeyError(f"job {job_id} is not waiting")
+            self._active[job_id] = (EXECUTING, entry[1])
+            self._executing += 1
+
+        await self._submit("start", (job_id, started), wait=wait, before=record)
 
     async def finish(
         self,
@@ -384,15 +399,20 @@ class Store:
         with the process is still waiting or executing in the file, so it runs again."""
         if status not in FINISHED_STATUSES:
             raise ValueError(f"status must be one of {sorted(FINISHED_STATUSES)}")
-        entry = self._active.pop(job_id, None)
-        if entry is None:
-            raise KeyError(f"job {job_id} is not waiting or executing")
         result_json = None if result is None else json.dumps(result, separators=(",", ":"))
         log_bytes = log.encode("utf-8", "backslashreplace")  # lone surrogates stay readable
         ended = time.time() if finished_at is None else finished_at
-        size = entry[1] + len(result_json or "") + len(log_bytes)
-        row = (job_id, status, result_json, log_bytes, error_msg, execution_time_ms, mem_usage)
-        await self._submit("finish", (*row, ended, size), wait=wait)
+        row = [job_id, status, result_json, log_bytes, error_msg, execution_time_ms, mem_usage]
+
+        def record() -> None:
+            entry = self._active.pop(job_id, None)
+            if entry is None:
+                raise KeyError(f"job {job_id} is not waiting or executing")
+            if entry[0] == EXECUTING:
+                self._executing -= 1
+            row.extend((ended, entry[1] + len(result_json or "") + len(log_bytes)))
+
+        await self._submit("finish", row, wait=wait, before=record)
 
     async def get(self, job_id: str) -> JobRecord | None:
         """One job with its params, result and log; None if unknown or pruned."""
@@ -438,11 +458,22 @@ class Store:
         return page
 
     async def recover(self) -> list[JobRecord]:
-        """At start-up: the async jobs the file still has waiting or executing, in acceptance
-        order, to be run again. Those that were executing are set back to waiting and marked
-        ``rerun``. Sync jobs are finished as failed: their callers are gone."""
-        jobs: list[JobRecord] = await self._submit("recover", (), wait=True)
-        self._active = {job.id: (WAITING, self._active[job.id][1]) for job in jobs}
+        """At start-up, before new jobs: the async jobs the file still has waiting or
+        executing, in acceptance order, to be run again. Those that were executing are set
+        back to waiting and marked ``rerun``. Sync jobs are finished as failed (their callers
+        are gone) and not returned."""
+        jobs: list[JobRecord]
+        ended: list[str]
+        jobs, ended = await self._submit("recover", (), wait=True)
+        for job_id in ended:
+            entry = self._active.pop(job_id, None)
+            if entry is not None and entry[0] == EXECUTING:
+                self._executing -= 1
+        for job in jobs:
+            entry = self._active.get(job.id)
+            if entry is not None and entry[0] == EXECUTING:
+                self._active[job.id] = (WAITING, entry[1])
+                self._executing -= 1
         return jobs
 
     # ---- users and sessions: read from memory, written through ----
@@ -465,21 +496,28 @@ class Store:
         """Store a new user, committed before this returns. ValueError if the id or a login
         is taken (checked before anything is written)."""
         logins = [(k, v) for k, v in _logins(user) if v is not None]
-        if user.id in self._users:
-            raise ValueError(f"user {user.id} already exists")
-        for key in logins:
-            if key in self._by_login:
-                raise ValueError(f"{key[0]} {key[1]!r} is already registered")
-        self._users[user.id] = user
-        for key in logins:
-            self._by_login[key] = user.id
-        self._next_user_id = max(self._next_user_id, user.id + 1)
-        await self._submit("add_user", (user,), wait=True)
+
+        def record() -> None:
+            if user.id in self._users:
+                raise ValueError(f"user {user.id} already exists")
+            for key in logins:
+                if key in self._by_login:
+                    raise ValueError(f"{key[0]} {key[1]!r} is already registered")
+            self._users[user.id] = user
+            for key in logins:
+                self._by_login[key] = user.id
+            self._next_user_id = max(self._next_user_id, user.id + 1)
+
+        await self._submit("add_user", (user,), wait=True, before=record)
 
     async def update_profile(self, user_id: int, profile: Mapping[str, Any]) -> None:
-        user = self._users[user_id]
-        self._users[user_id] = attrs.evolve(user, profile=dict(profile))
-        await self._submit("profile", (user_id, json.dumps(dict(profile))), wait=True)
+        """Replace a user's profile (KeyError for an unknown user)."""
+        profile_json = json.dumps(dict(profile))
+
+        def record() -> None:
+            self._users[user_id] = attrs.evolve(self._users[user_id], profile=dict(profile))
+
+        await self._submit("profile", (user_id, profile_json), wait=True, before=record)
 
     def session(self, token: str) -> tuple[int, float] | None:
         """``(user id, expires_at)`` of a session token, expired or not; None if unknown."""
@@ -487,92 +525,145 @@ class Store:
 
     async def add_session(self, token: str, user_id: int, expires_at: float) -> None:
         digest = token_digest(token)
-        self._sessions[digest] = (user_id, expires_at)
-        await self._submit("add_session", (digest, user_id, expires_at), wait=True)
+
+        def record() -> None:
+            self._sessions[digest] = (user_id, expires_at)
+
+        await self._submit("add_session", (digest, user_id, expires_at), wait=True, before=record)
 
     async def remove_session(self, token: str) -> None:
         digest = token_digest(token)
-        if self._sessions.pop(digest, None) is not None:
-            await self._submit("remove_session", (digest,), wait=True)
+
+        def record() -> None:
+            self._sessions.pop(digest, None)
+
+        await self._submit("remove_session", (digest,), wait=True, before=record)
 
     # ---- Open API OAuth grants ----
 
     async def add_code(self, code: str, expires_at: float) -> None:
         digest = token_digest(code)
-        self._codes[digest] = expires_at
-        await self._submit("add_code", (digest, expires_at), wait=True)
+
+        def record() -> None:
+            self._codes[digest] = expires_at
+
+        await self._submit("add_code", (digest, expires_at), wait=True, before=record)
 
     async def take_code(self, code: str) -> float | None:
         """The code's expiry, removing it (a code works once); None if unknown or used."""
         digest = token_digest(code)
-        expires_at = self._codes.pop(digest, None)  # gone before any await: used once
-        if expires_at is not None:
-            await self._submit("take_code", (digest,), wait=True)
-        return expires_at
+        taken: list[float] = []
+
+        def record() -> None:
+            expires_at = self._codes.pop(digest, None)
+            if expires_at is None:
+                raise _Nothing
+            taken.append(expires_at)
+
+        await self._submit("take_code", (digest,), wait=True, before=record)
+        return taken[0] if taken else None
 
     async def add_token_pair(
         self, access: str, refresh: str, *, access_expires_at: float, refresh_expires_at: float
     ) -> None:
         a, r = token_digest(access), token_digest(refresh)
-        self._tokens[a] = ("access", r, access_expires_at)
-        self._tokens[r] = ("refresh", a, refresh_expires_at)
-        await self._submit("add_pair", (a, r, access_expires_at, refresh_expires_at), wait=True)
+
+        def record() -> None:
+            self._tokens[a] = ("access", r, access_expires_at)
+            self._tokens[r] = ("refresh", a, refresh_expires_at)
+
+        args = (a, r, access_expires_at, refresh_expires_at)
+        await self._submit("add_pair", args, wait=True, before=record)
 
     def access_expiry(self, access_token: str) -> float | None:
+        """When an access token expires (epoch seconds); None if unknown or revoked."""
         entry = self._tokens.get(token_digest(access_token))
         return entry[2] if entry is not None and entry[0] == "access" else None
 
     async def take_refresh(self, refresh_token: str) -> float | None:
         """The refresh token's expiry, removing it and its access token; None if unknown."""
         digest = token_digest(refresh_token)
-        entry = self._tokens.get(digest)
-        if entry is None or entry[0] != "refresh":
-            return None
-        del self._tokens[digest]
-        self._tokens.pop(entry[1], None)
-        await self._submit("take_pair", (digest, entry[1]), wait=True)
-        return entry[2]
+        args: list[bytes] = [digest]
+        taken: list[float] = []
+
+        def record() -> None:
+            entry = self._tokens.get(digest)
+            if entry is None or entry[0] != "refresh":
+                raise _Nothing
+            del self._tokens[digest]
+            self._tokens.pop(entry[1], None)
+            args.append(entry[1])
+            taken.append(entry[2])
+
+        await self._submit("take_pair", args, wait=True, before=record)
+        return taken[0] if taken else None
 
     async def expire_all(self, *, at: float = float("-inf")) -> None:
         """Every session and access token expires at *at* (for tests)."""
-        self._sessions = {d: (uid, min(exp, at)) for d, (uid, exp) in self._sessions.items()}
-        self._tokens = {
-            d: (kind, partner, min(exp, at) if kind == "access" else exp)
-            for d, (kind, partner, exp) in self._tokens.items()
-        }
-        await self._submit("expire_all", (at,), wait=True)
+
+        def record() -> None:
+            self._sessions = {d: (uid, min(exp, at)) for d, (uid, exp) in self._sessions.items()}
+            self._tokens = {
+                d: (kind, partner, min(exp, at) if kind == "access" else exp)
+                for d, (kind, partner, exp) in self._tokens.items()
+            }
+
+        await self._submit("expire_all", (at,), wait=True, before=record)
 
     async def prune_expired(self, now: float | None = None) -> None:
         """Forget sessions, codes and tokens that expired before *now* (epoch seconds).
         Linear in their number: call it now and then, not per request."""
         cutoff = time.time() if now is None else now
-        self._sessions = {d: e for d, e in self._sessions.items() if e[1] > cutoff}
-        self._codes = {d: e for d, e in self._codes.items() if e > cutoff}
-        self._tokens = {d: e for d, e in self._tokens.items() if e[2] > cutoff}
-        await self._submit("prune_expired", (cutoff,), wait=True)
+
+        def record() -> None:
+            self._sessions = {d: e for d, e in self._sessions.items() if e[1] > cutoff}
+            self._codes = {d: e for d, e in self._codes.items() if e > cutoff}
+            self._tokens = {d: e for d, e in self._tokens.items() if e[2] > cutoff}
+
+        await self._submit("prune_expired", (cutoff,), wait=True, before=record)
 
     # ---- the loop side of the writer ----
 
-    async def _submit(self, op: str, args: tuple[Any, ...], *, wait: bool) -> Any:
+    async def _submit(
+        self,
+        op: str,
+        args: Sequence[Any],
+        *,
+        wait: bool,
+        before: Callable[[], None] | None = None,
+    ) -> Any:
+        """Queue one request once there is room. *before* runs just before it is queued,
+        with no await in between, so memory changes only for requests really queued (not
+        for one cancelled while it waited for room); raising _Nothing there skips it."""
         if self._closing:
             raise RuntimeError(f"the state store {self.path!r} is closed")
         await self._room.acquire()  # no suspension while there is room
-        if self._closing:  # closed while this waited for room: the writer is gone
+        try:
+            if self._closing:  # closed while this waited for room: the writer is gone
+                raise RuntimeError(f"the state store {self.path!r} is closed")
+            if before is not None:
+                before()
+        except _Nothing:
             self._room.release()
-            raise RuntimeError(f"the state store {self.path!r} is closed")
+            return None
+        except BaseException:
+            self._room.release()
+            raise
         if not wait:
-            self._requests.put((op, args, None))
+            self._requests.put((op, tuple(args), None))
             return None
         assert self._loop is not None
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._requests.put((op, args, future))
+        self._requests.put((op, tuple(args), future))
         return await future
 
     def _batch_done(self, outcomes: list[_Outcome], queued: int) -> None:
         """On the loop: hand out one batch's results and make room for *queued* requests."""
         for future, value, failed, accepted in outcomes:
             if failed and accepted is not None:
-                self._active.pop(accepted, None)  # the record was never written
+                entry = self._active.pop(accepted, None)  # the record was never written
+                if entry is not None and entry[0] == EXECUTING:
+                    self._executing -= 1
             if future is None:
                 if failed:
                     logger.error("state store %s: a write failed: %s", self.path, value)
@@ -757,6 +848,7 @@ class Store:
                 "SELECT id, status, length(params) FROM jobs WHERE finished_at IS NULL ORDER BY seq"
             )
         }
+        self._executing = sum(1 for status, _ in self._active.values() if status == EXECUTING)
         count, size = conn.execute(
             "SELECT count(*), coalesce(sum(size), 0) FROM jobs WHERE finished_at IS NOT NULL"
         ).fetchone()
@@ -852,15 +944,17 @@ class Store:
             raise AssertionError(f"unknown store operation {op!r}")
         return None
 
-    def _recover(self, conn: sqlite3.Connection) -> list[JobRecord]:
+    def _recover(self, conn: sqlite3.Connection) -> tuple[list[JobRecord], list[str]]:
         rows = conn.execute(
             f"SELECT {_JOB_COLUMNS}{_BODY_COLUMNS} FROM jobs WHERE finished_at IS NULL ORDER BY seq"
         ).fetchall()
         now = time.time()
         jobs: list[JobRecord] = []
+        ended: list[str] = []
         for row in rows:
             job = _job(row, bodies=True)
             if job.sync:
+                ended.append(job.id)
                 was_waiting = job.status == WAITING
                 self._apply(
                     conn,
@@ -885,7 +979,7 @@ class Store:
                 )
                 job = attrs.evolve(job, status=WAITING, rerun=True, error_msg=_RERUN_NOTE)
             jobs.append(job)
-        return jobs
+        return jobs, ended
 
     def _prune_jobs(self, conn: sqlite3.Connection) -> None:
         """Drop the oldest finished records while over a bound; O(records dropped)."""

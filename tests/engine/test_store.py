@@ -239,6 +239,30 @@ async def test_writers_waiting_for_room_all_land(path: Path) -> None:
         assert 200 == (await store.list_jobs()).total
 
 
+async def test_an_accept_cancelled_awaiting_its_commit_is_still_recorded(store: Store) -> None:
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await accept(store, "cancelled-late")  # queued first, cancelled while awaiting
+    assert scope.cancelled_caught
+    await store.flush()
+    assert await store.get("cancelled-late") is not None
+    assert 1 == store.stats.waiting
+
+
+async def test_an_accept_cancelled_waiting_for_room_leaves_no_trace(path: Path) -> None:
+    async with await Store.open(path, bounds=StoreBounds(max_pending=1)) as store:
+        # Room comes back only through the loop, so the second accept must wait for it.
+        await accept(store, "first", wait=False)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await accept(store, "never", wait=False)
+        assert scope.cancelled_caught
+        await store.flush()
+        assert 1 == store.stats.waiting
+        assert await store.get("never") is None
+        await accept(store, "never")  # the id was not taken
+
+
 async def test_duplicate_accept_fails_alone(store: Store) -> None:
     await accept(store, "d1")
     with pytest.raises(ValueError, match="already waiting"):
