@@ -6,6 +6,7 @@ thread commits them in groups. Every 10,000 accepted jobs the rate of that block
 with its ratio to the first block (engine speed issue: the second within 0.8x of the first).
 
     python benchmarks/store.py [--jobs 100000] [--block 10000] [--concurrency 64] [--full] [--random-ids]
+    python benchmarks/store.py --sync     # CPU per sync call that record() adds
 """
 
 from __future__ import annotations
@@ -23,6 +24,44 @@ import _common  # noqa: F401 - puts the checkout first on sys.path
 from minapp_async.engine._store import Store, new_job_id
 
 PARAMS = {"name": "allen", "n": 1}
+RESULT = {"code": 0, "data": {"message": "hello allen"}, "error": {}}
+
+
+async def sync_records(store: Store, count: int, concurrency: int) -> None:
+    """What the sync path adds: one record() per call, not waited for, as the engine would
+    write it after the call; printed as CPU per call, the loop thread's and the total."""
+
+    async def caller(calls: int, write: bool) -> None:
+        for _ in range(calls):
+            began = time.time()
+            await asyncio.sleep(0)  # the call itself happens here
+            if not write:
+                continue
+            await store.record(
+                new_job_id(),
+                "helloWorld",
+                sync=True,
+                source="sdk",
+                request_id="r",
+                params=PARAMS,
+                status="fulfilled",
+                created_at=began,
+                started_at=began,
+                result=RESULT,
+                execution_time_ms=1.0,
+                mem_usage=40_000_000,
+            )
+
+    for write in (False, True, False, True):
+        cpu, loop_cpu = time.process_time(), time.thread_time()
+        await asyncio.gather(*(caller(count // concurrency, write) for _ in range(concurrency)))
+        await store.flush()
+        total = (time.process_time() - cpu) / count * 1e6
+        on_loop = (time.thread_time() - loop_cpu) / count * 1e6
+        print(
+            f"{'with record()' if write else 'no record    '}: {on_loop:5.1f} us/call on the "
+            f"event loop thread, {total:5.1f} us/call in all threads"
+        )
 
 
 async def accept_block(
@@ -59,6 +98,9 @@ async def main() -> None:
     parser.add_argument(
         "--random-ids", action="store_true", help="random job ids instead of new_job_id()"
     )
+    parser.add_argument(
+        "--sync", action="store_true", help="measure sync-call records instead (see below)"
+    )
     parser.add_argument("--full", action="store_true", help="synchronous=FULL (fsync a batch)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
@@ -69,9 +111,15 @@ async def main() -> None:
             f"synchronous={'FULL' if args.full else 'NORMAL'}, concurrency {args.concurrency}, "
             f"{'random' if args.random_ids else 'time-ordered'} job ids"
         )
+        first_rate = first_cpu = 0.0
+        if args.sync:
+            try:
+                await sync_records(store, 20_000, 8)
+            finally:
+                await store.aclose()
+            return
         print("(CPU: this process, both threads, per accept: steadier than wall time on a")
         print(" shared machine; the ratios are the first block's cost over this block's)")
-        first_rate = first_cpu = 0.0
         try:
             for start in range(0, args.jobs, args.block):
                 wall, cpu = await accept_block(

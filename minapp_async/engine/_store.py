@@ -20,8 +20,10 @@ Tokens are kept as SHA-256 digests, on disk and in memory: the file never holds 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
+import itertools
 import json
 import queue
 import secrets
@@ -215,10 +217,29 @@ class JobPage:
 
 def new_job_id() -> str:
     """32 hex digits like the engine's job ids, but in time order: microseconds since the
-    epoch, then 72 random bits. Ordered ids keep the id index append-only, so accepting a
-    job costs the same at 100,000 records as at 1 (random ids touch a random index page
-    per insert, and the cost grows with the index)."""
-    return f"{time.time_ns() // 1000:014x}{secrets.token_hex(9)}"
+    epoch, a random number per process, a counter. Ordered ids keep the id index
+    append-only, so accepting a job costs the same at 100,000 records as at 1 (random ids
+    touch a random index page per insert, and the cost grows with the index). Job ids are
+    not secrets (reading a job needs the Open API token); this one needs no system call."""
+    return f"{time.time_ns() // 1000:014x}{_ID_SALT:08x}{next(_ID_COUNTER) & _ID_MASK:010x}"
+
+
+class RawJSON(str):
+    """Params or a result already encoded as JSON text (say, as a worker sent it): stored
+    as they are instead of encoded again. The caller vouches that the text is valid JSON."""
+
+    __slots__ = ()
+
+
+def _json(value: Any) -> str:
+    return value if isinstance(value, RawJSON) else _to_json(value)
+
+
+_ID_SALT: Final = secrets.randbits(32)
+_ID_COUNTER: Final = itertools.count()
+_ID_MASK: Final = (1 << 40) - 1
+# json.dumps() builds a new encoder per call when given options: build the compact one once.
+_to_json: Final = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def token_digest(token: str) -> bytes:
@@ -248,8 +269,10 @@ class Store:
         self.bounds = StoreBounds()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None
-        self._requests: queue.SimpleQueue[_Op] = queue.SimpleQueue()
-        self._room = asyncio.Semaphore(self.bounds.max_pending)
+        # Requests made during one turn of the loop go to the writer together: one wake-up.
+        self._requests: queue.SimpleQueue[list[_Op]] = queue.SimpleQueue()
+        self._outbox: list[_Op] = []
+        self._room = _Room(self.bounds.max_pending)
         self._thread: threading.Thread | None = None
         self._closing = False
         self._closed: asyncio.Future[None] | None = None
@@ -292,7 +315,7 @@ class Store:
         store = cls(str(path), _token=_OPEN_TOKEN)
         if bounds is not None:
             store.bounds = bounds
-            store._room = asyncio.Semaphore(bounds.max_pending)
+            store._room = _Room(bounds.max_pending)
         store._loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = store._loop.create_future()
         store._thread = threading.Thread(
@@ -317,7 +340,8 @@ class Store:
             assert self._loop is not None
             self._closing = True
             self._closed = self._loop.create_future()
-            self._requests.put((_STOP, (), self._closed))
+            self._outbox.append((_STOP, (), self._closed))
+            self._hand_over()
         await asyncio.shield(self._closed)
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -356,7 +380,7 @@ class Store:
         Cancelled while it waits for the commit, the job is still recorded (a write cannot
         be taken back): the caller should treat it as accepted, e.g. shield accept + queue.
         """
-        params_json = json.dumps(params, separators=(",", ":"))
+        params_json = _json(params)
         created = time.time() if created_at is None else created_at
         row = (job_id, function_name, sync, source, request_id, user_id, params_json, created)
 
@@ -399,7 +423,7 @@ class Store:
         with the process is still waiting or executing in the file, so it runs again."""
         if status not in FINISHED_STATUSES:
             raise ValueError(f"status must be one of {sorted(FINISHED_STATUSES)}")
-        result_json = None if result is None else json.dumps(result, separators=(",", ":"))
+        result_json = None if result is None else _json(result)
         log_bytes = log.encode("utf-8", "backslashreplace")  # lone surrogates stay readable
         ended = time.time() if finished_at is None else finished_at
         row = [job_id, status, result_json, log_bytes, error_msg, execution_time_ms, mem_usage]
@@ -413,6 +437,57 @@ class Store:
             row.extend((ended, entry[1] + len(result_json or "") + len(log_bytes)))
 
         await self._submit("finish", row, wait=wait, before=record)
+
+    async def record(
+        self,
+        job_id: str,
+        function_name: str,
+        *,
+        sync: bool,
+        source: str,
+        request_id: str,
+        params: Any,
+        status: str,
+        created_at: float,
+        started_at: float | None,
+        finished_at: float | None = None,
+        user_id: int | None = None,
+        result: Any = None,
+        log: str = "",
+        error_msg: str | None = None,
+        execution_time_ms: float = 0.0,
+        mem_usage: int = 0,
+        wait: bool = False,
+    ) -> None:
+        """Record a job that has already ended, in one write: for a sync call, whose whole
+        life happened while its caller waited (accept + start + finish cost three writes).
+        Such a job is not in the file while it runs, so a crash cannot leave it behind."""
+        if status not in FINISHED_STATUSES:
+            raise ValueError(f"status must be one of {sorted(FINISHED_STATUSES)}")
+        params_json = _json(params)
+        result_json = None if result is None else _json(result)
+        log_bytes = log.encode("utf-8", "backslashreplace")
+        row = (
+            job_id,
+            function_name,
+            sync,
+            source,
+            request_id,
+            user_id,
+            params_json,
+            status,
+            created_at,
+            started_at,
+            time.time() if finished_at is None else finished_at,
+            0 if started_at is None else 1,
+            result_json,
+            log_bytes,
+            error_msg,
+            execution_time_ms,
+            mem_usage,
+            len(params_json) + len(result_json or "") + len(log_bytes),
+        )
+        await self._submit("record", row, wait=wait)
 
     async def get(self, job_id: str) -> JobRecord | None:
         """One job with its params, result and log; None if unknown or pruned."""
@@ -512,7 +587,7 @@ class Store:
 
     async def update_profile(self, user_id: int, profile: Mapping[str, Any]) -> None:
         """Replace a user's profile (KeyError for an unknown user)."""
-        profile_json = json.dumps(dict(profile))
+        profile_json = _to_json(dict(profile))
 
         def record() -> None:
             self._users[user_id] = attrs.evolve(self._users[user_id], profile=dict(profile))
@@ -649,13 +724,20 @@ class Store:
         except BaseException:
             self._room.release()
             raise
-        if not wait:
-            self._requests.put((op, tuple(args), None))
-            return None
         assert self._loop is not None
+        if not self._outbox:
+            self._loop.call_soon(self._hand_over)
+        if not wait:
+            self._outbox.append((op, tuple(args), None))
+            return None
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._requests.put((op, tuple(args), future))
+        self._outbox.append((op, tuple(args), future))
         return await future
+
+    def _hand_over(self) -> None:
+        if self._outbox:
+            self._requests.put(self._outbox)
+            self._outbox = []
 
     def _batch_done(self, outcomes: list[_Outcome], queued: int) -> None:
         """On the loop: hand out one batch's results and make room for *queued* requests."""
@@ -672,8 +754,7 @@ class Store:
                     future.set_exception(value)
                 else:
                     future.set_result(value)
-        for _ in range(queued):
-            self._room.release()
+        self._room.release(queued)
 
     def _post(self, outcomes: list[_Outcome], queued: int = 0) -> None:
         assert self._loop is not None
@@ -701,10 +782,10 @@ class Store:
         self._post([(ready, None, False, None)])
         stop: asyncio.Future[Any] | None = None
         while stop is None:
-            batch = [self._requests.get()]
+            batch = self._requests.get()
             while len(batch) < self.bounds.max_batch:
                 try:
-                    batch.append(self._requests.get_nowait())
+                    batch += self._requests.get_nowait()
                 except queue.Empty:
                     break
             outcomes: list[_Outcome] = []
@@ -861,6 +942,16 @@ class Store:
                 "params, created_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'waiting')",
                 args,
             )
+        elif op == "record":
+            conn.execute(
+                "INSERT INTO jobs (id, function_name, sync, source, request_id, user_id, params, "
+                "status, created_at, started_at, finished_at, attempts, result, log, error_msg, "
+                "execution_time_ms, mem_usage, size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                args,
+            )
+            self._finished += 1
+            self._finished_bytes += args[-1]
         elif op == "start":
             conn.execute(
                 "UPDATE jobs SET status = 'executing', started_at = ?, attempts = attempts + 1 "
@@ -909,7 +1000,7 @@ class Store:
                     user.password_hash,
                     user.anonymous,
                     user.created_at,
-                    json.dumps(dict(user.profile)),
+                    _to_json(dict(user.profile)),
                 ),
             )
         elif op == "profile":
@@ -968,7 +1059,7 @@ class Store:
                         0.0,
                         0,
                         now,
-                        len(json.dumps(job.params, separators=(",", ":"))),
+                        len(_to_json(job.params)),
                     ),
                 )
                 continue
@@ -1012,6 +1103,38 @@ class Store:
 
 
 _OPEN_TOKEN: Final = object()
+
+
+class _Room:
+    """Room in the writer's queue: a counting semaphore that frees a whole batch at once."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1  # the common case: no suspension
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release(1)  # handed room just as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self, count: int = 1) -> None:
+        self._free += count
+        while self._free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._free -= 1
+                waiter.set_result(None)
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from minapp_async.engine._store import (
     SCHEMA_VERSION,
+    RawJSON,
     Store,
     StoreBounds,
     StoreError,
@@ -87,6 +88,51 @@ async def test_a_job_lives_through_its_lifecycle_and_a_reopen(path: Path) -> Non
         assert job.created_at <= job.started_at <= job.finished_at
         assert 1 == store.stats.finished
         assert await store.get("nope") is None
+
+
+async def test_a_sync_call_is_recorded_in_one_write(path: Path) -> None:
+    statements: list[str] = []
+    async with await Store.open(path, on_statement=statements.append) as store:
+        await store.flush()
+        before = len(statements)
+        await store.record(
+            "s1",
+            "hello",
+            sync=True,
+            source="sdk",
+            request_id="r-s1",
+            params={"name": "allen"},
+            status="deadline_exceeded",
+            created_at=10.0,
+            started_at=11.0,
+            finished_at=13.0,
+            user_id=5,
+            result=RawJSON('{"code": 1, "data": null}'),  # as a worker sent it
+            log="started\n",
+            error_msg="timed out",
+            execution_time_ms=2000.0,
+            wait=True,
+        )
+        written = [s for s in statements[before:] if s not in ("BEGIN IMMEDIATE", "COMMIT")]
+        assert 1 == len(written) and written[0].startswith("INSERT INTO jobs")
+        assert (0, 0, 1) == (store.stats.waiting, store.stats.executing, store.stats.finished)
+    async with await Store.open(path) as store:
+        job = await store.get("s1")
+        assert job is not None
+        assert ("deadline_exceeded", "time_sensitive", 1, 5) == (
+            job.status,
+            job.service_type,
+            job.attempts,
+            job.user_id,
+        )
+        assert (10.0, 11.0, 13.0) == (job.created_at, job.started_at, job.finished_at)
+        assert ({"name": "allen"}, {"code": 1, "data": None}, "started\n", "timed out") == (
+            job.params,
+            job.result,
+            job.log,
+            job.error_msg,
+        )
+        assert [] == await store.recover()
 
 
 async def test_job_lists_filter_page_and_count(store: Store) -> None:
