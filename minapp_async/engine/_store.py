@@ -268,7 +268,6 @@ class Store:
         self.path = path
         self.bounds = StoreBounds()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._conn: sqlite3.Connection | None = None
         # Requests made during one turn of the loop go to the writer together: one wake-up.
         self._requests: queue.SimpleQueue[list[_Op]] = queue.SimpleQueue()
         self._outbox: list[_Op] = []
@@ -325,8 +324,18 @@ class Store:
             daemon=True,  # committed data is safe even if the interpreter exits without aclose
         )
         store._thread.start()
-        await ready
+        try:
+            await asyncio.shield(ready)
+        except asyncio.CancelledError:
+            # Cancelled while opening: close the file once the writer has it open.
+            ready.add_done_callback(store._close_after_open)
+            raise
         return store
+
+    def _close_after_open(self, ready: asyncio.Future[None]) -> None:
+        if ready.exception() is None:
+            self._closing = True
+            self._requests.put([(_STOP, (), None)])
 
     async def __aenter__(self) -> Self:
         return self
@@ -778,7 +787,6 @@ class Store:
             return
         if on_statement is not None:
             conn.set_trace_callback(on_statement)
-        self._conn = conn
         self._post([(ready, None, False, None)])
         stop: asyncio.Future[Any] | None = None
         while stop is None:
@@ -789,24 +797,29 @@ class Store:
                 except queue.Empty:
                     break
             outcomes: list[_Outcome] = []
-            conn.execute("BEGIN IMMEDIATE")
-            for op, args, future in batch:
-                if op == _STOP:
-                    stop = future
-                    continue
-                accepted = args[0] if op == "accept" else None
-                try:
-                    outcomes.append((future, self._apply(conn, op, args), False, accepted))
-                except sqlite3.Error as exc:
-                    outcomes.append((future, self._error(exc), True, accepted))
             try:
+                conn.execute("BEGIN IMMEDIATE")
+                for op, args, future in batch:
+                    if op == _STOP:
+                        stop = future
+                        continue
+                    accepted = args[0] if op == "accept" else None
+                    try:
+                        outcomes.append((future, self._apply(conn, op, args), False, accepted))
+                    except Exception as exc:  # noqa: BLE001 - that request fails, not the batch
+                        outcomes.append((future, self._error(exc), True, accepted))
                 self._prune_jobs(conn)
                 conn.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive a failed batch
                 error = self._error(exc)
-                outcomes = [(future, error, True, accepted) for future, _, _, accepted in outcomes]
+                outcomes = [
+                    (future, error, True, args[0] if op == "accept" else None)
+                    for op, args, future in batch
+                    if op != _STOP
+                ]
                 with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
                     conn.execute("ROLLBACK")
+                self._reload_counters(conn)
             self._post(outcomes, len(outcomes))
         conn.close()
         self._post([(stop, None, False, None)])
@@ -873,8 +886,8 @@ class Store:
             "exists and is writable, or choose another file with --state PATH, or --state :memory:"
         )
 
-    def _error(self, exc: sqlite3.Error) -> StoreError:
-        text = str(exc)
+    def _error(self, exc: Exception) -> StoreError:
+        text = str(exc) if isinstance(exc, sqlite3.Error) else repr(exc)
         if "full" in text or "disk" in text or "readonly" in text or "I/O" in text:
             return StoreError(
                 f"state file {self.path!r}: write failed ({text}); free disk space "
@@ -930,10 +943,15 @@ class Store:
             )
         }
         self._executing = sum(1 for status, _ in self._active.values() if status == EXECUTING)
-        count, size = conn.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM jobs WHERE finished_at IS NOT NULL"
-        ).fetchone()
-        self._finished, self._finished_bytes = count, size
+        self._reload_counters(conn)
+
+    def _reload_counters(self, conn: sqlite3.Connection) -> None:
+        # At open, and after a rolled-back batch (whose finishes were counted): one query.
+        with contextlib.suppress(sqlite3.Error):
+            count, size = conn.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM jobs WHERE finished_at IS NOT NULL"
+            ).fetchone()
+            self._finished, self._finished_bytes = count, size
 
     def _apply(self, conn: sqlite3.Connection, op: str, args: tuple[Any, ...]) -> Any:
         if op == "accept":
