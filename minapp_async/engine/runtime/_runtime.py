@@ -28,7 +28,14 @@ import anyio
 import attrs
 
 from ..._protocol import JobStatus
-from ._worker_process import FD_PLACEHOLDER, Run, WorkerProcess, WorkerStartError, iso_now
+from ._worker_process import (
+    FD_PLACEHOLDER,
+    JOBS_FD_PLACEHOLDER,
+    Run,
+    WorkerProcess,
+    WorkerStartError,
+    iso_now,
+)
 
 __all__ = ["FunctionFile", "RunOutcome", "Runtime", "timed_out_message"]
 
@@ -182,7 +189,9 @@ class Runtime:
         name = function.name
         run_id = next(self._run_ids)
         try:
-            request = (json.dumps({"j": run_id, "e": event}, allow_nan=False) + "\n").encode()
+            request = (
+                json.dumps({"t": "job", "j": run_id, "e": event}, allow_nan=False) + "\n"
+            ).encode()
         except (TypeError, ValueError) as exc:
             raise TypeError(f"the event for cloud function {name!r} is not JSON: {exc}") from None
         if function.is_node and not self._node:
@@ -294,6 +303,7 @@ class Runtime:
                 f"--max-old-space-size={self._memory_limit_mb}",
                 str(_NODE_WORKER),
                 FD_PLACEHOLDER,
+                JOBS_FD_PLACEHOLDER,
                 str(path),
                 name,
             ]
@@ -308,6 +318,7 @@ class Runtime:
                 "utf8",
                 str(_PY_WORKER),
                 FD_PLACEHOLDER,
+                JOBS_FD_PLACEHOLDER,
                 str(path),
                 name,
                 str(self._memory_limit_mb),
