@@ -185,11 +185,21 @@ class BaasOps:
 
     async def handle(self, op: str, payload: Any) -> dict[str, Any]:
         """One op → `{status, data}` or `{error: {code, message}}`; never raises for bad input."""
+        if op == "function.invoke":
+            try:
+                if not isinstance(payload, dict):
+                    raise TableError(400, f"the payload of {op!r:.40} must be an object")
+                return await self._invoke(payload)
+            except TableError as exc:
+                return {"error": {"code": exc.status, "message": exc.message}}
+        return self.answer(op, payload)
+
+    def answer(self, op: str, payload: Any) -> dict[str, Any]:
+        """Any op but `function.invoke`, synchronously: the engine runs this on its tables
+        thread (the SQLite connection's only user), so the event loop never waits on disk."""
         try:
             if not isinstance(payload, dict):
                 raise TableError(400, f"the payload of {op!r:.40} must be an object")
-            if op == "function.invoke":
-                return await self._invoke(payload)
             handler = self._ops.get(op)
             if handler is None:
                 raise TableError(400, f"not supported by the local engine: op {op!r:.60}")

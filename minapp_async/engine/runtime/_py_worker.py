@@ -231,6 +231,7 @@ class _Calls:
             )
         except (TypeError, ValueError) as exc:
             raise BaaSError(605, f"invalid argument: {op} payload is not JSON: {exc}") from None
+
         def deliver(answer: Any) -> None:  # on the inbox thread
             self._loop.call_soon_threadsafe(settle, answer)
 

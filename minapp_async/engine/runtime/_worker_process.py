@@ -90,9 +90,14 @@ class Run:
     worker's side of executing it once.
     """
 
-    def __init__(self, run_id: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, run_id: int, loop: asyncio.AbstractEventLoop, context: object = None
+    ) -> None:
         self.id = run_id
+        self.context = context  # what the runtime's BaaS handler is told about the caller
         self.log = RunLog()
+        self.calls: set[asyncio.Task[None]] = set()  # its BaaS calls being answered
+        self.call_slots: asyncio.Semaphore | None = None  # made at its first BaaS call
         # The result envelope, or None when the worker died first.
         self.finished: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         self.peak_rss = 0
