@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -40,6 +41,7 @@ _ALWAYS_HIDDEN = ("/sys/fs/cgroup",)  # replaced by an empty read-only tmpfs: no
 _PROBE_TIMEOUT = 10.0
 _RELEASE_TIMEOUT = 5.0  # a SIGKILLed tree is gone at once; this bounds the pathological case
 _CGROUP_PREFIX = "minapp-"
+_FSTAB_PREFIX = "minapp-sandbox-"
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -170,6 +172,19 @@ def _remove_stale_cgroups(parent: _CgroupParent, also_pid: int | None = None) ->
                     entry.rmdir()
 
 
+def _remove_stale_fstabs() -> None:
+    # The fstab folders of engines that were SIGKILLed.
+    if not os.path.isdir("/proc/self"):
+        return  # no way to tell a dead engine's from a live one's
+    tmp = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(tmp):
+            if name.startswith(_FSTAB_PREFIX):
+                pid_text = name[len(_FSTAB_PREFIX) :].split("-", 1)[0]
+                if pid_text.isdigit() and not os.path.exists(f"/proc/{pid_text}"):
+                    shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+
+
 class _TreeCgroup:
     """One worker tree's memory cgroup."""
 
@@ -269,14 +284,48 @@ def _kept_dirs(paths: Iterable[str], covered: Sequence[str]) -> list[str]:
     return [p for p in outermost if not any(p.startswith(q + "/") for q in outermost if q != p)]
 
 
-def _script(
+def _under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _fstab_field(text: str) -> str:
+    # fstab separates fields by whitespace; libmount reads these octal escapes back.
+    for char, escape in (("\\", "\\134"), (" ", "\\040"), ("\t", "\\011"), ("\n", "\\012")):
+        text = text.replace(char, escape)
+    return text
+
+
+def _fstab(
     *,
-    cgroup: Path | None,
     kept: Sequence[tuple[int, str]],
     private: Sequence[str],
     hidden: Sequence[str],
     tmp_size_mb: int,
 ) -> str:
+    """The worker's mounts, in order, for one `mount --all` (one exec instead of one each).
+
+    The source name is ours, so `mount --all` never takes a host tmpfs for "already mounted".
+    """
+    lines = []
+    private = [d for d in private if os.path.isdir(d)]
+    for directory in private:
+        options = f"size={tmp_size_mb}m,mode=1777,nosuid,nodev"
+        lines.append(f"minapp-sandbox {_fstab_field(directory)} tmpfs {options} 0 0")
+    for fd, path in kept:
+        # Bound back from the descriptor that still reaches the covered original.
+        lines.append(f"/proc/self/fd/{fd} {_fstab_field(path)} none bind,X-mount.mkdir 0 0")
+    for directory in hidden:
+        if not os.path.isdir(directory):
+            continue
+        if any(_under(directory, d) for d in private) and not any(
+            _under(directory, path) for _, path in kept
+        ):
+            continue  # covered by a private tmpfs already
+        lines.append(f"minapp-sandbox {_fstab_field(directory)} tmpfs ro,size=4k,mode=0555 0 0")
+    return "".join(line + "\n" for line in lines)
+
+
+def _script(*, cgroup: Path | None, kept: Sequence[tuple[int, str]], fstab: str | None) -> str:
     """The namespace init: set the mounts up as root, then run the worker with no capabilities.
 
     It stays the namespace's pid 1 (it reaps orphans; signals from inside cannot kill it, and
@@ -290,20 +339,9 @@ def _script(
     # Directories the worker needs but a private tmpfs will cover (its own code under /tmp):
     # held open by descriptor, then bound back at the same path inside the new tmpfs.
     lines += [f"exec {fd}<{q(path)}" for fd, path in kept]
-    for directory in private:
-        lines.append(
-            f"if [ -d {q(directory)} ]; then mount -t tmpfs "
-            f"-o size={tmp_size_mb}m,mode=1777,nosuid,nodev tmpfs {q(directory)}; fi"
-        )
-    for fd, path in kept:
-        lines.append(f"mkdir -p {q(path)}")
-        lines.append(f"mount --no-canonicalize --bind /proc/self/fd/{fd} {q(path)}")
-        lines.append(f"exec {fd}<&-")
-    for directory in hidden:  # (one under a private dir is gone already)
-        lines.append(
-            f"if [ -d {q(directory)} ]; then "
-            f"mount -t tmpfs -o ro,size=4k,mode=0555 tmpfs {q(directory)}; fi"
-        )
+    if fstab is not None:
+        lines.append(f"mount --no-canonicalize --all --fstab {q(fstab)}")
+    lines += [f"exec {fd}<&-" for fd, _ in kept]
     lines.append("set +e")
     # Not exec: the shell stays pid 1. No new privileges, no capabilities, now or after exec.
     lines.append(
@@ -452,6 +490,9 @@ class Sandbox:
         self._names = itertools.count(1)
         self._tools: tuple[str, str, str] | None = None
         self._cgroup_parent: _CgroupParent | None = None
+        self._fstab_dir: str | None = None
+        self._fstabs: dict[str, str] = {}
+        _remove_stale_fstabs()
         self.report = self._decide(enabled)
 
     def __repr__(self) -> str:
@@ -538,13 +579,12 @@ class Sandbox:
         free_fds = [fd for fd in range(3, 10) if fd not in pass_fds]
         if len(kept_dirs) > len(free_fds):
             raise OSError("too many worker directories lie under /tmp to keep them visible")
-        script = _script(
-            cgroup=cgroup,
-            kept=list(zip(free_fds, kept_dirs, strict=False)),
-            private=_PRIVATE_DIRS,
-            hidden=self._hidden,
-            tmp_size_mb=self._tmp_size_mb,
+        kept = list(zip(free_fds, kept_dirs, strict=False))
+        fstab = _fstab(
+            kept=kept, private=_PRIVATE_DIRS, hidden=self._hidden, tmp_size_mb=self._tmp_size_mb
         )
+        fstab_file = self._fstab_file(fstab) if fstab else None  # (empty: mount would fail)
+        script = _script(cgroup=cgroup, kept=kept, fstab=fstab_file)
         userns = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
         return [
             setpriv,
@@ -568,6 +608,18 @@ class Sandbox:
             "minapp-sandbox",
             *argv,
         ]
+
+    def _fstab_file(self, content: str) -> str:
+        """A file holding this fstab (read by `mount` before /tmp is covered), made once."""
+        path = self._fstabs.get(content)
+        if path is None:
+            if self._fstab_dir is None:
+                self._fstab_dir = tempfile.mkdtemp(prefix=f"{_FSTAB_PREFIX}{os.getpid()}-")
+            path = os.path.join(self._fstab_dir, f"fstab{len(self._fstabs)}")
+            with open(path, "w", encoding="utf-8") as file:
+                file.write(content)
+            self._fstabs[content] = path
+        return path
 
     def prepare(
         self,
@@ -603,3 +655,7 @@ class Sandbox:
         """At engine shutdown, after every tree's aclose(): removes any cgroup left over."""
         if self._cgroup_parent is not None:
             _remove_stale_cgroups(self._cgroup_parent, also_pid=os.getpid())
+        if self._fstab_dir is not None:
+            shutil.rmtree(self._fstab_dir, ignore_errors=True)
+            self._fstab_dir = None
+            self._fstabs.clear()

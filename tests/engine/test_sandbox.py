@@ -34,7 +34,9 @@ DEADLINE = 20.0  # for any one step; a step that works takes milliseconds
 
 
 def _probe() -> Sandbox:
-    return Sandbox(memory_limit_mb=MEMORY_MB)
+    sandbox = Sandbox(memory_limit_mb=MEMORY_MB)
+    sandbox.close()
+    return sandbox
 
 
 REPORT = _probe().report
@@ -309,7 +311,7 @@ def test_function_under_tmp_still_finds_its_folder(
 ) -> None:
     """The private /tmp covers the host's, yet a worker whose code and cwd lie under /tmp
     (every test's tmp_path) still has them, at the same path."""
-    worker_copy = tmp_path / "code" / "sandbox_worker.py"
+    worker_copy = tmp_path / "my code" / "sandbox_worker.py"  # (a space: fstab escapes it)
     worker_copy.parent.mkdir()
     worker_copy.write_bytes(WORKER.read_bytes())
     stand_in = start(stand_ins, "on", "hello", cwd=tmp_path, program=worker_copy)
