@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import shlex
 import shutil
@@ -27,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -39,6 +41,7 @@ __all__ = ["Containment", "Launch", "ProcessTree", "Sandbox", "decode_returncode
 _PRIVATE_DIRS = ("/tmp", "/dev/shm")  # replaced by an empty, writable tmpfs of the worker's own
 _ALWAYS_HIDDEN = ("/sys/fs/cgroup",)  # replaced by an empty read-only tmpfs: no way out of limits
 _PROBE_TIMEOUT = 10.0
+_MEMBERS_TTL = 1.0  # without a cgroup, how long a scan of the tree's members is reused
 _RELEASE_TIMEOUT = 5.0  # a SIGKILLed tree is gone at once; this bounds the pathological case
 _CGROUP_PREFIX = "minapp-"
 _FSTAB_PREFIX = "minapp-sandbox-"
@@ -371,6 +374,8 @@ class ProcessTree:
         self.contained = contained
         self.pid: int | None = None
         self._released = cgroup is None
+        self._members_cache: list[int] = []
+        self._members_at = -math.inf
 
     def started(self, pid: int) -> None:
         """The Popen pid: the launcher in contained mode, the worker itself otherwise."""
@@ -402,7 +407,8 @@ class ProcessTree:
         return self._cgroup is not None
 
     def kill(self) -> None:
-        """SIGKILL the whole tree at once (idempotent)."""
+        """SIGKILL the whole tree at once (idempotent). Call it before the Popen is reaped:
+        until then the launcher's group id cannot belong to a stranger."""
         if self.pid is not None:
             # The launcher is a session and group leader; killing the group takes the
             # namespace's init, and with it the namespace.
@@ -416,12 +422,16 @@ class ProcessTree:
             return []
         if self._cgroup is not None:
             return self._cgroup.pids()
-        return _descendants(self.pid)
+        # A scan of all /proc: done at most once a second, the watchdog polls far more often.
+        now = time.monotonic()
+        if now - self._members_at > _MEMBERS_TTL:
+            self._members_cache = _descendants(self.pid)
+            self._members_at = now
+        return self._members_cache
 
     async def aclose(self) -> None:
-        """Kill what is left and remove the cgroup (after the Popen was reaped). Idempotent;
-        call it shielded from cancellation."""
-        self.kill()
+        """After the Popen was reaped: kill what is left of the tree through its cgroup and
+        remove the cgroup. Idempotent; call it shielded from cancellation."""
         if self._cgroup is None or self._released:
             return
         with anyio.move_on_after(_RELEASE_TIMEOUT):
@@ -431,7 +441,6 @@ class ProcessTree:
 
     def close_now(self) -> None:
         """aclose() without waiting, for interpreter exit: best effort."""
-        self.kill()
         if self._cgroup is not None and not self._released:
             self._released = self._cgroup.try_remove()
 
