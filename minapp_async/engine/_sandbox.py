@@ -1,11 +1,14 @@
 """Containment of a worker's whole process tree: how to launch it so that it cannot reach out.
 
 On Linux the worker runs under ``setpriv --pdeathsig KILL -- unshare --pid --mount --net
---fork --kill-child --mount-proc -- sh -c SCRIPT``: its own pid namespace (it cannot see or
-signal the engine or other workers; when the namespace's first process dies the kernel kills
-every process left in it), its own mount namespace (a fresh /proc, a private /tmp and /dev/shm,
-the cgroup tree and chosen engine paths hidden), a network namespace with only a loopback that is
-down (no outbound traffic; the engine's 127.0.0.1 ports are unreachable), and no capabilities.
+--uts --ipc --fork --kill-child --mount-proc -- sh -c SCRIPT``: its own pid namespace (it
+cannot see or signal the engine or other workers; when the namespace's first process dies the
+kernel kills every process left in it), its own mount namespace (a fresh /proc with its kernel
+knobs read-only, a fresh read-only /sys without the cgroup tree, a private /tmp and /dev/shm,
+chosen engine folders hidden), a network namespace with only a loopback that is down (no
+outbound traffic; the engine's 127.0.0.1 ports are unreachable), its own IPC and host name, and
+no capabilities (so it cannot undo any of it). The rest of the file system is shared as it is
+today: a function can read and write what the engine's user can.
 The parent-death signals chain the engine to the namespace: the engine dies, even by SIGKILL ->
 ``unshare`` gets SIGKILL -> the namespace's init (the shell) gets SIGKILL -> the kernel kills
 the rest. Where a memory cgroup can be made under the engine's own, the tree gets one memory
@@ -39,7 +42,10 @@ import attrs
 __all__ = ["Containment", "Launch", "ProcessTree", "Sandbox", "decode_returncode"]
 
 _PRIVATE_DIRS = ("/tmp", "/dev/shm")  # replaced by an empty, writable tmpfs of the worker's own
-_ALWAYS_HIDDEN = ("/sys/fs/cgroup",)  # replaced by an empty read-only tmpfs: no way out of limits
+# Kernel knobs a process with uid 0 may write by file mode alone, capabilities or not (global
+# sysctls, the magic SysRq key): bound read-only over themselves. /sys gets a fresh read-only
+# sysfs, which also hides the cgroup tree (no way out of the memory limit).
+_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/bus", "/proc/fs", "/proc/irq")
 _PROBE_TIMEOUT = 10.0
 _MEMBERS_TTL = 1.0  # without a cgroup, how long a scan of the tree's members is reused
 _RELEASE_TIMEOUT = 5.0  # a SIGKILLed tree is gone at once; this bounds the pathological case
@@ -317,6 +323,11 @@ def _fstab(
     for fd, path in kept:
         # Bound back from the descriptor that still reaches the covered original.
         lines.append(f"/proc/self/fd/{fd} {_fstab_field(path)} none bind,X-mount.mkdir 0 0")
+    if os.path.isdir("/sys"):
+        lines.append("minapp-sandbox /sys sysfs ro,nosuid,nodev,noexec 0 0")
+    for path in _READ_ONLY:
+        if os.path.exists(path):
+            lines.append(f"{path} {path} none bind,ro 0 0")
     for directory in hidden:
         if not os.path.isdir(directory):
             continue
@@ -495,7 +506,7 @@ class Sandbox:
             raise ValueError(f"memory_limit_mb must be positive, got {memory_limit_mb!r}")
         self._limit = memory_limit_mb * 1024 * 1024
         self._tmp_size_mb = tmp_size_mb or memory_limit_mb
-        self._hidden = [os.path.realpath(p) for p in hidden] + list(_ALWAYS_HIDDEN)
+        self._hidden = [os.path.realpath(p) for p in hidden]
         self._names = itertools.count(1)
         self._tools: tuple[str, str, str] | None = None
         self._cgroup_parent: _CgroupParent | None = None
@@ -605,6 +616,8 @@ class Sandbox:
             "--pid",
             "--mount",
             "--net",
+            "--uts",  # its own host name
+            "--ipc",  # its own System V IPC and POSIX message queues
             "--fork",
             "--kill-child",  # ... and with it the namespace's init, and so the namespace
             "--mount-proc",

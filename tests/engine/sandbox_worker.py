@@ -20,6 +20,12 @@ FD = int(sys.argv[1])
 SCENARIO = sys.argv[2]
 TOKEN = sys.argv[3]
 ARGS = sys.argv[4:]
+# sysfs files root may write by mode alone; the first that exists here is tried.
+SYSFS_KNOBS = (
+    "/sys/kernel/mm/transparent_hugepage/enabled",
+    "/sys/power/state",
+    "/sys/kernel/profiling",
+)
 _FOREVER = "import signal\nwhile True: signal.pause()"
 
 
@@ -80,6 +86,10 @@ def attempt(action: object) -> str:
         return f"error:{type(exc).__name__}"
 
 
+def first(paths: tuple[str, ...]) -> str:
+    return next((p for p in paths if os.path.exists(p)), paths[0])
+
+
 def read(path: str) -> str:
     with open(path, "rb") as file:
         return file.read(4096).decode("utf-8", "replace")
@@ -105,6 +115,10 @@ def spy(engine_pid: int, port: int) -> dict[str, object]:
         "tmp": attempt(write_tmp),
         "cgroup": attempt(lambda: os.listdir("/sys/fs/cgroup")),
         "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+        "write_sysctl": attempt(
+            lambda: os.close(os.open("/proc/sys/kernel/hostname", os.O_WRONLY))
+        ),
+        "write_sysfs": attempt(lambda: os.close(os.open(first(SYSFS_KNOBS), os.O_WRONLY))),
         "umount": subprocess.run(["umount", "/tmp"], capture_output=True, check=False).returncode,
         "env": dict(os.environ),
     }

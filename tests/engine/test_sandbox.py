@@ -27,6 +27,11 @@ from minapp_async.engine._sandbox import Sandbox, decode_returncode
 
 HERE = Path(__file__).resolve().parent
 ENGINE = HERE / "sandbox_engine.py"
+SYSFS_KNOBS = (
+    "/sys/kernel/mm/transparent_hugepage/enabled",
+    "/sys/power/state",
+    "/sys/kernel/profiling",
+)
 WORKER = HERE / "sandbox_worker.py"
 SECRET = "engine-secret-" + uuid.uuid4().hex  # in the engine's environment and command line
 MEMORY_MB = 64
@@ -245,6 +250,11 @@ def test_function_cannot_reach_the_engine(stand_ins: list[StandIn], tmp_path: Pa
     assert "ok:inside" == spy["tmp"]
     assert "ok:[]" == spy["cgroup"]
     assert 0 != spy["umount"]  # no capabilities: the private mounts stay
+    # Opened for writing only (nothing is written): a uid-0 process may do that by file mode.
+    # (Read-only or denied; the files exist, so not FileNotFoundError.)
+    assert spy["write_sysctl"] in ("error:OSError", "error:PermissionError")
+    if any(Path(knob).exists() for knob in SYSFS_KNOBS):
+        assert spy["write_sysfs"] in ("error:OSError", "error:PermissionError")
     assert not list(Path("/tmp").glob(stand_in.token))  # the host's /tmp never saw it
     for probe in ("engine_cmdline", "engine_environ", "engine_mem", "kill_engine"):
         assert spy[probe].startswith("error:"), (probe, spy[probe])
