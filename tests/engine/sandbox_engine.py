@@ -3,8 +3,9 @@
 Run as ``python sandbox_engine.py on|off MEMORY_MB WORKER_ARGV...`` (``{fd}`` in the worker's
 argv becomes its message descriptor, ``{engine}`` this process's pid). It prints JSON lines on stdout: first ``{"report": ...}``,
 then ``{"worker": message}`` for each message, and ``{"exit": status, "oom": bool}`` once the
-worker is gone. A line ``kill`` on stdin (or stdin closing) kills the worker's tree as the
-engine does at a time limit or when it retires a worker. The test SIGKILLs this process to play
+worker is gone. A line ``status`` on stdin gets ``{"status": {"memory", "peak", "oom"}}``;
+``kill`` (or stdin closing) kills the worker's tree as the engine does at a time limit or when
+it retires a worker. The test SIGKILLs this process to play
 an engine that dies.
 """
 
@@ -63,8 +64,12 @@ def main() -> None:
     waiter.start()
 
     def on_command() -> None:
-        sys.stdin.readline()  # "kill", or end of input: either way the worker goes
-        tree.kill()
+        for line in sys.stdin:
+            if line.strip() != "status":
+                break
+            status = {"memory": tree.memory(), "peak": tree.peak(), "oom": tree.oom_killed()}
+            emit(status=status)
+        tree.kill()  # "kill", or end of input: either way the worker goes
 
     threading.Thread(target=on_command, daemon=True).start()
     waiter.join()

@@ -147,6 +147,12 @@ def main() -> None:
         send(t="spy", **spy(int(ARGS[0]), int(ARGS[1])))
     elif SCENARIO == "hog":
         send(t="hog", child=hog(int(ARGS[0])))
+    elif SCENARIO == "idle_hog":  # reports, goes idle, and a child it left grows meanwhile
+        code = "chunks = []\nwhile True:\n    chunks.append(b'\\x01' * (1 << 20))"
+        subprocess.Popen([sys.executable, "-I", "-c", code, TOKEN], start_new_session=True)
+        send(t="idle")
+        while True:
+            signal.pause()
     else:
         raise SystemExit(f"unknown scenario {SCENARIO!r}")
 

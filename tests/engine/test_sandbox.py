@@ -95,6 +95,16 @@ class StandIn:
         result: dict[str, Any] = message["worker"]
         return result
 
+    def status(self) -> dict[str, Any]:
+        """The tree's memory figures, as the engine's watchdog would read them."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(b"status\n")
+        self.process.stdin.flush()
+        message = self.next()
+        assert "status" in message, message
+        result: dict[str, Any] = message["status"]
+        return result
+
     def kill_worker(self) -> dict[str, Any]:
         """What the engine does at a time limit or when it retires a worker."""
         assert self.process.stdin is not None
@@ -284,6 +294,26 @@ def test_child_allocating_beyond_the_tree_limit_dies(
     assert {"t": "hog", "child": -signal.SIGKILL} == stand_in.worker()
     end = stand_in.kill_worker()
     assert end["oom"] is True
+
+
+@needs_cgroup
+def test_tree_limit_holds_while_the_worker_is_idle(
+    stand_ins: list[StandIn], tmp_path: Path
+) -> None:
+    """After its job the worker sits idle; a detached child it left keeps growing, and the
+    kernel stops it at the tree's limit with no watchdog looking."""
+    stand_in = start(stand_ins, "on", "idle_hog", cwd=tmp_path)
+    assert {"t": "idle"} == stand_in.worker()
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        status = stand_in.status()
+        assert status["memory"] <= MEMORY_MB * 1024 * 1024
+        if status["oom"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)  # polling the kernel's counters; the deadline bounds it
+    assert status["oom"] is True
+    assert MEMORY_MB * 1024 * 1024 // 2 < status["peak"] <= MEMORY_MB * 1024 * 1024
+    assert stand_in.process.poll() is None  # the engine side never noticed a thing
 
 
 @needs_cgroup
