@@ -147,6 +147,9 @@ def main() -> None:
         send(t="spy", **spy(int(ARGS[0]), int(ARGS[1])))
     elif SCENARIO == "hog":
         send(t="hog", child=hog(int(ARGS[0])))
+    elif SCENARIO == "crash":
+        send(t="crashing")
+        os.kill(os.getpid(), signal.SIGSEGV)
     elif SCENARIO == "idle_hog":  # reports, goes idle, and a child it left grows meanwhile
         code = "chunks = []\nwhile True:\n    chunks.append(b'\\x01' * (1 << 20))"
         subprocess.Popen([sys.executable, "-I", "-c", code, TOKEN], start_new_session=True)

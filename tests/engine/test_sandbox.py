@@ -360,6 +360,19 @@ def test_function_under_tmp_still_finds_its_folder(
     assert {"exit": 0, "oom": False} == stand_in.next()
 
 
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_a_crash_reads_the_same_contained_or_not(
+    stand_ins: list[StandIn], tmp_path: Path, mode: str
+) -> None:
+    """The namespace's init turns "killed by SIGSEGV" into status 139; decode_returncode
+    gives the engine -11 back, as Popen reports it for an uncontained worker."""
+    if mode == "on" and not REPORT.pid_namespace:
+        pytest.skip(f"no namespaces here: {REPORT.summary()}")
+    stand_in = start(stand_ins, mode, "crash", cwd=tmp_path)
+    assert {"t": "crashing"} == stand_in.worker()
+    assert {"exit": -signal.SIGSEGV, "oom": False} == stand_in.next()
+
+
 def test_decode_returncode() -> None:
     assert -9 == decode_returncode(137)
     assert -11 == decode_returncode(139)
