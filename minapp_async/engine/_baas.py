@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from .._logs import get_logger
 from ._baas_ops import BaasOps, Outbox
 from ._jobs import CallContext, JobBoard, job_event
-from ._tables import TableError, Tables
+from ._tables import USER_TABLE, TableError, Tables
 from .runtime import FunctionFile
 
 __all__ = ["TABLES_FILE", "BaasService", "EngineOutbox", "EngineTables"]
@@ -33,6 +35,7 @@ _API_TIMEOUT: Final = 30.0
 _BUSY_TIMEOUT_MS: Final = 5000
 
 T = TypeVar("T")
+logger = get_logger("minapp_async.engine")
 
 
 def _connect(state: str | Path) -> sqlite3.Connection:
@@ -65,6 +68,7 @@ class BaasService:
                 Tables, self._db, auto_create=not strict_tables
             ).result()
             self.outbox = self._executor.submit(Outbox, self._db).result()
+            self._executor.submit(_ensure_user_table, self.tables).result()
         except BaseException:
             self.close()
             raise
@@ -94,6 +98,12 @@ class BaasService:
         if db is not None:
             self._executor.submit(db.close).result()
         self._executor.shutdown(wait=True)
+
+    def add_user(self, profile: Mapping[str, Any]) -> None:
+        """Mirror an app user into ``_userprofile`` (what ``BaaS.User`` reads). Queued on the
+        tables thread, so a function called after the user exists sees the row."""
+        with contextlib.suppress(RuntimeError):  # closed: the engine is stopping
+            self._executor.submit(_upsert_user, self.tables, dict(profile))
 
     # -- the thread ----------------------------------------------------------------------
 
@@ -184,6 +194,52 @@ class BaasService:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}, line {exc.lineno}: not valid JSON: {exc.msg}") from None
         self.run_blocking(_apply_schema, self.tables, spec, path)
+
+
+#: The built-in fields of _userprofile rows (user.md), so strict_tables accepts them.
+_USER_FIELDS: Final = [
+    *(
+        {"name": name, "type": "string"}
+        for name in (
+            "nickname",
+            "avatar",
+            "_username",
+            "_email",
+            "_phone",
+            "city",
+            "province",
+            "country",
+            "language",
+            "openid",
+            "unionid",
+        )
+    ),
+    *(
+        {"name": name, "type": "boolean"}
+        for name in ("_email_verified", "_phone_verified", "_anonymous", "is_authorized")
+    ),
+    {"name": "gender", "type": "integer"},
+    {"name": "_provider", "type": "object"},
+]
+
+
+def _ensure_user_table(tables: Tables) -> None:
+    # A system table on the platform: it exists even with strict_tables.
+    with contextlib.suppress(TableError):
+        tables.get_table(USER_TABLE)
+        return
+    tables.create_table(USER_TABLE, _USER_FIELDS)
+
+
+def _upsert_user(tables: Tables, profile: dict[str, Any]) -> None:
+    try:
+        tables.import_records(USER_TABLE, [profile])
+    except TableError:  # already there (a state file kept from an earlier run): refresh it
+        try:
+            fields = {k: v for k, v in profile.items() if k not in ("id", "created_at")}
+            tables.update(USER_TABLE, profile["id"], fields, enable_trigger=False)
+        except TableError:
+            logger.exception("could not mirror user %s into %s", profile.get("id"), USER_TABLE)
 
 
 def _bad(path: Path, message: str) -> ValueError:

@@ -109,6 +109,10 @@ class Engine:
         try:
             self._baas = BaasService(self.config.state, strict_tables=self.config.strict_tables)
             self._baas.load_schema_file(functions_dir)
+            baas = self._baas
+            for user in self._accounts.users():  # made with create_user() before start()
+                baas.add_user(user.public())
+            self._accounts.on_new_user = lambda user: baas.add_user(user.public())
             self._runtime = Runtime(
                 functions_dir,
                 memory_limit_mb=self.config.memory_limit_mb,

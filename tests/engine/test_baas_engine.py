@@ -145,6 +145,15 @@ exports.main = async (event) => {
   return res.data.objects.map(o => [o.id, o.price])
 }
 """
+WHOAMI_JS: Final = """
+exports.main = async (event) => {
+  const me = await new BaaS.User().get(event.request.user.id)
+  const q = new BaaS.Query()
+  q.compare('_username', '=', 'allen')
+  const found = await new BaaS.User().setQuery(q).find()
+  return { me: me.data, found: found.data.objects.map(u => u.id) }
+}
+"""
 # A Python function doing the same data calls through its BaaS builtin (our extension).
 LOTTERY_PY: Final = """
 async def main(event):
@@ -348,6 +357,19 @@ async def test_python_function_uses_baas(api: Api) -> None:
     assert out["count"] == 2
     assert [r["prize"] for r in api.engine.tables.rows("lottery_record")] == ["pen"]
     assert len(api.engine.outbox.messages()) == 1
+
+
+@pytest.mark.parametrize("strict", [False, True])
+async def test_users_are_in_userprofile(http: aiohttp.ClientSession, strict: bool) -> None:
+    async with running_engine({"whoami.js": WHOAMI_JS}, strict_tables=strict) as engine:
+        early = engine.create_user(username="early", password="pw")  # before any function ran
+        api = Api(engine, http)
+        token = await api.login("allen", "pw-allen")
+        out = await _ok(api, token, "whoami")
+        me = out["me"]
+        assert (me["_username"], me["nickname"], me["is_authorized"]) == ("allen", "allen", True)
+        assert out["found"] == [me["id"]] and me["id"] != early
+        assert {u["_username"] for u in engine.tables.rows("_userprofile")} == {"early", "allen"}
 
 
 async def test_unknown_tables_are_created_unless_strict(http: aiohttp.ClientSession) -> None:
