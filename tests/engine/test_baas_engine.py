@@ -154,6 +154,25 @@ exports.main = async (event) => {
   return { me: me.data, found: found.data.objects.map(u => u.id) }
 }
 """
+MANY_JS: Final = """
+exports.main = async (event) => {
+  const T = new BaaS.TableObject('many')
+  const made = await Promise.all(Array.from({ length: 300 }, (_, i) => T.create().set({ i }).save()))
+  return { created: made.filter(r => r.status === 201).length, count: await T.count() }
+}
+"""
+STRAY_JS: Final = """
+exports.main = async (event) => {
+  if (event.data.step === 1) {
+    // Work left running after the job ended: its BaaS call has no job to belong to.
+    global.stray = new Promise(resolve => setTimeout(resolve, 20))
+      .then(() => new BaaS.TableObject('stray').create().set({ late: true }).save())
+      .then(() => 'saved', (err) => err.code + ' ' + err.message)
+    return 'started'
+  }
+  return global.stray
+}
+"""
 # A Python function doing the same data calls through its BaaS builtin (our extension).
 LOTTERY_PY: Final = """
 async def main(event):
@@ -202,6 +221,8 @@ FUNCTIONS: Final = {
     "write.js": WRITE_JS,
     "read_seeded.js": READ_SEEDED_JS,
     "lottery_py.py": LOTTERY_PY,
+    "many.js": MANY_JS,
+    "stray.js": STRAY_JS,
 }
 
 
@@ -309,6 +330,21 @@ async def test_stdin_holds_no_job_requests(api: Api, name: str) -> None:
     for call in range(3):
         assert await _ok(api, None, name, {"call": call}) == {"seen": "", "call": call}
     assert api.engine.executions(name) == 3
+
+
+async def test_many_concurrent_calls_all_answered(api: Api) -> None:
+    # More than the 50 a job may have running at once: the rest wait their turn.
+    assert await _ok(api, None, "many") == {"created": 300, "count": 300}
+
+
+async def test_a_call_after_its_job_ended_is_refused(api: Api) -> None:
+    token = await api.anonymous_token()
+    assert await _ok(api, token, "stray", {"step": 1}) == "started"
+    out = await _ok(api, token, "stray", {"step": 2})
+    assert out == "400 400: table.create: the job that made this call has finished"
+    assert api.engine.executions("stray") == 2
+    with pytest.raises(KeyError):
+        api.engine.tables.rows("stray")
 
 
 async def test_table_schema_calls(api: Api) -> None:
