@@ -318,8 +318,15 @@ class EngineTables:
         return self._do(self._service.tables.export_records, table)
 
     def reset(self, table: str | int | None = None, *, drop: bool = False) -> None:
-        """Delete a table's rows (or every table's); with drop=True the tables too."""
-        self._do(self._service.tables.reset, table, drop=drop)
+        """Delete a table's rows (or every table's); with drop=True the tables too (the
+        system table ``_userprofile`` is then made again, empty)."""
+        tables = self._service.tables
+
+        def reset() -> None:
+            tables.reset(table, drop=drop)
+            _ensure_user_table(tables)
+
+        self._do(reset)
 
     def import_jsonl(self, table: str, path: str | Path) -> int:
         """Seed from a JSON-lines file (one record per line)."""

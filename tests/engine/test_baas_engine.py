@@ -375,7 +375,7 @@ async def test_seed_read_reset_from_python(api: Api, tmp_path: Path) -> None:
     assert tables.rows("order") == []
     assert await _ok(api, None, "read_seeded") == []
     tables.reset(drop=True)
-    assert tables.names() == []
+    assert tables.names() == ["_userprofile"]
     with pytest.raises(KeyError):
         tables.rows("order")
     with pytest.raises(ValueError, match="invalid table name"):
@@ -412,7 +412,7 @@ async def test_unknown_tables_are_created_unless_strict(http: aiohttp.ClientSess
     async with running_engine({"write.js": WRITE_JS}, allow_anonymous=True) as engine:
         api = Api(engine, http)
         assert await _ok(api, None, "write", {"table": "fresh"}) == {"status": 201, "x": 1}
-        assert engine.tables.names() == ["fresh"]
+        assert engine.tables.names() == ["_userprofile", "fresh"]
     async with running_engine(
         {"write.js": WRITE_JS}, strict_tables=True, allow_anonymous=True
     ) as engine:
