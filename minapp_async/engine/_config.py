@@ -50,10 +50,6 @@ def _host(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
             raise ValueError(f"host is not an IP address or host name: {value!r}") from None
 
 
-def _state_path(value: str | Path) -> Path | str:
-    return value if value == ":memory:" else Path(value)
-
-
 @attrs.frozen(kw_only=True)
 class EngineConfig:
     """How the local engine serves, which functions it runs, and its limits.
@@ -97,5 +93,5 @@ class EngineConfig:
     access_token_ttl: int = attrs.field(default=31535999, validator=_positive)
     miniapp_id: int = DEFAULT_MINIAPP_ID
     node: str | None = None
-    state: Path | str = attrs.field(default=":memory:", converter=_state_path)
+    state: str = attrs.field(default=":memory:", converter=str, validator=_non_empty)
     strict_tables: bool = False
