@@ -200,12 +200,17 @@ async def main(event):
     except BaaS.Error as exc:
         bad = [exc.code, exc.message]
     try:
-        BaaS.wxPay
+        await BaaS.wxPay({"total_cost": 1})
     except BaaS.Error as exc:
         unsupported = str(exc)
+    try:
+        BaaS.File.upload("x")
+    except BaaS.Error as exc:
+        unsupported_file = exc.message
     count = await prizes.count({"stock": {"$gt": 0}})
     return {"prize": prize["name"], "stock": prize["stock"], "sent": sent, "callee": callee,
-            "bad": bad, "unsupported": unsupported, "count": count}
+            "bad": bad, "unsupported": unsupported, "unsupported_file": unsupported_file,
+            "count": count}
 """
 
 FUNCTIONS: Final = {
@@ -393,6 +398,7 @@ async def test_python_function_uses_baas(api: Api) -> None:
     assert out["callee"]["data"]["doubled"] == 8
     assert out["bad"][0] == 400
     assert out["unsupported"] == "501: not supported by the local engine: BaaS.wxPay"
+    assert out["unsupported_file"] == "not supported by the local engine: BaaS.File.upload"
     assert out["count"] == 2
     assert [r["prize"] for r in api.engine.tables.rows("lottery_record")] == ["pen"]
     assert len(api.engine.outbox.messages()) == 1

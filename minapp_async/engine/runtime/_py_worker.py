@@ -403,7 +403,26 @@ class _BaaS:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        raise BaaSError(501, f"not supported by the local engine: BaaS.{name}")
+        return _Unsupported(f"BaaS.{name}")
+
+
+class _Unsupported:
+    """What the engine does not provide: reading it is fine (feature checks), calling it or
+    anything reached through it raises ``BaaS.Error`` 501 naming it, as in Node."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Unsupported(f"{self._name}.{name}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise BaaSError(501, f"not supported by the local engine: {self._name}")
+
+    def __repr__(self) -> str:
+        return f"<not supported by the local engine: {self._name}>"
 
 
 class _Worker:
