@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import attrs
 
+from ._protocol import SCHEDULE_FAILED
 from ._redact import redact_text
 
 __all__ = [
@@ -331,7 +332,7 @@ def error_from_response(
     job_status = body.get("job_status") if isinstance(body, dict) else None
     job_status = job_status if isinstance(job_status, str) else None
     # Statuses that refuse the request before any function runs; the rest may have run it.
-    refused = status in (401, 403, 404, 405, 413, 429, 503) or job_status == "schedule_failed"
+    refused = status in (401, 403, 404, 405, 413, 429, 503) or job_status == SCHEDULE_FAILED
     err = cls(
         status, redact_text(text) if text else None, details=details, may_have_executed=not refused
     )
