@@ -32,7 +32,7 @@ from typing import Any, Final
 
 import attrs
 
-from ._protocol import SCHEDULE_FAILED
+from ._protocol import ERROR_MESSAGE_KEY, JOB_STATUS_KEY, SCHEDULE_FAILED
 from ._redact import redact_text
 
 __all__ = [
@@ -285,7 +285,7 @@ def error_text(body: Any) -> str | None:
     """The error text of a reply body, as the JS SDK's ``extractErrorMsg``: ``error_msg``
     first, then ``message``."""
     if isinstance(body, dict):
-        for key in ("error_msg", "message"):
+        for key in (ERROR_MESSAGE_KEY, "message"):
             value = body.get(key)
             if value:
                 return str(value)
@@ -329,7 +329,7 @@ def error_from_response(
         status=status, body=snippet(raw), request_id=request_id, method=method, path=path
     )
     text = error_text(body)
-    job_status = body.get("job_status") if isinstance(body, dict) else None
+    job_status = body.get(JOB_STATUS_KEY) if isinstance(body, dict) else None
     job_status = job_status if isinstance(job_status, str) else None
     # Statuses that refuse the request before any function runs; the rest may have run it.
     refused = status in (401, 403, 404, 405, 413, 429, 503) or job_status == SCHEDULE_FAILED

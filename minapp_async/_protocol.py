@@ -69,6 +69,10 @@ FINISHED_STATUSES: Final[frozenset[JobStatus]] = frozenset(
 )
 #: The whole reply to an accepted ``sync=False`` job.
 ACCEPTED_REPLY: Final = {"status": "ok"}
+#: An error reply's human text: ``{"status": "error", "error_msg": "..."}`` (PROTOCOL.md).
+ERROR_MESSAGE_KEY: Final = "error_msg"
+#: Where an error reply names the job's status (``schedule_failed``: it never started).
+JOB_STATUS_KEY: Final = "job_status"
 
 # --- Platform limits (PROTOCOL.md §7.3) ----------------------------------------------------------
 #: Seconds a function may run when invoked with ``sync=True``.

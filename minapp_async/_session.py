@@ -20,8 +20,15 @@ from urllib.parse import urlsplit
 from ._auth import Auth, ServerAuth, UserCredentials
 from ._constants import CLIENT_API_HOST, DEFAULT_PLATFORM, OPEN_API_HOST
 from ._errors import HError, InvalidArgumentError, SessionClosedError
-from ._fanout import Batch, ErrorPolicy, FanOut, MapOptions, Progress, collect
-from ._fanout import warn_if_pool_too_small as _warn_if_pool_too_small
+from ._fanout import (
+    Batch,
+    ErrorPolicy,
+    FanOut,
+    MapOptions,
+    Progress,
+    collect,
+    warn_if_pool_too_small,
+)
 from ._hooks import CallInfo, Hook
 from ._invocation import invocation, traced_invocation
 from ._invoke import (
@@ -494,7 +501,7 @@ class Session:
     ) -> FanOut:
         self._lifecycle.use()
         # stacklevel 3: the warning points at the caller of map() or invoke_many().
-        _warn_if_pool_too_small(self._transport.pool_size, options.concurrency, stacklevel=3)
+        warn_if_pool_too_small(self._transport.pool_size, options.concurrency, stacklevel=3)
         prepare, sync, timeout = self._prepare, options.sync, options.timeout
 
         def call(item: JSON) -> Coroutine[Any, Any, InvokeResult]:
