@@ -1,17 +1,24 @@
 """The deadline that bounds a whole call, and the timeout error that says where the call was.
 
-A deadline is an anyio cancel scope with a deadline: anyio delivers its cancellation, so a
-shielded scope inside the call (a token store's I/O, a user's clean-up) runs to its end, and it
-behaves the same on every Python version the package supports. When the scope catches its own
-cancellation, the call fails with ``PoolTimeoutError`` or ``RequestTimeoutError`` naming the
-phase it was in.
+A deadline is an anyio cancel scope, so anyio delivers its cancellation: a shielded scope
+inside the call (a token store's I/O, a user's clean-up) runs to its end, an enclosing scope's
+cancellation passes through, and Python 3.10 and 3.11+ behave alike. When the scope catches
+its own cancellation, the call fails with ``PoolTimeoutError`` or ``RequestTimeoutError``
+naming the phase it was in.
+
+Only the timer is our own: deadlines that end within the same hundredth of a second share one
+loop timer, which cancels their scopes when it fires (up to 10 ms late). At thousands of calls
+a second, a timer per call (a handle pushed on the loop's heap, then cancelled) costs more
+than the rest of the deadline; ``benchmarks/throughput.py`` measured a scope with its own
+deadline below the fan-out goal (``benchmarks/README.md``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 import anyio
 
@@ -21,27 +28,57 @@ from ._transport import Attempt
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+#: Deadlines are rounded up to the next 1/100 s, so that calls ending together share a timer.
+SLOTS_PER_SECOND: Final = 100
+
 _WHERE: Final = {
     "pool": "waiting for a connection",
     "auth": "logging in",
     "send": "waiting for the reply",
 }
 
+#: One event loop's shared timers: slot number -> the scopes of the deadlines ending in that
+#: slot. The loop holds one timer per slot in use; when it fires, it cancels every scope
+#: still in the slot (a deadline leaves its slot when its call ends).
+Timers: TypeAlias = "dict[int, set[anyio.CancelScope]]"
+
+
+def _fire(timers: Timers, slot: int) -> None:
+    for scope in timers.pop(slot, ()):
+        scope.cancel()
+
 
 class Deadline:
     """Bounds a whole call. A timeout says where the call was (pool, auth or send) and whether
     the request may have reached the server. ``None`` seconds: no deadline."""
 
-    __slots__ = ("_attempt", "_method", "_path", "_scope", "_seconds")
+    __slots__ = (
+        "_attempt",
+        "_members",
+        "_method",
+        "_path",
+        "_scope",
+        "_seconds",
+        "_timers",
+        "_when",
+    )
 
     _scope: anyio.CancelScope | None
+    _members: set[anyio.CancelScope]
 
     def __init__(
-        self, seconds: float | None, attempt: Attempt, path: str, method: str = "POST"
+        self,
+        seconds: float | None,
+        attempt: Attempt,
+        path: str,
+        timers: Timers,
+        method: str = "POST",
     ) -> None:
+        """*timers*: the shared timers of the Session this call belongs to (and its views)."""
         self._seconds = seconds
         self._attempt = attempt
         self._path = path
+        self._timers = timers
         self._method = method
         self._scope = None
 
@@ -49,12 +86,24 @@ class Deadline:
         """Seconds left before the deadline (infinite without one)."""
         if self._scope is None:
             return math.inf
-        return self._scope.deadline - anyio.current_time()
+        return self._when - asyncio.get_running_loop().time()
 
     def __enter__(self) -> Self:
-        if self._seconds is not None:
-            self._scope = anyio.CancelScope(deadline=anyio.current_time() + self._seconds)
-            self._scope.__enter__()
+        if self._seconds is None:
+            return self
+        loop = asyncio.get_running_loop()
+        when = loop.time() + self._seconds
+        # No deadline of the scope's own (it would start a timer): the shared one cancels it.
+        scope = self._scope = anyio.CancelScope()
+        scope.__enter__()
+        slot = int(when * SLOTS_PER_SECOND) + 1  # the slot's end is after `when`
+        members = self._timers.get(slot)
+        if members is None:
+            members = self._timers[slot] = set()
+            loop.call_at(slot / SLOTS_PER_SECOND, _fire, self._timers, slot)
+        members.add(scope)
+        self._members = members
+        self._when = when
         return self
 
     def __exit__(
@@ -66,6 +115,7 @@ class Deadline:
         scope = self._scope
         if scope is None:
             return
+        self._members.discard(scope)
         # The scope swallows only its own cancellation, which happens at the deadline; any
         # other cancellation (the caller's, an outer scope's) passes through untouched.
         if scope.__exit__(exc_type, exc, tb) or scope.cancelled_caught:

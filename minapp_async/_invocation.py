@@ -43,7 +43,7 @@ async def invocation(
     *deadline* (seconds; None: none). *info* is None when no hook or span wants it."""
     attempt = Attempt()
     shown = "/" + path  # as error messages show it
-    with Deadline(deadline, attempt, path) as bound:
+    with Deadline(deadline, attempt, path, sender.timers) as bound:
         while True:
             if info is not None:
                 info.attempt, info.status, info.code, info.error = attempt.number, None, None, None

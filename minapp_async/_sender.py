@@ -12,7 +12,7 @@ import functools
 from typing import Any
 
 from ._auth import Auth, ServerAuth
-from ._deadline import Deadline
+from ._deadline import Deadline, Timers
 from ._errors import ErrorDetails, ResponseFormatError, SessionClosedError, snippet
 from ._invoke import check_status, dumps, parse_json
 from ._options import CallOptions
@@ -62,11 +62,19 @@ class Sender:
     once, right after the credentials are made (they need this Sender's ``exchange``).
     """
 
-    __slots__ = ("_headers", "_lifecycle", "_options", "_transport", "_with_auth", "auth")
+    __slots__ = ("_headers", "_lifecycle", "_options", "_transport", "_with_auth", "auth", "timers")
 
     auth: Auth | ServerAuth
 
-    def __init__(self, lifecycle: Lifecycle, options: CallOptions, headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        options: CallOptions,
+        headers: dict[str, str],
+        timers: Timers,
+    ) -> None:
+        """*timers*: the deadlines' shared timers, one set per Session and its views."""
+        self.timers = timers
         self._lifecycle = lifecycle
         self._transport = lifecycle.transport
         self._options = options
@@ -135,7 +143,7 @@ class Sender:
         self._lifecycle.use()
         body = None if payload is None else dumps(payload)
         attempt = Attempt()
-        with Deadline(self._options.timeouts.sync, attempt, path, method):
+        with Deadline(self._options.timeouts.sync, attempt, path, self.timers, method):
             # Not queued: a re-login or refresh would otherwise wait behind every call queued
             # for a connection, each about to send the token it replaces and fail with a 401.
             raw = await self.send(

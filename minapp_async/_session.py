@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from ._auth import Auth, ServerAuth, UserCredentials
 from ._constants import CLIENT_API_HOST, DEFAULT_PLATFORM, OPEN_API_HOST
+from ._deadline import Timers
 from ._errors import HError, InvalidArgumentError, SessionClosedError
 from ._fanout import (
     Batch,
@@ -99,6 +100,7 @@ class Session:
         "_sender",
         "_server",
         "_source",
+        "_timers",
         "_transport",
         "client_id",
     )
@@ -111,6 +113,7 @@ class Session:
     _auth: Auth | ServerAuth
     _server: bool
     _source: str | None
+    _timers: Timers  # the deadlines' shared timers: one set for a Session and its views
 
     def __init__(
         self,
@@ -163,7 +166,7 @@ class Session:
             tracing=tracing,
         )
         transport = Transport(limits, options.timeouts, options.fixed_headers(client_id, server))
-        self._assemble(client_id, transport, options, server, owner=True)
+        self._assemble(client_id, transport, {}, options, server, owner=True)
         if client_secret is not None:
             self._use_auth(ServerAuth(self._sender.exchange, client_id, client_secret))
         else:
@@ -178,6 +181,7 @@ class Session:
         self,
         client_id: str,
         transport: Transport,
+        timers: Timers,
         options: CallOptions,
         server: bool,
         *,
@@ -187,12 +191,13 @@ class Session:
         options. The credentials follow with ``_use_auth``."""
         self.client_id = client_id
         self._transport = transport
+        self._timers = timers
         self._options = options
         self._server = server
         self._source = None
         self._lifecycle = Lifecycle(transport, owner=owner)
         headers = options.headers_beyond(client_id, server, transport.headers)
-        self._sender = Sender(self._lifecycle, options, headers)
+        self._sender = Sender(self._lifecycle, options, headers, timers)
 
     def _use_auth(self, auth: Auth | ServerAuth) -> None:
         self._auth = self._sender.auth = auth
@@ -308,7 +313,9 @@ class Session:
 
     def _view(self, options: CallOptions) -> Session:
         view = Session.__new__(Session)
-        view._assemble(self.client_id, self._transport, options, self._server, owner=False)
+        view._assemble(
+            self.client_id, self._transport, self._timers, options, self._server, owner=False
+        )
         return view
 
     # -- auth --------------------------------------------------------------------------------
