@@ -6,8 +6,10 @@ import asyncio
 import gc
 import warnings
 
+import anyio
 import pytest
 from fakeserver import CLIENT_ID, FakeServer, Reply
+from support import wait_until
 
 import minapp_async
 
@@ -170,3 +172,31 @@ async def test_finished_calls_deadlines_never_fire_later(
         b'{"function_name":"f","sync":true,"data":0}',
         b'{"function_name":"f","sync":true,"data":1}',
     ]
+
+
+async def test_pool_stats_show_the_pool_from_outside(server: FakeServer) -> None:
+    """pool_stats: size from Limits; calls holding and waiting for a connection; nothing held
+    once they are cancelled; not opened before first use or after close. Views share it."""
+    server.reply(Reply(hang=True), Reply(hang=True))
+    s = minapp_async.Session(
+        CLIENT_ID, base_url=server.url, token="t", limits=minapp_async.Limits(1)
+    )
+    assert (
+        minapp_async.PoolStats(size=1, in_use=0, waiting=0, connections=0, idle=0, opened=False)
+        == s.pool_stats
+    )
+    async with s:
+        async with anyio.create_task_group() as tg:
+
+            async def call(session: minapp_async.Session, name: str) -> None:
+                await session.invoke(name)
+
+            tg.start_soon(call, s, "f")
+            tg.start_soon(call, s.with_options(timeout=30), "g")
+            await wait_until(lambda: len(server.requests) == 1 and s.pool_stats.waiting == 1)
+            stats = s.with_options(env_id="e").pool_stats
+            assert (1, 1, 1, True) == (stats.in_use, stats.waiting, stats.connections, stats.opened)
+            tg.cancel_scope.cancel()
+        stats = s.pool_stats
+        assert (0, 0, 0) == (stats.in_use, stats.waiting, stats.connections)
+    assert not s.pool_stats.opened
