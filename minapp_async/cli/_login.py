@@ -16,24 +16,21 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from ._cli_common import (
+from ._options import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_USAGE,
     AppSettings,
     Command,
-    Style,
     UsageError,
     add_app_arguments,
-    out,
-    positive_float,
+    positive_number,
     resolve_app,
-    run_async,
-    say,
 )
+from ._output import Style, is_tty, out, run_async, say
 
 if TYPE_CHECKING:
-    from ._auth import CurrentUser
+    from .._auth import CurrentUser
 
 __all__ = ["LOGIN", "LOGOUT"]
 
@@ -78,7 +75,7 @@ def _login_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=positive_float,
+        type=positive_number,
         default=DEFAULT_LOGIN_TIMEOUT,
         metavar="S",
         help="seconds to wait for the server (default: %(default)g)",
@@ -105,7 +102,7 @@ class _RefusePassword(argparse.Action):
 def _logout_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout",
-        type=positive_float,
+        type=positive_number,
         default=DEFAULT_LOGIN_TIMEOUT,
         metavar="S",
         help="seconds to wait for the server (default: %(default)g)",
@@ -117,7 +114,7 @@ def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         text = sys.stdin.readline()
         password = text.removesuffix("\n").removesuffix("\r")
-    elif sys.stdin.isatty():
+    elif is_tty(sys.stdin):
         password = getpass.getpass("password: ")
     else:
         raise UsageError(
@@ -156,7 +153,7 @@ async def _log_in(
     register: bool,
     deadline: float,
 ) -> int:
-    from ._errors import HError
+    from .._errors import HError
 
     # The folder holds sessions of every app: only its owner may list it.
     settings.session_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -209,7 +206,7 @@ def _logout(args: argparse.Namespace) -> int:
 
 
 async def _log_out(settings: AppSettings, *, deadline: float) -> int:
-    from ._errors import HError
+    from .._errors import HError
 
     if not settings.session_file.exists():
         out(f"not logged in to app {settings.client_id}")
