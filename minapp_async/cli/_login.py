@@ -73,14 +73,7 @@ def _login_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--register", action="store_true", help="create the user first, then log in as it"
     )
-    parser.add_argument(
-        "--timeout",
-        type=positive_number,
-        default=DEFAULT_LOGIN_TIMEOUT,
-        metavar="S",
-        help="seconds to wait for the server (default: %(default)g)",
-    )
-    add_app_arguments(parser, credentials=False)
+    _add_server_arguments(parser)
 
 
 class _RefusePassword(argparse.Action):
@@ -100,6 +93,11 @@ class _RefusePassword(argparse.Action):
 
 
 def _logout_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_server_arguments(parser)
+
+
+def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """What login and logout share: how long to wait, and which app on which server."""
     parser.add_argument(
         "--timeout",
         type=positive_number,

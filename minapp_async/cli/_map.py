@@ -399,11 +399,8 @@ async def _map(
     except asyncio.CancelledError:
         if not state.interrupted:
             raise
-    except UsageError as exc:  # a bad input line (standard input is checked as it is read)
-        display.close()
-        say("error", str(exc))
-        return EXIT_USAGE
-    except InvalidArgumentError as exc:
+    # A bad input line (standard input is checked as it is read), or an option the SDK refused.
+    except (UsageError, InvalidArgumentError) as exc:
         display.close()
         say("error", str(exc))
         return EXIT_USAGE
