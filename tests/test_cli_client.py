@@ -551,5 +551,6 @@ class TestImports:
                 env=dict(env),
             )
         imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.decode().splitlines()]
-        assert "minapp_async.cli._invoke" in imported  # the report is the one we think
+        assert "minapp_async.cli._main" in imported  # the report is the one we think
+        assert "minapp-async invoke helloWorld" in done.stdout.decode()  # invoke's own help
         assert [] == [m for m in imported if m.startswith(("minapp_async.engine", "aiohttp.web"))]

@@ -233,8 +233,6 @@ async def _spinner(text: str) -> AsyncIterator[None]:
 
 
 INVOKE: Final = Command(
-    name="invoke",
-    help="invoke a cloud function and print its result as JSON",
     add_arguments=_add_arguments,
     run=_run,
     epilog=_EPILOG,

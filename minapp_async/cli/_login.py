@@ -230,16 +230,12 @@ async def _log_out(settings: AppSettings, *, deadline: float) -> int:
 
 
 LOGIN: Final = Command(
-    name="login",
-    help="log in as a user and keep the session for 'invoke'",
     add_arguments=_login_arguments,
     run=_login,
     epilog=_LOGIN_EPILOG,
 )
 
 LOGOUT: Final = Command(
-    name="logout",
-    help="end the stored session and delete it",
     add_arguments=_logout_arguments,
     run=_logout,
     epilog=_LOGOUT_EPILOG,

@@ -469,8 +469,6 @@ def _report(
 
 
 MAP: Final = Command(
-    name="map",
-    help="invoke a cloud function for every line of a JSONL file, resumably",
     add_arguments=_add_arguments,
     run=_run,
     epilog=_EPILOG,

@@ -68,10 +68,9 @@ _CLIENT_ID_RE: Final = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 
 @attrs.frozen
 class Command:
-    """One subcommand: ``run`` gets the parsed arguments and returns the exit status."""
+    """One subcommand (its name and one-line help are listed in ``_main``): ``add_arguments``
+    fills its parser; ``run`` gets the parsed arguments and returns the exit status."""
 
-    name: str
-    help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     #: Shown after the options in ``--help``: examples, mostly.

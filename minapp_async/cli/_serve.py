@@ -174,8 +174,6 @@ def _banner(engine: Engine, *, secret_given: bool) -> None:
 
 
 SERVE: Final = Command(
-    name="serve",
-    help="run the local cloud engine",
     add_arguments=_serve_arguments,
     run=_serve,
 )
