@@ -3,7 +3,10 @@ thread, nested ``BaaS.invoke`` through the job board, and the Python API tests u
 
 Every SQLite statement runs on the service's single "tables" thread, the only user of its
 connection, so a slow query never blocks the event loop and no two statements interleave.
-The Python API (``Engine.tables``, ``Engine.outbox``) hands its work to the same thread.
+The Python API (``Engine.tables``, ``Engine.outbox``) hands its work to the same thread and
+waits for it. ``service.tables.on_change`` (for table triggers) is called on that thread after
+each committed write: hand the change to the event loop with ``call_soon_threadsafe``, never
+wait on the loop there.
 """
 
 from __future__ import annotations
@@ -279,7 +282,8 @@ class EngineTables:
     """The engine's data tables from Python (tests, seeding): ``engine.tables``.
 
     Rows are plain dicts as functions see them. Unknown tables raise KeyError; bad input
-    ValueError.
+    ValueError. Each call runs on the engine's tables thread and blocks until it is done
+    (milliseconds; at most a function's running query, which has a 5 s deadline).
     """
 
     def __init__(self, service: BaasService) -> None:

@@ -175,6 +175,26 @@ exports.main = async (event) => {
   return global.stray
 }
 """
+# Starts a nested invoke, then dies before it answers.
+ABANDON_JS: Final = """
+exports.main = async (event) => {
+  BaaS.invoke('gate', { release: event.data.release })  // the call is sent at once
+  setImmediate(() => process.exit(3))
+  return new Promise(() => {})
+}
+"""
+# Holds until the test creates the file named in data.release (bounded wait).
+GATE_PY: Final = """
+import os, time
+
+def main(event):
+    deadline = time.monotonic() + 8
+    while not os.path.exists(event["data"]["release"]):
+        if time.monotonic() > deadline:
+            raise TimeoutError("never released")
+        time.sleep(0.01)
+    return "released"
+"""
 # A Python function doing the same data calls through its BaaS builtin (our extension).
 LOTTERY_PY: Final = """
 async def main(event):
@@ -230,6 +250,8 @@ FUNCTIONS: Final = {
     "lottery_py.py": LOTTERY_PY,
     "many.js": MANY_JS,
     "stray.js": STRAY_JS,
+    "abandon.js": ABANDON_JS,
+    "gate.py": GATE_PY,
 }
 
 
@@ -296,6 +318,17 @@ async def test_nested_invoke(api: Api) -> None:
     assert [j.source for j in callee_jobs] == ["cloud_function"] * 3
     assert {j.service_type for j in callee_jobs} == {"time_sensitive", "batch"}
     assert all(j.status == "fulfilled" for j in callee_jobs)
+
+
+async def test_a_nested_job_outlives_its_caller(api: Api, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    reply = await api.invoke(await api.anonymous_token(), "abandon", {"release": str(release)})
+    assert reply.status == 400 and reply.body["job_status"] == "execution_failed", reply
+    (gate,) = api.engine.jobs("gate")  # the call reached the engine before the caller died
+    release.touch()
+    done = await api.engine.wait_job(gate.id, timeout=30)
+    assert (done.status, done.source) == ("fulfilled", "cloud_function")
+    assert done.result == {"code": 0, "data": "released", "error": {}}
 
 
 async def test_runaway_recursion_is_stopped(api: Api) -> None:

@@ -328,7 +328,10 @@ class Runtime:
             self._answer(worker, run, run.call_slots, call_id, op, payload),
             name=f"minapp BaaS {op}",
         )
-        for tasks in (run.calls, self._calls):
+        # A nested invoke is a job of its own, bounded by its own limit: it outlives a caller
+        # that dies or times out (only the engine's shutdown cancels it).
+        owners = (self._calls,) if op == "function.invoke" else (run.calls, self._calls)
+        for tasks in owners:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
