@@ -12,9 +12,11 @@ wait on the loop there.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import json
+import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any, Final, TypeVar
 
 from .._logs import get_logger
 from ._baas_ops import BaasOps, Outbox
-from ._jobs import CallContext, JobBoard, job_event
+from ._jobs import Job, JobBoard
 from ._tables import USER_TABLE, TableError, Tables
 from .runtime import FunctionFile
 
@@ -32,6 +34,8 @@ __all__ = ["TABLES_FILE", "BaasService", "EngineOutbox", "EngineTables"]
 TABLES_FILE: Final = "minapp.tables.json"
 #: Nested BaaS.invoke calls deeper than this fail (400): a function calling itself forever.
 MAX_INVOKE_DEPTH: Final = 8
+#: Nested depths remembered, by job id (a nested job's own calls look theirs up).
+_MAX_DEPTHS: Final = 10_000
 #: How long the Python API waits for the tables thread (queries have their own 5 s deadline).
 _API_TIMEOUT: Final = 30.0
 #: A write waits this long for another connection's lock on the same file (the CLI, say).
@@ -80,6 +84,7 @@ class BaasService:
         self._locate: Callable[[str], FunctionFile | None] | None = None
         self._miniapp_id = 0
         self._memory_limit_mb = 0
+        self._depths: collections.OrderedDict[str, int] = collections.OrderedDict()
 
     def bind(
         self,
@@ -143,7 +148,8 @@ class BaasService:
         board, locate = self._board, self._locate
         if board is None or locate is None:
             raise TableError(501, "not supported by the local engine: BaaS.invoke")
-        depth = context.depth + 1 if isinstance(context, CallContext) else 1
+        caller = context if isinstance(context, str) else ""  # the calling job's id
+        depth = self._depths.get(caller, 0) + 1
         if depth > MAX_INVOKE_DEPTH:
             raise TableError(
                 400,
@@ -153,32 +159,48 @@ class BaasService:
         function = locate(name)
         if function is None:
             raise TableError(404, f"cloud function {name!r:.60} not found")
+        done = await self._run_nested(
+            board, function, params, sync=sync, depth=depth, caller=caller
+        )
+        if done is None:
+            return {"status": 200, "data": {"status": "ok"}}  # queued
+        if done.result is not None:
+            return {"status": 200, "data": done.result}
+        # Platform failures (scheduling, time limit, a dead worker) are HTTP 400s there.
+        raise TableError(400, done.error_msg or f"cloud function {name!r} failed")
+
+    async def _run_nested(
+        self,
+        board: JobBoard,
+        function: FunctionFile,
+        params: Any,
+        *,
+        sync: bool,
+        depth: int,
+        caller: str,
+    ) -> Job | None:
+        """Run a nested job (sync: the finished job) or queue it (async: None). The job
+        board's calls are all here: its API is the engine's, not ours."""
         try:
-            job = board.create(
-                function.name,
-                sync=sync,
-                source="cloud_function",
-                request_id=context.job_id if isinstance(context, CallContext) else "",
-            )
+            job = board.create(function.name, sync=sync, source="cloud_function", request_id=caller)
         except RuntimeError as exc:  # shutting down
             raise TableError(503, str(exc)) from None
+        self._depths[job.id] = depth  # before it runs: its own calls look it up
+        while len(self._depths) > _MAX_DEPTHS:  # the oldest entries are long finished
+            self._depths.popitem(last=False)
         # Decision: the callee's event has no `request` (the docs leave open whether the
         # caller's user propagates); eventType is "cloud_function" as documented.
-        event = job_event(
+        event = _event(
             job,
-            data=params,
+            params,
             time_limit=board.time_limit(sync=sync),
             miniapp_id=self._miniapp_id,
             memory_limit_mb=self._memory_limit_mb,
         )
         if not sync:
-            board.submit(job.id, function, event, depth=depth)
-            return {"status": 200, "data": {"status": "ok"}}
-        done = await board.run_sync(job.id, function, event, depth=depth)
-        if done.result is not None:
-            return {"status": 200, "data": done.result}
-        # Platform failures (scheduling, time limit, a dead worker) are HTTP 400s there.
-        raise TableError(400, done.error_msg or f"cloud function {name!r} failed")
+            board.submit(job.id, function, event)
+            return None
+        return await board.run_sync(job.id, function, event)
 
     # -- the schema file -----------------------------------------------------------------
 
@@ -224,6 +246,23 @@ _USER_FIELDS: Final = [
     {"name": "gender", "type": "integer"},
     {"name": "_provider", "type": "object"},
 ]
+
+
+def _event(
+    job: Job, data: Any, *, time_limit: float, miniapp_id: int, memory_limit_mb: int
+) -> dict[str, Any]:
+    """A nested job's ``event``: the fields of PROTOCOL.md §7.2, ``eventType`` its source."""
+    return {
+        "data": data,
+        "eventType": job.source,
+        "jobId": job.id,
+        "miniappId": miniapp_id,
+        "timeLimitInMS": round(time_limit * 1000),
+        "memoryLimitInMB": memory_limit_mb,
+        "signKey": secrets.token_hex(16),  # stands in for BaaS.wxAccessToken()'s key
+        "timezone": "Asia/Shanghai",
+        "debug": False,
+    }
 
 
 def _ensure_user_table(tables: Tables) -> None:

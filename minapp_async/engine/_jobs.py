@@ -57,34 +57,6 @@ class Job:
         return self.status in FINISHED_STATUSES
 
 
-def job_event(
-    job: Job, *, data: Any, time_limit: float, miniapp_id: int, memory_limit_mb: int
-) -> dict[str, Any]:
-    """The ``event`` fields every job gets (PROTOCOL.md §7.2); callers add ``request``/``env``.
-    ``eventType`` is the job's source (``sdk``, ``open_api``, ``cloud_function`` …)."""
-    return {
-        "data": data,
-        "eventType": job.source,
-        "jobId": job.id,
-        "miniappId": miniapp_id,
-        "timeLimitInMS": round(time_limit * 1000),
-        "memoryLimitInMB": memory_limit_mb,
-        # Stands in for the key BaaS.wxAccessToken() takes; fresh per job.
-        "signKey": secrets.token_hex(16),
-        "timezone": "Asia/Shanghai",
-        "debug": False,
-    }
-
-
-@attrs.frozen
-class CallContext:
-    """Who makes a function's BaaS calls: its job, and how deep in nested invokes it runs
-    (0 for a job started by a request; a function that ``BaaS.invoke``s starts depth + 1)."""
-
-    job_id: str
-    depth: int = 0
-
-
 @attrs.frozen
 class FunctionStats:
     """Counters for one function: runs started, runs in progress now, and their peak."""
@@ -165,7 +137,7 @@ class JobBoard:
         self._idle.set()
         self._sync_scopes: set[anyio.CancelScope] = set()
         self._queue_send, self._queue_receive = anyio.create_memory_object_stream[
-            tuple[str, FunctionFile, dict[str, Any], int]
+            tuple[str, FunctionFile, dict[str, Any]]
         ](math.inf)
         self._closed = False
 
@@ -236,39 +208,29 @@ class JobBoard:
 
     # ---- running ----
 
-    async def run_sync(
-        self, job_id: str, function: FunctionFile, event: dict[str, Any], *, depth: int = 0
-    ) -> Job:
-        """Run a sync job now: wait at most ``schedule_wait`` for a slot, then run it.
-        *depth*: how deeply nested in ``BaaS.invoke`` calls it runs (see CallContext)."""
+    async def run_sync(self, job_id: str, function: FunctionFile, event: dict[str, Any]) -> Job:
+        """Run a sync job now: wait at most ``schedule_wait`` for a slot, then run it."""
         with anyio.CancelScope() as scope:
             self._sync_scopes.add(scope)
             try:
                 await self._schedule_and_run(
-                    job_id,
-                    function,
-                    event,
-                    schedule_wait=self._schedule_wait,
-                    urgent=True,
-                    depth=depth,
+                    job_id, function, event, schedule_wait=self._schedule_wait, urgent=True
                 )
             finally:
                 self._sync_scopes.discard(scope)
         return self._jobs[job_id]
 
-    def submit(
-        self, job_id: str, function: FunctionFile, event: dict[str, Any], *, depth: int = 0
-    ) -> None:
+    def submit(self, job_id: str, function: FunctionFile, event: dict[str, Any]) -> None:
         """Queue an async job; it runs in the background (see :meth:`serve`)."""
-        self._queue_send.send_nowait((job_id, function, event, depth))
+        self._queue_send.send_nowait((job_id, function, event))
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run queued async jobs until cancelled; cancelling cancels them all."""
         async with anyio.create_task_group() as tg:
             task_status.started()
             async with self._queue_receive:
-                async for job_id, function, event, depth in self._queue_receive:
-                    tg.start_soon(self._run_async, job_id, function, event, depth)
+                async for job_id, function, event in self._queue_receive:
+                    tg.start_soon(self._run_async, job_id, function, event)
 
     def close(self) -> None:
         """Refuse new jobs and cancel running sync jobs (async ones stop with :meth:`serve`)."""
@@ -282,7 +244,7 @@ class JobBoard:
         with self._queue_receive:
             while True:
                 try:
-                    job_id, _, _, _ = self._queue_receive.receive_nowait()
+                    job_id, _, _ = self._queue_receive.receive_nowait()
                 except (anyio.EndOfStream, anyio.WouldBlock, anyio.ClosedResourceError):
                     break
                 self._finish(
@@ -291,18 +253,11 @@ class JobBoard:
                     error_msg="the engine shut down before the job started",
                 )
 
-    async def _run_async(
-        self, job_id: str, function: FunctionFile, event: dict[str, Any], depth: int
-    ) -> None:
+    async def _run_async(self, job_id: str, function: FunctionFile, event: dict[str, Any]) -> None:
         try:
             # The platform retries an async job's scheduling for about as long as it may run.
             await self._schedule_and_run(
-                job_id,
-                function,
-                event,
-                schedule_wait=self.async_time_limit,
-                urgent=False,
-                depth=depth,
+                job_id, function, event, schedule_wait=self.async_time_limit, urgent=False
             )
         except Exception:
             # A bug here must not take down serve()'s task group and every queued job with it.
@@ -320,7 +275,6 @@ class JobBoard:
         *,
         schedule_wait: float,
         urgent: bool,
-        depth: int,
     ) -> None:
         name = self._jobs[job_id].function_name
         try:
@@ -337,7 +291,7 @@ class JobBoard:
                 )
                 return
             try:
-                await self._execute(job_id, function, event, depth)
+                await self._execute(job_id, function, event)
             finally:
                 self._slots.release()
         except anyio.get_cancelled_exc_class():
@@ -352,9 +306,7 @@ class JobBoard:
                 )
             raise
 
-    async def _execute(
-        self, job_id: str, function: FunctionFile, event: dict[str, Any], depth: int
-    ) -> None:
+    async def _execute(self, job_id: str, function: FunctionFile, event: dict[str, Any]) -> None:
         job = self._jobs[job_id]
         name = job.function_name
         limit = self.time_limit(sync=job.service_type == "time_sensitive")
@@ -366,9 +318,7 @@ class JobBoard:
         )
         try:
             with anyio.move_on_after(limit + RUNTIME_GRACE) as backstop:
-                outcome = await self._runner.run(
-                    function, event, time_limit=limit, context=CallContext(job_id, depth)
-                )
+                outcome = await self._runner.run(function, event, time_limit=limit)
             if backstop.cancelled_caught:
                 logger.error("the runtime did not stop job %s of %r at its limit", job_id, name)
                 self._finish(

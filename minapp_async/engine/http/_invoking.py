@@ -3,13 +3,14 @@ function lookup, the job record, the function's ``event`` and the platform's rep
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from aiohttp import web
 
 from ..._protocol import ACCEPTED_REPLY, JOB_STATUS_FIELD, error_reply
 from .._accounts import User
-from .._jobs import Job, job_event
+from .._jobs import Job
 from ..runtime import FunctionFile
 from ._middleware import STATE, ApiError, request_id, safe_name
 from ._parsing import env_id, json_type
@@ -41,14 +42,19 @@ def event_for(
     """The function's ``event`` (PROTOCOL.md §7.2). It never carries a token."""
     state = request.app[STATE]
     config = state.config
-    event = job_event(
-        job,
-        data=data,
-        time_limit=state.board.time_limit(sync=job.service_type == "time_sensitive"),
-        miniapp_id=config.miniapp_id,
-        memory_limit_mb=config.memory_limit_mb,
-    )
-    event["debug"] = debug
+    time_limit = state.board.time_limit(sync=job.service_type == "time_sensitive")
+    event: dict[str, Any] = {
+        "data": data,
+        "eventType": job.source,
+        "jobId": job.id,
+        "miniappId": config.miniapp_id,
+        "timeLimitInMS": round(time_limit * 1000),
+        "memoryLimitInMB": config.memory_limit_mb,
+        # Stands in for the key BaaS.wxAccessToken() takes; fresh per job.
+        "signKey": secrets.token_hex(16),
+        "timezone": "Asia/Shanghai",
+        "debug": debug,
+    }
     if user is not None:
         event["request"] = {
             "meta": {

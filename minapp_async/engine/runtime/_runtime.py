@@ -44,7 +44,7 @@ _logger = get_logger("minapp_async.engine")
 __all__ = ["BaasHandler", "FunctionFile", "RunOutcome", "Runtime", "timed_out_message"]
 
 #: handler(context, op, payload) -> answer: the engine's side of a function's BaaS call, where
-#: context is what run() was given for the calling job. The answer is ``{"status", "data"}``
+#: context is what run() was given for the calling job (by default its event's jobId). The answer is ``{"status", "data"}``
 #: or ``{"error": {"code", "message"}}``; the handler must not raise for bad input.
 BaasHandler = Callable[[Any, str, Any], Awaitable[dict[str, Any]]]
 #: BaaS calls one job may have in flight; the platform advises fewer than 50 concurrent
@@ -196,7 +196,7 @@ class Runtime:
     ) -> RunOutcome:
         """Run one job of a function: a :class:`FunctionFile` found by :meth:`locate`, or a name
         to look up (LookupError when there is no such function). *context* is passed to the
-        BaaS handler with each call the job makes."""
+        BaaS handler with each call the job makes; by default the event's ``jobId``."""
         if self._closed:
             raise RuntimeError("the runtime is closed")
         if not (isinstance(time_limit, (int, float)) and math.isfinite(time_limit)) or (
@@ -226,7 +226,15 @@ class Runtime:
             except WorkerStartError as exc:
                 return _failed(f"cloud function {name!r} could not run: {exc.message}", exc.log)
         return await self._run_on(
-            worker, name, Run(run_id, asyncio.get_running_loop(), context), request, time_limit
+            worker,
+            name,
+            Run(
+                run_id,
+                asyncio.get_running_loop(),
+                event.get("jobId") if context is None else context,
+            ),
+            request,
+            time_limit,
         )
 
     async def _run_on(
