@@ -233,6 +233,25 @@ async def main(event):
             "count": count}
 """
 
+# A plain (sync) Python function: each call's .result() waits for the engine's answer.
+SYNC_PY: Final = """
+def main(event):
+    notes = BaaS.table("notes")
+    row = notes.create({"text": event["data"]["text"]}).result()
+    found = notes.find({"text": {"$eq": event["data"]["text"]}}).result()
+    gone = notes.delete(row["id"]).result()
+    try:
+        notes.get(row["id"]).result()
+    except BaaS.Error as exc:
+        missing = [exc.code, exc.message]
+    return {
+        "found": [r["id"] for r in found["objects"]] == [row["id"]],
+        "gone": gone,
+        "missing": missing,
+        "count": notes.count().result(),
+    }
+"""
+
 FUNCTIONS: Final = {
     "lottery.js": LOTTERY_JS,
     "caller.js": CALLER_JS,
@@ -252,6 +271,7 @@ FUNCTIONS: Final = {
     "stray.js": STRAY_JS,
     "abandon.js": ABANDON_JS,
     "gate.py": GATE_PY,
+    "sync_py.py": SYNC_PY,
 }
 
 
@@ -448,6 +468,12 @@ async def test_users_are_in_userprofile(http: aiohttp.ClientSession, strict: boo
         assert (me["_username"], me["nickname"], me["is_authorized"]) == ("allen", "allen", True)
         assert out["found"] == [me["id"]] and me["id"] != early
         assert {u["_username"] for u in engine.tables.rows("_userprofile")} == {"early", "allen"}
+
+
+async def test_plain_python_function_waits_for_results(api: Api) -> None:
+    out = await _ok(api, None, "sync_py", {"text": "hi"})
+    assert out["found"] is True and out["gone"] is None and out["count"] == 0
+    assert out["missing"][0] == 404, out
 
 
 async def test_unknown_tables_are_created_unless_strict(http: aiohttp.ClientSession) -> None:

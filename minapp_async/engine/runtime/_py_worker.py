@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import concurrent.futures
 import contextvars
 import datetime
 import importlib.util
@@ -30,7 +31,7 @@ import resource
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from types import ModuleType
 from typing import Any, TextIO, cast
 
@@ -199,24 +200,51 @@ class BaaSError(Exception):
         self.message = message
 
 
-class _Calls:
-    """Sends one BaaS call and awaits its answer (on the job's event loop)."""
+class Reply:
+    """One BaaS call, sent when it was made: ``await reply`` in an ``async def main``, or
+    ``reply.result()`` in a plain ``def main`` (it blocks until the engine answers, which it
+    always does before the job's time limit). Either gives the answer's data or raises
+    ``BaaS.Error``."""
 
-    def __init__(self, channel: _Channel, inbox: _Inbox, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, op: str, answer: concurrent.futures.Future[Any], shape: Callable[[Any], Any]
+    ) -> None:
+        self._op = op
+        self._answer = answer
+        self._shape = shape
+
+    def _unwrap(self, answer: Any) -> Any:
+        if not isinstance(answer, dict):
+            raise BaaSError(500, f"no answer from the engine for {self._op}")
+        error = answer.get("error")
+        if isinstance(error, dict):
+            raise BaaSError(int(error.get("code") or 500), str(error.get("message") or "error"))
+        return self._shape(answer.get("data"))
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._unwrap(self._answer.result(timeout))
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> Any:
+        return self._unwrap(await asyncio.wrap_future(self._answer))
+
+
+def _same(data: Any) -> Any:
+    return data
+
+
+class _Calls:
+    """Sends BaaS calls on the message pipe; the inbox thread resolves their answers."""
+
+    def __init__(self, channel: _Channel, inbox: _Inbox) -> None:
         self._channel = channel
         self._inbox = inbox
-        self._loop = loop
         self._ids = itertools.count(1)
 
-    async def call(self, op: str, payload: dict[str, Any]) -> Any:
-        """The answer's ``data``; raises BaaSError for an error answer."""
+    def call(self, op: str, payload: dict[str, Any], shape: Callable[[Any], Any] = _same) -> Reply:
         call_id = next(self._ids)
-        done: asyncio.Future[Any] = self._loop.create_future()
-
-        def settle(answer: Any) -> None:
-            if not done.done():
-                done.set_result(answer)
-
         job = self._channel.job_var.get()
         try:
             line = json.dumps(
@@ -231,22 +259,10 @@ class _Calls:
             )
         except (TypeError, ValueError) as exc:
             raise BaaSError(605, f"invalid argument: {op} payload is not JSON: {exc}") from None
-
-        def deliver(answer: Any) -> None:  # on the inbox thread
-            self._loop.call_soon_threadsafe(settle, answer)
-
-        self._inbox.expect(call_id, deliver)
-        try:
-            self._channel.send_raw(line)
-            answer = await done
-        finally:
-            self._inbox.forget(call_id)
-        if not isinstance(answer, dict):
-            raise BaaSError(500, f"no answer from the engine for {op}")
-        error = answer.get("error")
-        if isinstance(error, dict):
-            raise BaaSError(int(error.get("code") or 500), str(error.get("message") or "error"))
-        return answer.get("data")
+        answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._inbox.expect(call_id, answer.set_result)  # set on the inbox thread
+        self._channel.send_raw(line)
+        return Reply(op, answer, shape)
 
 
 class _Table:
@@ -258,28 +274,20 @@ class _Table:
         self._calls = calls
         self.name = table
 
-    def _op(self, op: str, **payload: Any) -> Any:
+    def _op(self, op: str, **payload: Any) -> Reply:
         return self._calls.call(op, {"table": self.name, **payload})
 
-    async def create(self, record: dict[str, Any]) -> dict[str, Any]:
+    def create(self, record: dict[str, Any]) -> Reply:
         """The stored row (with ``id``, ``created_at`` …)."""
-        return await self._op("table.create", data=record)  # type: ignore[no-any-return]
+        return self._op("table.create", data=record)
 
-    async def create_many(
-        self, records: list[dict[str, Any]], *, enable_trigger: bool = True
-    ) -> dict[str, Any]:
-        return await self._op(  # type: ignore[no-any-return]
-            "table.create_many", items=records, enable_trigger=enable_trigger
-        )
+    def create_many(self, records: list[dict[str, Any]], *, enable_trigger: bool = True) -> Reply:
+        return self._op("table.create_many", items=records, enable_trigger=enable_trigger)
 
-    async def get(
-        self, record_id: str | int, *, select: Any = None, expand: Any = None
-    ) -> dict[str, Any]:
-        return await self._op(  # type: ignore[no-any-return]
-            "table.get", id=record_id, select=select, expand=expand
-        )
+    def get(self, record_id: str | int, *, select: Any = None, expand: Any = None) -> Reply:
+        return self._op("table.get", id=record_id, select=select, expand=expand)
 
-    async def find(
+    def find(
         self,
         where: dict[str, Any] | None = None,
         *,
@@ -289,9 +297,9 @@ class _Table:
         select: Any = None,
         expand: Any = None,
         with_count: bool = False,
-    ) -> dict[str, Any]:
+    ) -> Reply:
         """``{"meta": {...}, "objects": [...]}``."""
-        return await self._op(  # type: ignore[no-any-return]
+        return self._op(
             "table.find",
             where=where,
             limit=limit,
@@ -302,18 +310,16 @@ class _Table:
             with_count=with_count,
         )
 
-    async def count(self, where: dict[str, Any] | None = None) -> int:
-        return await self._op("table.count", where=where)  # type: ignore[no-any-return]
+    def count(self, where: dict[str, Any] | None = None) -> Reply:
+        return self._op("table.count", where=where)
 
-    async def update(
+    def update(
         self, record_id: str | int, update: dict[str, Any], *, enable_trigger: bool = True
-    ) -> dict[str, Any]:
+    ) -> Reply:
         """The whole updated row."""
-        return await self._op(  # type: ignore[no-any-return]
-            "table.update", id=record_id, update=update, enable_trigger=enable_trigger
-        )
+        return self._op("table.update", id=record_id, update=update, enable_trigger=enable_trigger)
 
-    async def update_many(
+    def update_many(
         self,
         where: dict[str, Any] | None,
         update: dict[str, Any],
@@ -322,8 +328,8 @@ class _Table:
         offset: int | None = None,
         order_by: str | list[str] | None = None,
         enable_trigger: bool = True,
-    ) -> dict[str, Any]:
-        return await self._op(  # type: ignore[no-any-return]
+    ) -> Reply:
+        return self._op(
             "table.update_many",
             where=where,
             update=update,
@@ -333,18 +339,22 @@ class _Table:
             enable_trigger=enable_trigger,
         )
 
-    async def delete(self, record_id: str | int, *, enable_trigger: bool = True) -> None:
-        await self._op("table.delete", id=record_id, enable_trigger=enable_trigger)
+    def delete(self, record_id: str | int, *, enable_trigger: bool = True) -> Reply:
+        return self._calls.call(
+            "table.delete",
+            {"table": self.name, "id": record_id, "enable_trigger": enable_trigger},
+            lambda _data: None,
+        )
 
-    async def delete_many(
+    def delete_many(
         self,
         where: dict[str, Any] | None,
         *,
         limit: int | None = None,
         offset: int | None = None,
         enable_trigger: bool = True,
-    ) -> dict[str, Any]:
-        return await self._op(  # type: ignore[no-any-return]
+    ) -> Reply:
+        return self._op(
             "table.delete_many",
             where=where,
             limit=limit,
@@ -355,8 +365,9 @@ class _Table:
 
 class _BaaS:
     """The ``BaaS`` builtin of Python functions (our extension): the same engine calls as the
-    Node ``BaaS`` global, as coroutines that return the reply's data and raise ``BaaS.Error``
-    (code + message) where Node's SDK rejects with an HError."""
+    Node ``BaaS`` global. Each call returns a :class:`Reply`: ``await`` it (``async def
+    main``) or call ``.result()`` (plain ``def main``) for the reply's data; it raises
+    ``BaaS.Error`` (code + message) where Node's SDK rejects with an HError."""
 
     Error = BaaSError
 
@@ -370,35 +381,33 @@ class _BaaS:
             raise BaaSError(605, "invalid argument: a table is a name or an integer id")
         return _Table(self._calls, table)
 
-    async def invoke(self, name: str, params: Any = None, sync: bool = True) -> Any:
+    def invoke(self, name: str, params: Any = None, sync: bool = True) -> Reply:
         """Run another cloud function: its ``{code, data, error}`` envelope (``{"status":
         "ok"}`` for sync=False). A failing callee does not raise; a missing one does (404)."""
         if not isinstance(name, str) or not name:
             raise BaaSError(605, "invalid argument: function name must be a non-empty string")
-        return await self._calls.call(
+        return self._calls.call(
             "function.invoke", {"name": name, "params": params, "sync": bool(sync)}
         )
 
-    async def create_table(self, name: str, fields: list[dict[str, Any]] | None = None) -> Any:
+    def create_table(self, name: str, fields: list[dict[str, Any]] | None = None) -> Reply:
         """Create a table (``BaaS.TableSchema().createSchema`` in Node)."""
-        return await self._calls.call(
-            "schema.create", {"name": name, "schema": {"fields": fields or []}}
-        )
+        return self._calls.call("schema.create", {"name": name, "schema": {"fields": fields or []}})
 
-    async def _send(self, kind: str, data: dict[str, Any]) -> Any:
-        return await self._calls.call("message.send", {"kind": kind, "data": data})
+    def _send(self, kind: str, data: dict[str, Any]) -> Reply:
+        return self._calls.call("message.send", {"kind": kind, "data": data})
 
-    async def send_template_message(self, data: dict[str, Any]) -> Any:
-        return await self._send("wechat.template_message", data)
+    def send_template_message(self, data: dict[str, Any]) -> Reply:
+        return self._send("wechat.template_message", data)
 
-    async def send_subscribe_message(self, data: dict[str, Any]) -> Any:
-        return await self._send("wechat.subscribe_message", data)
+    def send_subscribe_message(self, data: dict[str, Any]) -> Reply:
+        return self._send("wechat.subscribe_message", data)
 
-    async def send_sms_message(self, data: dict[str, Any]) -> Any:
-        return await self._send("sms_message", data)
+    def send_sms_message(self, data: dict[str, Any]) -> Reply:
+        return self._send("sms_message", data)
 
-    async def send_email(self, data: dict[str, Any]) -> Any:
-        return await self._send("email", data)
+    def send_email(self, data: dict[str, Any]) -> Reply:
+        return self._send("email", data)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -436,7 +445,7 @@ class _Worker:
         self._loop.set_exception_handler(self._loop_exception)
         self._stdout = _LogStream(channel, "LOG", "<stdout>")
         self._stderr = _LogStream(channel, "ERROR", "<stderr>")
-        builtins.BaaS = _BaaS(_Calls(channel, inbox, self._loop))  # type: ignore[attr-defined]
+        builtins.BaaS = _BaaS(_Calls(channel, inbox))  # type: ignore[attr-defined]
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
