@@ -4,7 +4,10 @@ workers' private channel, tables live in the engine's SQLite, the outbox is read
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
@@ -538,3 +541,29 @@ async def test_a_malformed_schema_file_stops_the_engine(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"minapp\.tables\.json: table 'order': unknown keys"):
         async with Engine(functions_dir=tmp_path):
             pass
+
+
+def test_readme_worked_example_runs(tmp_path: Path) -> None:
+    """The README's "Run your real functions locally" example, as a user's project."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Run your real functions locally") :]
+    js = re.search(r"```js\n(.*?)```", section, re.DOTALL)
+    py = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert js and py
+    (tmp_path / "functions").mkdir()
+    (tmp_path / "functions" / "lottery.js").write_text(js.group(1))
+    (tmp_path / "test_lottery.py").write_text(py.group(1))
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["minapp_async.testing"]\n')
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\naddopts = -p anyio -p no:cacheprovider\nfilterwarnings = error\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
