@@ -567,3 +567,34 @@ def test_readme_worked_example_runs(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
+
+
+async def test_a_nested_call_has_the_callees_own_limit(http: aiohttp.ClientSession) -> None:
+    """An async caller (5 s) invokes a sync callee (1 s) that never ends: the callee is stopped
+    at its own limit and the caller's BaaS.invoke rejects with HError 400."""
+    functions = {
+        "patient.js": (
+            "exports.main = async (event) => {\n"
+            "  try { await BaaS.invoke('endless', {}) } catch (err) {\n"
+            "    return { code: err.code, message: err.message, limit: event.timeLimitInMS }\n"
+            "  }\n"
+            "}\n"
+        ),
+        "endless.js": "exports.main = (event, callback) => {}\n",
+    }
+    async with running_engine(
+        functions, sync_time_limit=1.0, async_time_limit=5.0, allow_anonymous=True
+    ) as engine:
+        api = Api(engine, http)
+        reply = await api.invoke(await api.anonymous_token(), "patient", {}, sync=False)
+        assert reply.body == {"status": "ok"}
+        (job,) = engine.jobs("patient")
+        done = await engine.wait_job(job.id, timeout=30)
+        assert done.result is not None, done
+        assert done.result["data"] == {
+            "code": 400,
+            "message": "400: cloud function 'endless' timed out after 1000 ms",
+            "limit": 5000,
+        }
+        (endless,) = engine.jobs("endless")
+        assert (endless.status, endless.source) == ("deadline_exceeded", "cloud_function")
