@@ -62,7 +62,12 @@ class AppState:
 
 
 STATE: Final = web.AppKey("minapp_engine_state", AppState)
-_REQUEST_ID: Final = web.RequestKey("minapp_engine_request_id", str)
+# aiohttp 3.14 added typed request keys and warns on plain strings; older versions take a string.
+_REQUEST_ID: Final = (
+    web.RequestKey("minapp_engine_request_id", str)
+    if hasattr(web, "RequestKey")
+    else "minapp_engine_request_id"
+)
 
 
 class ApiError(Exception):
