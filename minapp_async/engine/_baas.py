@@ -122,9 +122,10 @@ class BaasService:
     def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run *fn* on the tables thread and wait for it (the Python API; bounded)."""
         try:
-            return self._executor.submit(fn, *args).result(timeout=_API_TIMEOUT)
+            future = self._executor.submit(fn, *args)
         except RuntimeError as exc:  # submit after shutdown
             raise RuntimeError("the engine's tables are closed") from exc
+        return future.result(timeout=_API_TIMEOUT)
 
     # -- calls from functions ------------------------------------------------------------
 
