@@ -287,7 +287,7 @@ def _has_flag(flag: str) -> bool:
 
 def cli_run(url: str, token: str, runs: int) -> None:
     invoke = (
-        f"{sys.executable} -m minapp_async invoke helloWorld --params '{{\"name\":\"allen\"}}' "
+        f'{sys.executable} -m minapp_async invoke helloWorld --params \'{{"name":"allen"}}\' '
         f"--base-url {url} --client-id {CLIENT_ID}"
     )
     anchor = f'{sys.executable} -c "import aiohttp"'
@@ -386,16 +386,19 @@ def main() -> None:
                       f"--port={port}", "--host=127.0.0.1"]  # fmt: skip
         with (
             engine(functions, *args.serve_arg) as (engine_process, engine_url),
-            _started(ff_command, pattern=None, port=port, env={**env, "NODE_ENV": "production"})
-            as (_, ff_url),
-            _started(["node", str(ANCHORS / "bare_hello.js")], pattern=r"(http://\S+)", env=env)
-            as (_, bare_url),
+            _started(
+                ff_command, pattern=None, port=port, env={**env, "NODE_ENV": "production"}
+            ) as (_, ff_url),
+            _started(
+                ["node", str(ANCHORS / "bare_hello.js")], pattern=r"(http://\S+)", env=env
+            ) as (_, bare_url),
         ):
             token = asyncio.run(register(engine_url))
             targets = {
                 "node": engine_target("engine, Node helloWorld", engine_url, token, "helloWorld"),
-                "python": engine_target("engine, Python helloPython", engine_url, token,
-                                        "helloPython"),  # fmt: skip
+                "python": engine_target(
+                    "engine, Python helloPython", engine_url, token, "helloPython"
+                ),
                 "ff": Target("functions-framework", ff_url + "/", {"data": {"name": "allen"}}, {}),
                 "bare": Target("bare Node http", bare_url + "/", {"data": {"name": "allen"}}, {}),
             }
