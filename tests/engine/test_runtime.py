@@ -906,6 +906,41 @@ def test_find_never_leaves_the_folder(folder: Path, tmp_path: Path) -> None:
     assert "link" not in runtime.names()
 
 
+def test_find_sees_every_change_after_a_first_lookup(folder: Path, tmp_path: Path) -> None:
+    """A name found once is remembered, yet each later lookup still sees the folder as it is:
+    a file taking precedence, a re-pointed symlink (also to outside), an edit, a removal."""
+    write(folder, "f.py", "")
+    runtime = Runtime(folder)
+    assert runtime.find("f") == (folder / "f.py").resolve()
+    write(folder, "f/index.js", "")  # takes precedence over f.py
+    assert runtime.find("f") == (folder / "f" / "index.js").resolve()
+    write(folder, "f.js", "")  # and f.js over both
+    assert runtime.find("f") == (folder / "f.js").resolve()
+    before = runtime.locate("f")
+    write(folder, "f.js", "exports.main = async () => 2\n")  # an edit: a new version
+    after = runtime.locate("f")
+    assert before is not None and after is not None and after.key != before.key
+    (folder / "f.js").unlink()
+    assert runtime.find("f") == (folder / "f" / "index.js").resolve()
+
+    write(folder, "one.js", "")
+    write(folder, "two.js", "exports.main = async () => 2\n")
+    (folder / "link.js").symlink_to(folder / "one.js")
+    assert runtime.find("link") == (folder / "one.js").resolve()
+    (folder / "link.js").unlink()
+    (folder / "link.js").symlink_to(folder / "two.js")
+    assert runtime.find("link") == (folder / "two.js").resolve()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write(outside, "secret.js", "exports.main = async () => 'escaped'\n")
+    (folder / "link.js").unlink()
+    (folder / "link.js").symlink_to(outside / "secret.js")
+    assert runtime.find("link") is None
+    (folder / "f" / "index.js").unlink()
+    (folder / "f.py").unlink()
+    assert runtime.find("f") is None
+
+
 async def test_bad_arguments_are_refused(folder: Path, runtime: Runtime) -> None:
     """A non-JSON event or a time limit that is not a positive number is refused clearly."""
     write(folder, "ok.py", "def main(event):\n    return 1\n")

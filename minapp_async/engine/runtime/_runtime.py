@@ -59,6 +59,7 @@ _PY_WORKER = _HERE / "_py_worker.py"
 _STARTUP_TIMEOUT = 15.0  # a cold start under load; the job's own time limit starts after it
 _WATCH_INTERVAL = 0.05  # how often busy workers' RSS is checked against the memory limit
 _NODE_OOM_MARKERS = ("JavaScript heap out of memory", "Reached heap limit")
+_MAX_LOCATED: Final = 4096  # functions whose resolution is remembered (a folder rarely has more)
 _SENTINEL_NODE: Any = object()  # "node" not given: look it up on PATH
 
 
@@ -136,6 +137,9 @@ class Runtime:
         self._workers: set[WorkerProcess] = set()
         self._idle: dict[Path, list[WorkerProcess]] = {}
         self._latest_key: dict[Path, tuple[Path, int, int, int]] = {}
+        # name -> (what locate() found, the path it was found at, its device, the names that
+        # would take precedence): revalidated by _still_valid on each call.
+        self._located: dict[str, tuple[FunctionFile, str, int, tuple[str, ...]]] = {}
         self._pgids: set[int] = set()
         self._finalizer = weakref.finalize(self, _kill_groups, self._pgids)
         self._housekeeper: asyncio.Task[None] | None = None
@@ -152,9 +156,17 @@ class Runtime:
 
     def locate(self, name: str) -> FunctionFile | None:
         """The function's source file, or None (also for any name that is not valid)."""
-        if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        if not isinstance(name, str):
             return None
-        for candidate in (f"{name}.js", f"{name}/index.js", f"{name}.py"):
+        cached = self._located.get(name)
+        if cached is not None:
+            if self._still_valid(*cached):
+                return cached[0]
+            del self._located[name]
+        if _NAME.fullmatch(name) is None:
+            return None
+        candidates = (f"{name}.js", f"{name}/index.js", f"{name}.py")
+        for i, candidate in enumerate(candidates):
             path = self._dir / candidate
             try:
                 real = path.resolve(strict=True)
@@ -163,8 +175,38 @@ class Runtime:
                 continue
             # Never outside the folder, whatever a symlink says.
             if stat.S_ISREG(info.st_mode) and real.is_relative_to(self._dir):
-                return FunctionFile(name, real, (real, info.st_ino, info.st_mtime_ns, info.st_size))
+                found = FunctionFile(
+                    name, real, (real, info.st_ino, info.st_mtime_ns, info.st_size)
+                )
+                if len(self._located) >= _MAX_LOCATED:
+                    self._located.clear()
+                earlier = tuple(str(self._dir / c) for c in candidates[:i])
+                self._located[name] = (found, str(path), info.st_dev, earlier)
+                return found
         return None
+
+    @staticmethod
+    def _still_valid(found: FunctionFile, path: str, dev: int, earlier: tuple[str, ...]) -> bool:
+        """Whether a function resolved before still resolves to the same version of the same
+        file: one stat of its path (following symlinks, so a re-pointed link or a replaced
+        folder shows as another inode), and none of the names that take precedence appeared.
+        The full resolution (a ``realpath`` walk, an ``lstat`` per component) cost about a
+        sixth of the engine's CPU per sync call."""
+        try:
+            info = os.stat(path)
+        except OSError:
+            return False
+        if (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size) != (dev, *found.key[1:]):
+            return False
+        for other in earlier:
+            try:
+                os.lstat(other)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                pass
+            return False  # something is there now: resolve again
+        return True
 
     def find(self, name: str) -> Path | None:
         """The path of the function's source file, or None."""
