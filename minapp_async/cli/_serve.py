@@ -93,6 +93,13 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         "write creates them)",
     )
     parser.add_argument(
+        "--no-prestart",
+        dest="prestart",
+        action="store_false",
+        help="don't start a warm worker for each function at start-up (then each function's "
+        "first call pays its worker's cold start)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -126,6 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             memory_limit_mb=args.memory_limit_mb,
             strict_tables=args.strict_tables,
+            prestart=args.prestart,
             **overrides,
         )
     except ValueError as exc:

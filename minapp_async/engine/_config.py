@@ -73,6 +73,9 @@ class EngineConfig:
         strict_tables: Unknown tables are a 404 (and unknown fields a 400), as on the
             platform, where tables are made in the console. By default a function's first
             write to an unknown table creates it.
+        prestart: Start one warm worker per function found at start-up, in the background,
+            so that first calls pay no cold start (``serve`` turns it on unless
+            ``--no-prestart``).
     """
 
     functions_dir: Path = attrs.field(converter=Path)
@@ -95,3 +98,4 @@ class EngineConfig:
     node: str | None = None
     state: str = attrs.field(default=":memory:", converter=str, validator=_non_empty)
     strict_tables: bool = False
+    prestart: bool = False

@@ -774,6 +774,45 @@ async def test_concurrent_jobs_get_their_own_workers_then_reuse_them(
     assert again.result is not None and again.result["data"] in pids
 
 
+def processes_running(path: Path) -> set[int]:
+    """Live processes (any of ours) whose command line names *path*."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as file:
+                    argv = file.read().split(b"\0")
+            except OSError:
+                continue
+            if os.fsencode(path) in argv and running(int(entry)):
+                found.add(int(entry))
+    return found
+
+
+async def test_prestart_leaves_a_warm_worker_that_the_first_call_uses(
+    folder: Path, runtime: Runtime
+) -> None:
+    """prestart() starts one worker per function in the background; the first call runs on it
+    instead of starting another. Names that are not functions are skipped."""
+    write(folder, "pre.py", "def main(event):\n    return 'warm'\n")
+    path = real(folder / "pre.py")
+    runtime.prestart(["pre", "missing", "../bad"])
+    await wait_until(lambda: bool(processes_running(path)), what="the pre-started worker")
+    started = processes_running(path)
+    outcome = await call(runtime, "pre")
+    assert outcome.result == {"code": 0, "data": "warm", "error": {}}
+    assert processes_running(path) == started
+
+
+async def test_prestart_then_close_leaves_no_worker(folder: Path) -> None:
+    """Closing the runtime while workers are still starting kills and reaps them all."""
+    write(folder, "pre.py", "def main(event):\n    return 1\n")
+    runtime = Runtime(folder, memory_limit_mb=256)
+    runtime.prestart(["pre"])
+    await runtime.aclose()
+    assert processes_running(real(folder / "pre.py")) == set()
+
+
 async def test_hot_reload_uses_the_new_code(folder: Path, runtime: Runtime) -> None:
     """Changing the function's file makes the next run use the new code."""
     write(folder, "version.py", "def main(event):\n    return 'v1'\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -21,7 +22,7 @@ import stat
 import sys
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -147,6 +148,8 @@ class Runtime:
         self._watching_busy = False  # the watchdog polls often, no need to wake it
         self._baas = baas
         self._calls: set[asyncio.Task[None]] = set()  # BaaS calls being answered, all jobs
+        self._prestarts: set[asyncio.Task[None]] = set()
+        self._prestarts_by_path: dict[Path, asyncio.Task[None]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -262,6 +265,12 @@ class Runtime:
             return _failed(self._node_missing_message())
         self._latest_key[function.path] = function.key
         worker = await self._take_idle(function.path, function.key)
+        starting = self._prestarts_by_path.get(function.path) if worker is None else None
+        if starting is not None:
+            # Its pre-started worker is on its way: wait for it rather than start a second one
+            # (asyncio.wait: a cancelled call leaves the start to finish for the next one).
+            await asyncio.wait([starting])
+            worker = await self._take_idle(function.path, function.key)
         if worker is None:
             try:
                 worker = await self._spawn(function)
@@ -278,6 +287,38 @@ class Runtime:
             request,
             time_limit,
         )
+
+    def prestart(self, names: Iterable[str]) -> None:
+        """Start one warm worker for each named function, in the background: the cold start
+        (a new interpreter, the function's module loaded) is then paid before the first
+        call, not by it. A worker that cannot start is only logged: the first call reports it."""
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        for name in names:
+            function = self.locate(name)
+            if function is None or (function.is_node and not self._node):
+                continue
+            if function.path in self._prestarts_by_path:
+                continue
+            task = loop.create_task(self._prestart(function), name=f"minapp-prestart-{name}")
+            self._prestarts.add(task)
+            self._prestarts_by_path[function.path] = task
+            task.add_done_callback(self._prestarts.discard)
+            task.add_done_callback(functools.partial(self._prestarted, function.path))
+
+    def _prestarted(self, path: Path, _task: asyncio.Task[None]) -> None:
+        self._prestarts_by_path.pop(path, None)
+
+    async def _prestart(self, function: FunctionFile) -> None:
+        try:
+            worker = await self._spawn(function)
+        except WorkerStartError as exc:
+            _logger.info("no warm worker for %r: %s", function.name, exc.message)
+            return
+        # A call that came meanwhile may have seen a newer version: then this one is stale.
+        self._latest_key.setdefault(function.path, function.key)
+        await self._release(worker)
 
     async def _run_on(
         self, worker: WorkerProcess, name: str, run: Run, request: bytes, time_limit: float
@@ -565,6 +606,11 @@ class Runtime:
         """Kill every worker and reap it. Idempotent."""
         self._closed = True
         with anyio.CancelScope(shield=True):
+            prestarts = list(self._prestarts)
+            for task in prestarts:
+                task.cancel()
+            if prestarts:
+                await asyncio.wait(prestarts)
             for worker in list(self._workers):
                 worker.kill("shutdown")
             calls = list(self._calls)
