@@ -49,13 +49,24 @@ pytestmark = pytest.mark.anyio
 
 OPEN_JOB = "/oserve/v1.3/cloud-function/f/job/"
 
-# One tracer provider per process: reuse one another test module may have set.
 _exporter = InMemorySpanExporter()
-_provider = trace.get_tracer_provider()
-if not isinstance(_provider, TracerProvider):
-    _provider = TracerProvider()
-    trace.set_tracer_provider(_provider)
-_provider.add_span_processor(SimpleSpanProcessor(_exporter))
+_exporting: list[bool] = []
+
+
+@pytest.fixture(name="spans")
+def _spans() -> InMemorySpanExporter:
+    """The finished spans. A process has one tracer provider, set once: this adds to the one
+    another test module set at import (tests/sdk/test_hooks.py), set at run time so that it
+    never takes that module's place, or sets one when there is none."""
+    if not _exporting:
+        provider = trace.get_tracer_provider()
+        if not isinstance(provider, TracerProvider):
+            provider = TracerProvider()
+            trace.set_tracer_provider(provider)
+        provider.add_span_processor(SimpleSpanProcessor(_exporter))
+        _exporting.append(True)
+    _exporter.clear()
+    return _exporter
 
 
 @pytest.fixture(name="a")
@@ -223,6 +234,7 @@ async def _echoed_access_token(server: Hostile, shape: str) -> minapp_async.HErr
 async def test_an_echoed_secret_is_scrubbed_everywhere(
     a: Hostile,
     caplog: pytest.LogCaptureFixture,
+    spans: InMemorySpanExporter,
     shape: str,
     scenario: Callable[[Hostile, str], Any],
 ) -> None:
@@ -231,16 +243,15 @@ async def test_an_echoed_secret_is_scrubbed_everywhere(
     err.details, the formatted traceback, any log record at DEBUG, the OpenTelemetry span's
     exception event."""
     caplog.set_level(logging.DEBUG)
-    _exporter.clear()
 
     err = await scenario(a, shape)
 
     texts = [str(err), repr(err), repr(err.details), str(err.details.body)]
     texts += traceback.format_exception(err)
     texts += [caplog.text] + [r.getMessage() for r in caplog.records]
-    spans = _exporter.get_finished_spans()
-    assert spans, "tracing=True made no span"
-    for span in spans:
+    finished = spans.get_finished_spans()
+    assert finished, "tracing=True made no span"
+    for span in finished:
         texts.append(repr(dict(span.attributes or {})))
         texts.append(str(span.status.description))
         texts += [repr(dict(event.attributes or {})) for event in span.events]
