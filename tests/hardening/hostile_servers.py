@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import re
+import ssl
 import threading
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -89,8 +90,11 @@ class Hostile:
 
 
 @contextlib.asynccontextmanager
-async def hostile_server(routes: dict[str, Handler] | None = None) -> AsyncIterator[Hostile]:
-    """Serve a Hostile in its own thread and loop for the duration of the block."""
+async def hostile_server(
+    routes: dict[str, Handler] | None = None, *, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[Hostile]:
+    """Serve a Hostile in its own thread and loop for the duration of the block (https with
+    *ssl_context*)."""
     server = Hostile(routes=dict(routes or {}))
     ready = threading.Event()
     stop: list[asyncio.Event] = []
@@ -101,9 +105,10 @@ async def hostile_server(routes: dict[str, Handler] | None = None) -> AsyncItera
         app.router.add_route("*", "/{tail:.*}", server._handle)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
-        server.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        scheme = "https" if ssl_context is not None else "http"
+        server.url = f"{scheme}://127.0.0.1:{runner.addresses[0][1]}"
         server.loop = asyncio.get_running_loop()
         stop.append(asyncio.Event())
         ready.set()

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import ssl
+import sys
 import traceback
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from aiohttp import web
 from hostile_servers import (
@@ -157,6 +162,68 @@ async def test_a_302_to_another_origin_is_refused_and_its_code_never_used(
     assert 0 == a.count(TOKEN_PATH)
     assert 0 == a.count(OPEN_JOB)
     assert "redirect" in str(err).lower()
+
+
+@pytest.fixture(name="certificate")
+async def _certificate(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
+    """A fresh self-signed certificate for 127.0.0.1 (openssl), and a server context for it."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    with anyio.fail_after(60):
+        await anyio.run_process(
+            [
+                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                "-keyout", str(key), "-out", str(cert),
+            ]
+        )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return cert, context
+
+
+DOWNGRADE_CHILD = """
+import asyncio, os
+import minapp_async
+
+async def main():
+    async with minapp_async.Session(
+        os.environ["CID"], client_secret=os.environ["SECRET"], base_url=os.environ["URL"]
+    ) as s:
+        try:
+            await s.invoke("f", timeout=10)
+        except minapp_async.HError as err:
+            print(type(err).__name__, err)
+            return
+    print("succeeded")
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("status", [302, 307])
+async def test_a_redirect_from_https_to_plain_http_is_refused(
+    b: Hostile, certificate: tuple[Path, ssl.SSLContext], status: int
+) -> None:
+    """Authorize over https answered with a 302 or 307 to a plain http:// URL: the http
+    server receives nothing (no secret, no cookie, no request for a code) and the call fails
+    with an HError about the redirect. Run in a child process that trusts the test's
+    self-signed certificate (SSL_CERT_FILE), so the SDK's TLS verification stays on."""
+    cert, context = certificate
+    async with hostile_server(ssl_context=context) as a:
+        a.routes[AUTHORIZE_PATH] = redirect_to(status, lambda: b.url + "/done/", cookie=True)
+        env = {**os.environ, "SSL_CERT_FILE": str(cert), "CID": CLIENT_ID,
+               "SECRET": CLIENT_SECRET, "URL": a.url}  # fmt: skip
+        with anyio.fail_after(60):
+            done = await anyio.run_process(
+                [sys.executable, "-c", DOWNGRADE_CHILD], env=env, check=False
+            )
+        reached_a = [seen.path for seen in a.seen]
+
+    output = done.stdout.decode() + done.stderr.decode()
+    assert AUTHORIZE_PATH in reached_a, output  # TLS to the https origin worked
+    assert [] == b.texts()
+    assert [AUTHORIZE_PATH] == reached_a  # and no code from the http server was used
+    assert "redirect" in output.lower(), output
 
 
 # -- 2. secrets echoed by a server are scrubbed --------------------------------------------------
