@@ -51,6 +51,7 @@ async def refused(server: Hostile, action: Callable[[str], Awaitable[Any]]) -> N
     """*action* (given the server's URL) raises InvalidArgumentError, and nothing was sent."""
     with pytest.raises(minapp_async.InvalidArgumentError) as info:
         await action(server.url)
+    gc.collect()  # a connection leaked by a raw ValueError (today) is reported here
 
     assert 605 == info.value.code
     assert [] == server.texts()
