@@ -54,8 +54,10 @@ async def invocation(
                 run_hook(options.on_request, info)
             try:
                 raw = await sender.send("POST", path, body, attempt)
-                if info is not None:
+                if info is not None:  # hooks and spans show the request id: a server's text
                     info.status, info.request_id = raw.status, raw.request_id
+                    if raw.request_id:
+                        info.request_id = sender.auth.secrets.scrub(raw.request_id)
                 check_status(raw, "POST", shown)
                 result = parse_result(raw, sync=sync, method="POST", path=shown)
             except HError as err:

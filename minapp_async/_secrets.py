@@ -68,8 +68,9 @@ class Sealed:
 
 
 def _forms(value: str) -> set[str]:
-    """The ways a server may echo *value*: as is, URL-encoded (either hex case), JSON-escaped
-    (also with ``\\/``), HTML-escaped, or inside a Python repr."""
+    """The ways a server may echo *value*: as is, URL-encoded, JSON-escaped (also with
+    ``\\/``), HTML-escaped, or inside a Python repr. (They are matched ignoring case: a host
+    name or a hex escape may come back in the other case.)"""
     plain = str.__str__(value)
     escaped = json.dumps(plain)[1:-1]
     forms = {
@@ -84,14 +85,13 @@ def _forms(value: str) -> set[str]:
         html.escape(plain, quote=False),
         str.__repr__(plain)[1:-1],
     }
-    forms |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), f) for f in forms}
     return {f for f in forms if len(f) >= MIN_SECRET_CHARS}
 
 
 @attrs.define(eq=False, repr=False)
 class _Matcher:
-    """Every form of a set of values: one pattern for the whole forms, and the forms to mask
-    a cut one."""
+    """Every form of a set of values: one pattern for whole forms, and the forms (lower
+    case) to mask a cut one."""
 
     pattern: re.Pattern[str]
     forms: tuple[str, ...]
@@ -105,7 +105,8 @@ def _matcher(values: list[str]) -> _Matcher | None:
     if not forms:
         return None
     ordered = sorted(forms, key=len, reverse=True)  # the longest form wins an overlap
-    return _Matcher(re.compile("|".join(map(re.escape, ordered))), tuple(ordered), len(ordered[0]))
+    pattern = re.compile("|".join(map(re.escape, ordered)), re.IGNORECASE)
+    return _Matcher(pattern, tuple(f.lower() for f in ordered), len(ordered[0]))
 
 
 class Secrets:
@@ -123,7 +124,7 @@ class Secrets:
         self._kept: dict[str, None] = {}
         self._recent: dict[str, None] = {}
         self._version = 0
-        self._built_for: tuple[int, int] = (-1, -1)
+        self._built_for: list[int] = []
         self._matcher: _Matcher | None = None
 
     def __repr__(self) -> str:
@@ -152,7 +153,10 @@ class Secrets:
         return values
 
     def _current(self) -> _Matcher | None:
-        key = (self._version, -1 if self._parent is None else self._parent._version)
+        key, parent = [self._version], self._parent
+        while parent is not None:  # a view of a view: every ancestor's values count
+            key.append(parent._version)
+            parent = parent._parent
         if key != self._built_for:
             self._matcher, self._built_for = _matcher(self._values()), key
         return self._matcher
@@ -196,7 +200,7 @@ def _mask_cuts(text: str, matcher: _Matcher) -> str:
     parts = text.split(CUT_MARK)
     for i, part in enumerate(parts[:-1]):
         for k in range(min(len(part), matcher.longest - 1), 0, -1):
-            tail = part[-k:]
+            tail = part[-k:].lower()
             if any(form.startswith(tail) for form in matcher.forms):
                 parts[i] = part[:-k] + REDACTED
                 break

@@ -145,8 +145,6 @@ class Sender:
             cookies=cookies,
             queue=queue,
         )
-        if raw.request_id is not None:  # a header the server may fill with what it was sent
-            raw.request_id = self.auth.secrets.scrub(raw.request_id)
         if own_credentials and raw.status == 401 and self.auth.can_reauthenticate:
             await self.auth.reauthenticate(authorization)
             return await self.send(
