@@ -425,7 +425,6 @@ class ServerAuth:
                     return
                 except HError:
                     self._access = self._refresh = None  # refused: start over with a code
-                    self._header = Secret()
             await self._code_flow()
 
     async def _code_flow(self) -> None:

@@ -312,6 +312,7 @@ class Transport:
             cookie_jar=aiohttp.CookieJar(unsafe=True),  # unsafe: allow IP hosts
             timeout=client.timeout,
             headers=self.headers,
+            auto_decompress=client.auto_decompress,  # read like every other reply
         )
         try:
             yield CookieFlow(session)
