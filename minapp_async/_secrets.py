@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import weakref
 from typing import Final
 from urllib.parse import quote, quote_plus
 
@@ -24,7 +25,7 @@ import attrs
 from ._errors import HError
 from ._redact import REDACTED
 
-__all__ = ["Sealed", "Secret", "Secrets", "detach_frames", "secret_or_none"]
+__all__ = ["Sealed", "Secret", "Secrets", "detach_frames", "scrub_all", "secret_or_none"]
 
 #: Values shorter than this are not matched by value: a one-letter password would turn every
 #: such letter of a message into ``***``. Key-based redaction still covers them.
@@ -117,9 +118,18 @@ class Secrets:
     of them. A view's ``Secrets`` also scrubs its *parent*'s values.
     """
 
-    __slots__ = ("_built_for", "_kept", "_matcher", "_parent", "_recent", "_version")
+    __slots__ = (
+        "__weakref__",
+        "_built_for",
+        "_kept",
+        "_matcher",
+        "_parent",
+        "_recent",
+        "_version",
+    )
 
     def __init__(self, parent: Secrets | None = None) -> None:
+        _LIVE.add(self)  # the log filter scrubs every live one (``scrub_all``)
         self._parent = parent
         self._kept: dict[str, None] = {}
         self._recent: dict[str, None] = {}
@@ -193,6 +203,18 @@ class Secrets:
         if any(self.scrub(str(exc)) != str(exc) for exc in _chain(err, None)):
             err.__cause__ = err.__context__ = None
             err.__suppress_context__ = True
+
+
+#: Every Secrets still in use, for the log filter: a record does not say whose it is.
+_LIVE: Final[weakref.WeakSet[Secrets]] = weakref.WeakSet()
+
+
+def scrub_all(text: str) -> str:
+    """*text* scrubbed of the values of every live Session's credentials: for log records
+    (the transport's request id, a retried error), whichever Session they came from."""
+    for secrets in list(_LIVE):
+        text = secrets.scrub(text)
+    return text
 
 
 def _mask_cuts(text: str, matcher: _Matcher) -> str:

@@ -435,10 +435,12 @@ async def test_an_encoded_echo_of_a_secret_is_scrubbed(
 
 
 async def test_a_secret_echoed_in_a_reply_header_is_scrubbed(
-    a: Hostile, spans: InMemorySpanExporter
+    a: Hostile, caplog: pytest.LogCaptureFixture, spans: InMemorySpanExporter
 ) -> None:
     """The server puts the token it was sent into its request id header: the error, its
-    details, the hook's CallInfo and the span's attributes show it scrubbed."""
+    details, the hook's CallInfo, the span's attributes and the debug log (which names each
+    reply's request id) show it scrubbed."""
+    caplog.set_level(logging.DEBUG)
     a.routes[JOB_PATH] = reply(500, "{}", **{"X-Request-Id": f"rid-{TOKEN}"})
     seen: list[str] = []
 
@@ -449,7 +451,8 @@ async def test_a_secret_echoed_in_a_reply_header_is_scrubbed(
         err = await failure(s.invoke("f"))
 
     assert err.details.request_id is not None and err.details.request_id.startswith("rid-")
-    texts = [str(err), repr(err.details), *seen]
+    assert "rid-" in caplog.text, "no debug record names the request id: nothing proven"
+    texts = [str(err), repr(err.details), *seen, caplog.text]
     texts += [repr(dict(span.attributes or {})) for span in spans.get_finished_spans()]
     assert [] == leaked_secrets(texts)
 
