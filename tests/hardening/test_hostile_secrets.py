@@ -636,3 +636,34 @@ async def test_no_frame_holds_a_secret_whatever_ended_the_login(
              local_reprs(f)]  # fmt: skip
     assert shown, "no frame to look at: the test proves nothing"
     assert [] == leaked_secrets(shown, (PASSWORD, CLIENT_SECRET, TOKEN))
+
+
+async def test_a_secret_in_a_malformed_reply_is_scrubbed_from_the_parser_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A raw server answers with a header line aiohttp cannot parse, holding the token it was
+    sent: aiohttp's error quotes the line. The SDK's error shows it scrubbed, and aiohttp's
+    exception (whose text still holds it) no longer hangs below it in the traceback."""
+    caplog.set_level(logging.DEBUG)
+
+    async def answer(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += await stream.receive()
+            await stream.send(
+                b"HTTP/1.1 500 Oops\r\nX-Bad\x01: " + TOKEN.encode() + b"\r\n"
+                b"Content-Length: 2\r\n\r\n{}"
+            )
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, answer)
+            async with Session(CLIENT_ID, base_url=f"http://127.0.0.1:{port}", token=TOKEN) as s:
+                err = await failure(s.invoke("f"))
+            tg.cancel_scope.cancel()
+
+    assert "X-Bad" in str(err), "aiohttp's text is not shown: the test proves nothing"
+    texts = [str(err), repr(err), *traceback.format_exception(err), caplog.text]
+    assert [] == leaked_secrets(texts)
