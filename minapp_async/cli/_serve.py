@@ -26,8 +26,6 @@ __all__ = ["SERVE"]
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..engine import DEFAULT_CLIENT_ID
-
     parser.add_argument(
         "--functions",
         required=True,
@@ -76,15 +74,44 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--client-id",
-        default=DEFAULT_CLIENT_ID,
+        default=None,
         metavar="ID",
-        help="the app's client id (default: %(default)s)",
+        help="serve only this client id (default: any id the app sends)",
     )
     parser.add_argument(
         "--client-secret",
         default=None,
         metavar="S",
         help="the app's client secret for the Open API (default: a documented local value)",
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this Host name (repeatable; '*' for any). By default "
+        "only loopback names and the bound address are served, against DNS rebinding",
+    )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also let web pages from this origin call the engine, e.g. "
+        "https://dev.example.com (repeatable; '*' for any; loopback pages always may)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=positive_number,
+        default=30.0,
+        metavar="S",
+        help="close connections with no complete request for S seconds: idle keep-alive or "
+        "headers arriving too slowly (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="do not print each job and its function's log lines",
     )
     parser.add_argument(
         "--log-level",
@@ -115,6 +142,9 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             client_id=args.client_id,
             allow_anonymous=args.allow_anonymous,
+            allowed_hosts=args.allow_host,
+            cors_origins=args.cors_origin,
+            idle_timeout=args.idle_timeout,
             sync_time_limit=args.sync_time_limit,
             async_time_limit=args.async_time_limit,
             concurrency=args.concurrency,
@@ -159,10 +189,18 @@ def _banner(engine: Engine, *, secret_given: bool) -> None:
         else (f"{DEFAULT_CLIENT_SECRET} (the documented local default)")
     )
     anonymous = "allowed" if config.allow_anonymous else "not allowed (--allow-anonymous)"
+    client_id = (
+        f"{config.client_id} (pinned with --client-id)"
+        if config.client_id is not None
+        else "any (the app's own; pin one with --client-id)"
+    )
+    names = engine.function_names()
+    found = ", ".join(names) if names else "none yet (add name.js, name/index.js or name.py)"
     lines = [
         f"minapp-async engine {__version__} serving {engine.url}",
         f"  functions:     {config.functions_dir}",
-        f"  client id:     {engine.client_id}",
+        f"    found {len(names)}: {found}",
+        f"  client id:     {client_id}",
         f"  client secret: {secret}",
         f"  anonymous invoke: {anonymous}",
         "point the SDK at it:",

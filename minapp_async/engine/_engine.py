@@ -15,10 +15,10 @@ import attrs
 from aiohttp import web
 
 from ._accounts import AccountError, Accounts
-from ._config import EngineConfig
+from ._config import DEFAULT_CLIENT_ID, EngineConfig
 from ._faults import Faults
 from ._jobs import EngineStats, Job, JobBoard
-from .http import AppState, create_app
+from .http import AppState, EngineSite, create_app
 from .runtime import Runtime
 
 #: In-flight HTTP handlers get this long to finish at shutdown before they are cancelled.
@@ -64,7 +64,7 @@ class Engine:
         self._board: JobBoard | None = None
         self._app_state: AppState | None = None
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: EngineSite | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._url: str | None = None
 
@@ -126,6 +126,7 @@ class Engine:
                 board=self._board,
                 locate_function=self._runtime.locate,
                 faults=self.faults,
+                function_names=self._runtime.names,
             )
             self._runner = web.AppRunner(
                 create_app(self._app_state),
@@ -133,7 +134,12 @@ class Engine:
                 shutdown_timeout=SHUTDOWN_GRACE,
             )
             await self._runner.setup()
-            self._site = web.TCPSite(self._runner, self.config.host, self.config.port)
+            self._site = EngineSite(
+                self._runner,
+                self.config.host,
+                self.config.port,
+                idle_timeout=self.config.idle_timeout,
+            )
             await self._site.start()
             port = self._runner.addresses[0][1]
         except BaseException:
@@ -184,11 +190,18 @@ class Engine:
 
     @property
     def client_id(self) -> str:
-        return self.config.client_id
+        """The pinned client id, or the documented default (any id works unless pinned)."""
+        return self.config.client_id or DEFAULT_CLIENT_ID
 
     @property
     def client_secret(self) -> str:
         return self.config.client_secret
+
+    def function_names(self) -> list[str]:
+        """The functions in the folder now, sorted."""
+        if self._runtime is None:
+            raise RuntimeError("the engine has not been started")
+        return self._runtime.names()
 
     # ---- accounts ----
 
