@@ -443,6 +443,9 @@ class WorkerProcess:
     def _on_message(self, line: bytes) -> None:
         try:
             self._handle(json.loads(line))
+        except RecursionError:
+            # A result nested deeper than Python's parser can go: the job fails, clearly.
+            self.kill("protocol", "its result is nested too deeply for the engine to read")
         except (ValueError, KeyError, TypeError, AttributeError):
             # Only a bug in the worker script could cause this; the worker cannot be trusted.
             self.kill("protocol", "its worker sent a message the engine could not read")
