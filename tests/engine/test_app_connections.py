@@ -4,6 +4,7 @@ the engine keeps serving; connections with no complete request are closed after
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 from collections.abc import AsyncIterator
@@ -49,10 +50,9 @@ async def read_to_eof(stream: SocketStream) -> bytes:
 async def exchange(engine: Engine, request: bytes) -> bytes:
     """Send *request* (as much of it as the engine takes) and read the reply."""
     async with connect(engine) as stream:
-        try:
+        # The engine may answer and close before it has taken it all.
+        with contextlib.suppress(anyio.BrokenResourceError, ConnectionResetError, BrokenPipeError):
             await stream.send(request)
-        except (anyio.BrokenResourceError, ConnectionResetError, BrokenPipeError):
-            pass  # the engine answered and closed before taking it all
         return await read_to_eof(stream)
 
 
