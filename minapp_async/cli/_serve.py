@@ -156,7 +156,11 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         asyncio.run(
-            _serve_until_stopped(Engine(config), secret_given=args.client_secret is not None)
+            _serve_until_stopped(
+                Engine(config, job_output=None if args.quiet else sys.stdout),
+                secret_given=args.client_secret is not None,
+                quiet=args.quiet,
+            )
         )
     except OSError as exc:  # e.g. the port is taken
         sys.stderr.write(f"minapp-async serve: cannot serve on {args.host}:{args.port}: {exc}\n")
@@ -164,7 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _serve_until_stopped(engine: Engine, *, secret_given: bool) -> None:
+async def _serve_until_stopped(engine: Engine, *, secret_given: bool, quiet: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -172,13 +176,13 @@ async def _serve_until_stopped(engine: Engine, *, secret_given: bool) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
     async with engine:
-        _banner(engine, secret_given=secret_given)
+        _banner(engine, secret_given=secret_given, quiet=quiet)
         await stop.wait()
         sys.stdout.write("shutting down\n")
         sys.stdout.flush()
 
 
-def _banner(engine: Engine, *, secret_given: bool) -> None:
+def _banner(engine: Engine, *, secret_given: bool, quiet: bool) -> None:
     from ..engine import DEFAULT_CLIENT_SECRET
 
     config = engine.config
@@ -203,6 +207,7 @@ def _banner(engine: Engine, *, secret_given: bool) -> None:
         f"  client id:     {client_id}",
         f"  client secret: {secret}",
         f"  anonymous invoke: {anonymous}",
+        f"  job logs:      {'hidden (--quiet)' if quiet else 'shown here as they happen (--quiet hides them)'}",
         "point the SDK at it:",
         f"  minapp_async.Session({engine.client_id!r}, base_url={engine.url!r})",
         "press Ctrl-C to stop",

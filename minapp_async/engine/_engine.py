@@ -8,7 +8,7 @@ import enum
 import shutil
 import warnings
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import anyio
 import attrs
@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ._accounts import AccountError, Accounts
 from ._config import DEFAULT_CLIENT_ID, EngineConfig
+from ._console import JobConsole
 from ._faults import Faults
 from ._jobs import EngineStats, Job, JobBoard
 from .http import AppState, EngineSite, create_app
@@ -46,9 +47,18 @@ class Engine:
     Args:
         config: An :class:`EngineConfig`; keyword *overrides* replace its fields (or build one
             from scratch when *config* is omitted, e.g. ``Engine(functions_dir=...)``).
+        job_output: A text stream that gets each job's log lines as they arrive and a line
+            when it ends (function, request id, status, duration); ``serve`` passes stdout.
     """
 
-    def __init__(self, config: EngineConfig | None = None, /, **overrides: Any) -> None:
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        /,
+        *,
+        job_output: TextIO | None = None,
+        **overrides: Any,
+    ) -> None:
         self.config = (
             EngineConfig(**overrides) if config is None else attrs.evolve(config, **overrides)
         )
@@ -60,6 +70,7 @@ class Engine:
             session_ttl=self.config.session_ttl,
             access_token_ttl=self.config.access_token_ttl,
         )
+        self._console = JobConsole(job_output) if job_output is not None else None
         self._runtime: Runtime | None = None
         self._board: JobBoard | None = None
         self._app_state: AppState | None = None
@@ -116,6 +127,7 @@ class Engine:
                 schedule_wait=self.config.schedule_wait,
                 sync_time_limit=self.config.sync_time_limit,
                 async_time_limit=self.config.async_time_limit,
+                console=self._console,
             )
             self._serve_task = asyncio.get_running_loop().create_task(
                 self._board.serve(), name="minapp-engine-async-jobs"

@@ -6,8 +6,8 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Mapping
-from typing import Any, Final, Literal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import attrs
@@ -16,6 +16,9 @@ from anyio.abc import TaskStatus
 from .._logs import get_logger
 from .._protocol import FINISHED_STATUSES, SCHEDULE_FAILED, JobStatus
 from .runtime import FunctionFile, Runtime, timed_out_message
+
+if TYPE_CHECKING:
+    from ._console import JobConsole
 
 logger = get_logger("minapp_async.engine")
 
@@ -122,8 +125,10 @@ class JobBoard:
         schedule_wait: float,
         sync_time_limit: float,
         async_time_limit: float,
+        console: JobConsole | None = None,
     ) -> None:
         self._runner = runner
+        self._console = console
         self._concurrency = concurrency
         self._schedule_wait = schedule_wait
         self.sync_time_limit = sync_time_limit
@@ -318,7 +323,9 @@ class JobBoard:
         )
         try:
             with anyio.move_on_after(limit + RUNTIME_GRACE) as backstop:
-                outcome = await self._runner.run(function, event, time_limit=limit)
+                outcome = await self._runner.run(
+                    function, event, time_limit=limit, on_log=self._echo(job_id)
+                )
             if backstop.cancelled_caught:
                 logger.error("the runtime did not stop job %s of %r at its limit", job_id, name)
                 self._finish(
@@ -350,10 +357,19 @@ class JobBoard:
             error_msg=outcome.error_msg,
         )
 
+    def _echo(self, job_id: str) -> Callable[[str], None] | None:
+        console = self._console
+        if console is None:
+            return None
+        job = self._jobs[job_id]
+        return lambda line: console.log_line(job, line)
+
     def _finish(self, job_id: str, *, status: JobStatus, **fields: Any) -> None:
         self._jobs[job_id] = attrs.evolve(
             self._jobs[job_id], status=status, finished_at=time.time(), **fields
         )
+        if self._console is not None:
+            self._console.job_finished(self._jobs[job_id])
         done = self._done.pop(job_id, None)
         if done is not None:
             done.set()

@@ -21,6 +21,7 @@ import stat
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,10 +165,16 @@ class Runtime:
     # -- running ---------------------------------------------------------------------------
 
     async def run(
-        self, function: str | FunctionFile, event: dict[str, Any], *, time_limit: float
+        self,
+        function: str | FunctionFile,
+        event: dict[str, Any],
+        *,
+        time_limit: float,
+        on_log: Callable[[str], None] | None = None,
     ) -> RunOutcome:
         """Run one job of a function: a :class:`FunctionFile` found by :meth:`locate`, or a name
-        to look up (LookupError when there is no such function)."""
+        to look up (LookupError when there is no such function). *on_log* is told each line
+        of the job's log as it arrives."""
         if self._closed:
             raise RuntimeError("the runtime is closed")
         if not (isinstance(time_limit, (int, float)) and math.isfinite(time_limit)) or (
@@ -195,7 +202,7 @@ class Runtime:
             except WorkerStartError as exc:
                 return _failed(f"cloud function {name!r} could not run: {exc.message}", exc.log)
         return await self._run_on(
-            worker, name, Run(run_id, asyncio.get_running_loop()), request, time_limit
+            worker, name, Run(run_id, asyncio.get_running_loop(), on_log), request, time_limit
         )
 
     async def _run_on(

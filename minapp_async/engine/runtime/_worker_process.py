@@ -83,12 +83,24 @@ class Run:
     worker's side of executing it once.
     """
 
-    def __init__(self, run_id: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        run_id: int,
+        loop: asyncio.AbstractEventLoop,
+        on_log: Callable[[str], None] | None = None,
+    ) -> None:
         self.id = run_id
         self.log = RunLog()
+        # Told each log line as it arrives (the engine's terminal output), not only at the end.
+        self._on_log = on_log
         # The result envelope, or None when the worker died first.
         self.finished: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         self.peak_rss = 0
+
+    def add_log(self, line: str) -> None:
+        self.log.add(line)
+        if self._on_log is not None:
+            self._on_log(line)
 
     def settle(self, envelope: dict[str, Any] | None) -> None:
         if not self.finished.done():
@@ -455,7 +467,7 @@ class WorkerProcess:
         run = self.current_run
         if kind == "log":
             if run is not None and message.get("j") == run.id:
-                run.log.add(message["s"])
+                run.add_log(message["s"])
             elif run is None and not self._is_ready:
                 self._startup_log.add(message["s"])
             # Otherwise a late line from a finished job (a stray timer): dropped.
@@ -486,7 +498,7 @@ class WorkerProcess:
             text = raw.decode("utf-8", "replace").rstrip("\r")
             line = f"{iso_now()} {level} {text}\n"
             if self.current_run is not None:
-                self.current_run.log.add(line)
+                self.current_run.add_log(line)
             elif not self._is_ready or self._exited:
                 self._startup_log.add(line)
 
