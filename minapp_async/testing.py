@@ -9,6 +9,9 @@ pytest users get the ``minapp_engine`` fixture by adding to their ``conftest.py`
 
     pytest_plugins = ["minapp_async.testing"]
 
+It works in anyio tests (``pytest.mark.anyio``) and under pytest-asyncio, strict mode
+(``pytest.mark.asyncio``) or auto mode.
+
 It serves the seed's ``helloWorld`` function; override the ``minapp_engine_functions``
 (a ``{filename: source}`` mapping or a folder) and ``minapp_engine_config`` (EngineConfig
 overrides) fixtures to change that.
@@ -17,10 +20,10 @@ overrides) fixtures to change that.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 
 from .engine import Engine
 
@@ -85,11 +88,24 @@ else:
         """EngineConfig overrides for ``minapp_engine``: none by default."""
         return {}
 
-    @pytest.fixture(name="minapp_engine")
+    _Fixture = TypeVar("_Fixture", bound=Callable[..., Any])
+
+    def _async_fixture(name: str) -> Callable[[_Fixture], _Fixture]:
+        """pytest-asyncio's fixture decorator where it is installed, else pytest's. Its mark is
+        what pytest-asyncio's strict mode needs; auto mode takes any async fixture, and anyio's
+        plugin runs one for an anyio test either way (it ignores the mark)."""
+        try:
+            import pytest_asyncio
+        except ImportError:
+            return cast("Callable[[_Fixture], _Fixture]", pytest.fixture(name=name))
+        return cast("Callable[[_Fixture], _Fixture]", pytest_asyncio.fixture(name=name))
+
+    @_async_fixture(name="minapp_engine")
     async def _minapp_engine(
         minapp_engine_functions: Mapping[str, str] | Path | str | None,
         minapp_engine_config: Mapping[str, Any],
     ) -> AsyncIterator[Engine]:
-        """A running local engine for one test (needs an anyio test: ``pytest.mark.anyio``)."""
+        """A running local engine for one test: an anyio test (``pytest.mark.anyio``) or a
+        pytest-asyncio one (``pytest.mark.asyncio``, or any async test in auto mode)."""
         async with running_engine(minapp_engine_functions, **minapp_engine_config) as engine:
             yield engine
