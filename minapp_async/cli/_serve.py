@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+import attrs
+
 from .._protocol import ASYNC_TIME_LIMIT, SYNC_TIME_LIMIT
 from .._version import __version__
 from ._options import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Command, positive_int, positive_number
@@ -26,6 +28,9 @@ __all__ = ["SERVE"]
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..engine import EngineConfig
+
+    defaults = {field.name: field.default for field in attrs.fields(EngineConfig)}
     parser.add_argument(
         "--functions",
         required=True,
@@ -103,7 +108,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--idle-timeout",
         type=positive_number,
-        default=30.0,
+        default=defaults["idle_timeout"],
         metavar="S",
         help="close connections with no complete request for S seconds: idle keep-alive or "
         "headers arriving too slowly (default: %(default)s)",

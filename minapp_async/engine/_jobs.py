@@ -7,7 +7,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import anyio
 import attrs
@@ -16,9 +16,6 @@ from anyio.abc import TaskStatus
 from .._logs import get_logger
 from .._protocol import FINISHED_STATUSES, SCHEDULE_FAILED, JobStatus
 from .runtime import FunctionFile, Runtime, timed_out_message
-
-if TYPE_CHECKING:
-    from ._console import JobConsole
 
 logger = get_logger("minapp_async.engine")
 
@@ -79,6 +76,16 @@ class EngineStats:
     peak_concurrent_requests: int
 
 
+class JobWatcher(Protocol):
+    """Told of job activity as it happens (``serve``'s terminal output is one)."""
+
+    def log_line(self, job: Job, line: str) -> None:
+        """One line of *job*'s log, as the worker wrote it, the moment it arrives."""
+
+    def job_finished(self, job: Job) -> None:
+        """*job* has its final status."""
+
+
 class _Slots:
     """``concurrency`` execution slots; a freed slot goes to a waiting sync job first.
 
@@ -125,7 +132,7 @@ class JobBoard:
         schedule_wait: float,
         sync_time_limit: float,
         async_time_limit: float,
-        console: JobConsole | None = None,
+        console: JobWatcher | None = None,
     ) -> None:
         self._runner = runner
         self._console = console

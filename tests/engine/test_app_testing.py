@@ -144,3 +144,32 @@ def test_minapp_engine_fixture_in_a_users_project(tmp_path: Path, mode: str) -> 
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.mark.parametrize("mode", ["anyio", "asyncio-strict"])
+def test_the_readme_fixture_example_runs(tmp_path: Path, mode: str) -> None:
+    """The README's complete example test (conftest.py and test_greet.py) passes as written
+    with anyio's plugin, and with pytest-asyncio once its mark is swapped in."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("# conftest.py\npytest_plugins")
+    block = text[start : text.index("```", start)]
+    conftest, test = block.split("# test_greet.py\n")
+    if mode == "asyncio-strict":
+        test = test.replace("pytestmark = pytest.mark.anyio", "pytestmark = pytest.mark.asyncio")
+    options, _ = PROJECTS[mode]
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\n{options}filterwarnings = error\n")
+    (tmp_path / "conftest.py").write_text(conftest)
+    (tmp_path / "test_greet.py").write_text(test)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
