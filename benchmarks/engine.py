@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -29,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -109,6 +111,8 @@ def _started(
                     break
             else:
                 raise RuntimeError(f"{command[0]} did not start")
+            # Keep reading what it prints: a full pipe would stop the server mid-run.
+            threading.Thread(target=process.stdout.read, daemon=True).start()
         else:
             assert port is not None
             _wait_port(port, process)
@@ -119,9 +123,11 @@ def _started(
 
 
 def engine_command(functions: Path, *extra: str) -> list[str]:
+    # --quiet: no line per job on the terminal (the anchors print nothing either).
+    quiet = ["--quiet"] if _has_flag("--quiet") else []
     return [
         sys.executable, "-m", "minapp_async", "serve", "--functions", str(functions),
-        "--port", "0", "--client-id", CLIENT_ID, "--log-level", "warning", *extra,
+        "--port", "0", "--client-id", CLIENT_ID, "--log-level", "warning", *quiet, *extra,
     ]  # fmt: skip
 
 
@@ -197,17 +203,26 @@ def engine_target(name: str, url: str, token: str, function: str) -> Target:
 async def side_by_side(
     targets: Sequence[Target], rounds: int, calls: int, concurrency: int, latency_calls: int
 ) -> None:
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as http:
-        for target in targets:  # warm-up: workers started, connections open, JIT warm
-            await load(http, target, 300, concurrency)
-        for round_ in range(rounds):
-            shift = round_ % len(targets)
-            for target in [*targets[shift:], *targets[:shift]]:
-                rate, _ = await load(http, target, calls, concurrency)
-                target.rates.append(rate)
-                _, latencies = await load(http, target, latency_calls, 1)
-                target.p50s.append(statistics.median(latencies))
+    async def run(target: Target, calls: int, concurrency: int) -> tuple[float, list[float]]:
+        # Fresh connections per run: a server may close keep-alive connections left idle
+        # while the other targets ran (Node after 5 s, the engine after its idle timeout).
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+            try:
+                return await load(http, target, calls, concurrency)
+            except TimeoutError:
+                raise RuntimeError(f"{target.name}: a call took over 30 s") from None
+
+    for target in targets:  # warm-up: workers started, JIT warm
+        await run(target, 300, concurrency)
+    for round_ in range(rounds):
+        shift = round_ % len(targets)
+        for target in [*targets[shift:], *targets[:shift]]:
+            rate, _ = await run(target, calls, concurrency)
+            target.rates.append(rate)
+            _, latencies = await run(target, latency_calls, 1)
+            target.p50s.append(statistics.median(latencies))
 
 
 # ---------------------------------------------------------------- cold start
@@ -274,6 +289,7 @@ async def _accept(http: aiohttp.ClientSession, target: Target, count: int) -> No
     await asyncio.gather(*(worker() for _ in range(64)))
 
 
+@functools.cache
 def _has_flag(flag: str) -> bool:
     out = subprocess.run(
         [sys.executable, "-m", "minapp_async", "serve", "--help"],
