@@ -228,11 +228,17 @@ async def side_by_side(
 # ---------------------------------------------------------------- cold start
 
 
-async def cold_start(functions: Path, extra: Sequence[str]) -> list[tuple[str, float, float]]:
-    """Per function: the first call after the engine is up, and a warm call's median (ms)."""
+async def cold_start(
+    functions: Path, extra: Sequence[str], *, prestart: bool
+) -> list[tuple[str, float, float]]:
+    """Per function: the first call after the engine is up (with pre-started workers: after
+    a second, for them to start), and a warm call's median (ms)."""
     found = []
-    with engine(functions, *extra) as (_, url):
+    flags = [] if prestart or not _has_flag("--no-prestart") else ["--no-prestart"]
+    with engine(functions, *flags, *extra) as (_, url):
         token = await register(url)
+        if prestart:
+            await asyncio.sleep(1.0)
         async with aiohttp.ClientSession() as http:
             for function in ("helloWorld", "helloPython"):
                 target = engine_target(function, url, token, function)
@@ -451,8 +457,15 @@ def main() -> None:
                 cli_run(engine_url, token, args.cli_runs)
             del engine_process
         print("\ncold start: a fresh engine, each function's first call against a warm call")
-        for function, first, warm in asyncio.run(cold_start(functions, args.serve_arg)):
-            print(f"{function:<12} first call {first:>7.1f} ms, warm p50 {warm:>5.2f} ms")
+        for prestart in (False, True):
+            how = "pre-started workers" if prestart else "--no-prestart"
+            for function, first, warm in asyncio.run(
+                cold_start(functions, args.serve_arg, prestart=prestart)
+            ):
+                print(
+                    f"{how:<20} {function:<12} first call {first:>7.1f} ms, "
+                    f"warm p50 {warm:>5.2f} ms"
+                )
         print(f"\ntotal {time.perf_counter() - started:.0f} s; load average {_load()}")
 
 
