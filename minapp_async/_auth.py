@@ -17,6 +17,7 @@ import attrs
 
 from ._constants import ACCESS_TOKEN_REFRESH_MARGIN, SESSION_EXPIRY_MARGIN
 from ._errors import HError, InvalidArgumentError, ResponseFormatError, SessionMissingError
+from ._options import check_str
 from ._protocol import (
     ACCESS_TOKEN_PATH,
     ANONYMOUS_LOGIN_PATH,
@@ -55,10 +56,23 @@ class Exchange(Protocol):
     ) -> Awaitable[dict[str, Any]]: ...
 
 
+#: The longest lifetime a server may give a token (ten years): anything beyond, like a
+#: negative, infinite or 5,000-digit ``expires_in``, is no lifetime but a broken reply.
+_MAX_LIFETIME: Final = 10 * 365 * 24 * 3600.0
+
+
+def _lifetime(expires_in: Any) -> float | None:
+    """A server's ``expires_in`` as seconds, or None when it is no sane lifetime."""
+    number = isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
+    # The comparison is False for NaN, and no float() of a 5,000-digit int is ever tried.
+    return float(expires_in) if number and 0 <= expires_in <= _MAX_LIFETIME else None
+
+
 def _expires_at(expires_in: Any) -> float | None:
-    # The JS SDK: floor(now) + expires_in - 30 (PROTOCOL.md §5.3).
-    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
-        return int(time.time()) + float(expires_in) - SESSION_EXPIRY_MARGIN
+    # The JS SDK: floor(now) + expires_in - 30 (PROTOCOL.md §5.3); an absurd one is unknown.
+    lifetime = _lifetime(expires_in)
+    if lifetime is not None:
+        return int(time.time()) + lifetime - SESSION_EXPIRY_MARGIN
     return None
 
 
@@ -303,8 +317,7 @@ class Auth:
         anonymous: bool = False,
     ) -> None:
         """Use a token obtained elsewhere (another service, a web front end)."""
-        if not isinstance(token, str) or not token:
-            raise InvalidArgumentError("token must be a non-empty str")
+        check_str("token", token, optional=False)
         await self._remember(
             StoredSession(
                 token=token,
@@ -406,7 +419,8 @@ class ServerAuth:
         if not isinstance(access, str) or not access:
             raise ResponseFormatError(200, "access_token reply has no access_token")
         refresh = reply.get("refresh_token")
-        lifetime = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
+        lifetime = _lifetime(expires_in)
+        lifetime = 3600.0 if lifetime is None else lifetime
         now = time.time()
         self._access = access
         self._refresh = refresh if isinstance(refresh, str) else None

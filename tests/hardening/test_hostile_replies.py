@@ -20,7 +20,6 @@ import anyio
 import pytest
 from aiohttp import web
 from anyio import wait_all_tasks_blocked
-from hardening_support import eventually
 from hostile_servers import (
     AUTHORIZE_PATH,
     CLIENT_ID,
@@ -44,6 +43,7 @@ from hostile_servers import (
     rss_kib,
     stream,
 )
+from support import wait_until
 
 import minapp_async
 from minapp_async import Limits, Retry, Session, UserCredentials
@@ -326,11 +326,11 @@ async def test_aclose_under_1000_calls_in_flight_ends_each_with_session_closed(
         async with anyio.create_task_group() as tg:
             for _ in range(1000):
                 tg.start_soon(call, s)
-            await eventually(lambda: len(server.seen) >= 100, within=30)
+            await wait_until(lambda: len(server.seen) >= 100, within=30)
             await wait_all_tasks_blocked()
             await s.aclose()
             with anyio.fail_after(10):  # prompt: not at the calls' 120 s deadline
-                await eventually(lambda: len(results) == 1000, within=10)
+                await wait_until(lambda: len(results) == 1000, within=10)
 
     kinds = sorted({type(r).__name__ for r in results})
     assert ["SessionClosedError"] == kinds, kinds
