@@ -116,17 +116,16 @@ def _too_big(status: int, cap: int, what: str, method: str, url: str) -> Respons
 async def _read_body(resp: aiohttp.ClientResponse, cap: int, method: str, url: str) -> bytes:
     """The whole reply body, at most *cap* bytes on the wire and again once inflated.
 
-    A reply over the cap raises ``ResponseFormatError`` as soon as that is known (at once for
-    a Content-Length above it), having held no more than the cap; the caller then drops the
-    connection rather than drain it.
+    The general path (``Transport.request`` reads a plain reply of known, allowed length
+    itself). A reply over the cap raises ``ResponseFormatError`` as soon as that is known (at
+    once for a Content-Length above it), having held no more than the cap; the caller then
+    drops the connection rather than drain it.
     """
     encoding = resp.headers.get("Content-Encoding")
     length = resp.content_length
     if length is not None and length > cap:
         raise _too_big(resp.status, cap, f"the announced body ({length} bytes)", method, url)
-    if encoding is None or encoding == "identity":
-        if length is not None:
-            return await resp.read()  # every usual reply: the parser stops at the length
+    if encoding is None or encoding.strip().lower() == "identity":
         inflate = None
     else:
         inflate = _Inflater(encoding.strip().lower(), resp.status, cap, method, url)
@@ -335,12 +334,18 @@ class Transport:
             async with session.request(
                 method, url, data=body, headers=headers, allow_redirects=cookies
             ) as resp:
-                try:
-                    content = await _read_body(resp, self._limits.max_reply_bytes, method, url)
-                except ResponseFormatError:
-                    resp.close()  # drop the connection: draining the rest could take forever
-                    raise
                 reply = resp.headers
+                cap, length = self._limits.max_reply_bytes, resp.content_length
+                if length is not None and length <= cap and "Content-Encoding" not in reply:
+                    # Every usual reply: plain, its length known and allowed, so the parser
+                    # stops there; no coroutine of ours on this path.
+                    content = await resp.read()
+                else:
+                    try:
+                        content = await _read_body(resp, cap, method, url)
+                    except ResponseFormatError:
+                        resp.close()  # drop the connection: draining it could take forever
+                        raise
                 raw = RawResponse(
                     status=resp.status,
                     body=content,
