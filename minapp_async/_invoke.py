@@ -153,6 +153,18 @@ def _no_constant(name: str) -> Any:
 _DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)
 
 
+#: Above this size, a body whose first bytes cannot start JSON is not decoded at all.
+_LARGE: Final = 64 * 1024
+#: The bytes a JSON text can start with (after whitespace): a value, or a BOM.
+_JSON_STARTS: Final = frozenset(b'{["-0123456789tfn\xef\xfe\xff')
+
+
+def _may_be_json(body: bytes) -> bool:
+    head = body[:64].lstrip()
+    # UTF-16/32 put a NUL among the first 4 bytes; only whitespace so far decides nothing.
+    return not head or head[0] in _JSON_STARTS or 0 in body[:4]
+
+
 def parse_json(raw: RawResponse) -> Any:
     """The reply's JSON, or None when it is not JSON at all.
 
@@ -161,6 +173,8 @@ def parse_json(raw: RawResponse) -> Any:
     (``ValueError``, 4,300 digits by default) make it "not JSON", like any other bad text.
     """
     body = raw.body
+    if len(body) > _LARGE and not _may_be_json(body):
+        return None  # a large page of HTML or text: not worth decoding many MiB to say so
     try:
         # UTF-8 first: json.loads(bytes) guesses the encoding in Python on every call.
         return _DECODER.decode(body.decode())

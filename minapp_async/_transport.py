@@ -139,10 +139,20 @@ async def _read_body(resp: aiohttp.ClientResponse, cap: int, method: str, url: s
         wire += len(chunk)
         if wire > cap:
             raise _too_big(resp.status, cap, "the body", method, url)
-        parts.append(chunk if inflate is None else inflate.feed(chunk))
+        if inflate is None:
+            parts.append(chunk)
+            continue
+        parts.append(inflate.feed(chunk))
+        while inflate.pending:  # a bomb's chunk: inflate it a step at a time
+            await asyncio.sleep(0)  # let the loop run between steps
+            parts.append(inflate.feed(b""))
     if inflate is not None:
         parts.append(inflate.end())
     return b"".join(parts)
+
+
+#: Inflated bytes per decompression step.
+_STEP: Final = 1024 * 1024
 
 
 class _Inflater:
@@ -174,7 +184,9 @@ class _Inflater:
             wbits = zlib.MAX_WBITS if chunk[0] & 0x0F == 8 else -zlib.MAX_WBITS
             d = self._zlib = zlib.decompressobj(wbits)
         try:
-            data = d.decompress(chunk, self._cap + 1 - self._out)
+            # At most a step of output per call: zlib would otherwise grow a buffer of up to
+            # the cap and copy it, twice the cap at its peak.
+            data = d.decompress(d.unconsumed_tail + chunk, min(_STEP, self._cap + 1 - self._out))
         except zlib.error as exc:
             raise ResponseFormatError(
                 self._status,
@@ -186,6 +198,11 @@ class _Inflater:
         if self._out > self._cap:
             raise _too_big(self._status, self._cap, "the inflated body", self._method, self._url)
         return data
+
+    @property
+    def pending(self) -> bool:
+        """Input is left that did not fit in the last step's output."""
+        return self._zlib is not None and bool(self._zlib.unconsumed_tail)
 
     def end(self) -> bytes:
         d = self._zlib
