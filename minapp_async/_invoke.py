@@ -91,18 +91,25 @@ def _check_keys(params: Any) -> None:
     string silently, even into two equal keys (``{1: "a", "1": "b"}``). Run after the
     encoder accepted *params*: it has refused cycles and depths this walk could trip on."""
     todo = [params]
-    while todo:
+    while todo:  # no generators: this runs for every call of a fan-out
         value = todo.pop()
         if isinstance(value, dict):
-            for key in value:
+            for key, item in value.items():
                 if not isinstance(key, str):
                     raise InvalidArgumentError(
                         f"params cannot be sent as JSON: dict keys must be str, not "
                         f"{type(key).__name__} ({key!r:.40})"
                     )
-            todo.extend(v for v in value.values() if isinstance(v, dict | list | tuple))
-        elif isinstance(value, list | tuple):
-            todo.extend(v for v in value if isinstance(v, dict | list | tuple))
+                if isinstance(item, _CONTAINERS):
+                    todo.append(item)
+        elif isinstance(value, _SEQUENCES):
+            for item in value:
+                if isinstance(item, _CONTAINERS):
+                    todo.append(item)
+
+
+_SEQUENCES: Final = (list, tuple)  # a tuple of types: isinstance() checks it faster than a union
+_CONTAINERS: Final = (dict, list, tuple)
 
 
 def check_sync(sync: object) -> bool:
