@@ -146,8 +146,8 @@ async def _read_body(resp: aiohttp.ClientResponse, cap: int, method: str, url: s
         while inflate.pending:  # a bomb's chunk: inflate it a step at a time
             await asyncio.sleep(0)  # let the loop run between steps
             parts.append(inflate.feed(b""))
-    if inflate is not None:
-        parts.append(inflate.end())
+    if inflate is not None and wire:
+        inflate.check_complete()
     return b"".join(parts)
 
 
@@ -204,13 +204,10 @@ class _Inflater:
         """Input is left that did not fit in the last step's output."""
         return self._zlib is not None and bool(self._zlib.unconsumed_tail)
 
-    def end(self) -> bytes:
-        d = self._zlib
-        if d is None:
-            return b""  # no body at all
-        if not d.eof:
+    def check_complete(self) -> None:
+        """At the end of the body: the compressed stream must have ended too."""
+        if self._zlib is not None and not self._zlib.eof:
             raise aiohttp.ClientPayloadError(f"the {self._encoding} body was cut short")
-        return b""
 
 
 class Transport:
