@@ -17,7 +17,6 @@ from typing import Any
 import anyio
 import pytest
 from aiohttp import web
-from hardening_support import eventually
 from hostile_servers import (
     AUTHORIZE_PATH,
     CLIENT_ID,
@@ -32,6 +31,7 @@ from hostile_servers import (
     login_reply,
     reply,
 )
+from support import wait_until as eventually
 
 import minapp_async
 from minapp_async import Session, UserCredentials

@@ -21,7 +21,6 @@ from typing import Any
 import anyio
 import pytest
 from aiohttp import web
-from hardening_support import eventually
 from hostile_servers import (
     CLIENT_ID,
     JOB_PATH,
@@ -30,6 +29,7 @@ from hostile_servers import (
     drop,
     hostile_server,
 )
+from support import wait_until as eventually
 
 from minapp_async import Session
 
