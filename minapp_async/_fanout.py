@@ -22,7 +22,10 @@ generator finaliser) or not at all. Instead:
   it deterministically. Plain ``async for`` works too: ending the loop normally, an error, or
   cancelling the consuming task closes at once; ``break`` drops the async generator that
   ``__aiter__`` returns, and asyncio's async generator finaliser closes it on the next loop
-  iteration (the same promise Python makes for any async generator).
+  iteration (the same promise Python makes for any async generator). The Session keeps a
+  weak set of its live maps and closes them in its own ``aclose()``: no map task outlives it.
+* an error raised by the input is kept until the calls in flight have finished and every
+  finished outcome was yielded: completed work is never discarded.
 """
 
 from __future__ import annotations
@@ -360,8 +363,10 @@ class FanOut:
 
     async def close_with(self, error: BaseException) -> None:
         """``aclose()`` on behalf of the Session: the consumer still gets the outcomes
-        already finished, then *error* instead of a quiet end."""
-        if not self._closed and self._end_error is None:
+        already finished, then *error* instead of a quiet end when calls were cut off or
+        items were left untaken."""
+        lost = not (self._exhausted and self._workers == 0)  # else every call has finished
+        if not self._closed and self._end_error is None and lost:
             self._end_error = error
         await self.aclose()
 

@@ -465,6 +465,9 @@ class Session:
             progress: called as ``progress(done, total)`` after each call (``total`` is
                 ``len(params)``, None when it has no length). It must not block.
 
+        If *params* raises, no more items are taken, the calls in flight finish, their
+        outcomes and every other finished one are yielded, and then that error is raised.
+
         Raises:
             InvalidArgumentError: (605, at once) a bad argument.
 
