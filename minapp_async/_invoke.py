@@ -151,13 +151,9 @@ def open_api_body(params: JSON | NotGiven, sync: bool) -> bytes:
     return encoded
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-# NaN and Infinity are not JSON (JSON.parse refuses them) and could not be sent on either.
-# One decoder for every reply: json.loads() builds a new one whenever it is given options.
-_DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)
+# One decoder for every reply: json.loads() checks its options on every call. NaN and
+# Infinity are read as Python reads them (a login's ``expires_in`` of NaN is then ignored).
+_DECODER: Final = json.JSONDecoder()
 
 
 #: Above this size, a body whose first bytes cannot start JSON is not decoded at all.
@@ -208,6 +204,7 @@ def check_status(raw: RawResponse, method: str, path: str) -> None:
             method=method,
             path=path,
             retry_after=raw.retry_after,
+            location=raw.location,
         )
 
 

@@ -8,17 +8,19 @@ import enum
 import shutil
 import warnings
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import anyio
 import attrs
 from aiohttp import web
 
 from ._accounts import AccountError, Accounts
-from ._config import EngineConfig
+from ._baas import BaasService, EngineOutbox, EngineTables
+from ._config import DEFAULT_CLIENT_ID, EngineConfig
+from ._console import JobConsole
 from ._faults import Faults
 from ._jobs import EngineStats, Job, JobBoard
-from .http import AppState, create_app
+from .http import AppState, EngineSite, create_app
 from .runtime import Runtime
 
 #: In-flight HTTP handlers get this long to finish at shutdown before they are cancelled.
@@ -46,9 +48,18 @@ class Engine:
     Args:
         config: An :class:`EngineConfig`; keyword *overrides* replace its fields (or build one
             from scratch when *config* is omitted, e.g. ``Engine(functions_dir=...)``).
+        job_output: A text stream that gets each job's log lines as they arrive and a line
+            when it ends (function, request id, status, duration); ``serve`` passes stdout.
     """
 
-    def __init__(self, config: EngineConfig | None = None, /, **overrides: Any) -> None:
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        /,
+        *,
+        job_output: TextIO | None = None,
+        **overrides: Any,
+    ) -> None:
         self.config = (
             EngineConfig(**overrides) if config is None else attrs.evolve(config, **overrides)
         )
@@ -60,11 +71,13 @@ class Engine:
             session_ttl=self.config.session_ttl,
             access_token_ttl=self.config.access_token_ttl,
         )
+        self._console = JobConsole(job_output) if job_output is not None else None
         self._runtime: Runtime | None = None
+        self._baas: BaasService | None = None
         self._board: JobBoard | None = None
         self._app_state: AppState | None = None
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: EngineSite | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._url: str | None = None
 
@@ -105,10 +118,17 @@ class Engine:
             raise FileNotFoundError(f"functions_dir is not a directory: {str(functions_dir)!r}")
         self._state = _State.OPEN
         try:
+            self._baas = BaasService(self.config.state, strict_tables=self.config.strict_tables)
+            self._baas.load_schema_file(functions_dir)
+            baas = self._baas
+            for user in self._accounts.users():  # made with create_user() before start()
+                baas.add_user(user.public())
+            self._accounts.on_new_user = lambda user: baas.add_user(user.public())
             self._runtime = Runtime(
                 functions_dir,
                 memory_limit_mb=self.config.memory_limit_mb,
                 node=self.config.node or shutil.which("node"),
+                baas=self._baas.handle,
             )
             self._board = JobBoard(
                 self._runtime,
@@ -116,6 +136,13 @@ class Engine:
                 schedule_wait=self.config.schedule_wait,
                 sync_time_limit=self.config.sync_time_limit,
                 async_time_limit=self.config.async_time_limit,
+                console=self._console,
+            )
+            self._baas.bind(
+                self._board,
+                self._runtime.locate,
+                miniapp_id=self.config.miniapp_id,
+                memory_limit_mb=self.config.memory_limit_mb,
             )
             self._serve_task = asyncio.get_running_loop().create_task(
                 self._board.serve(), name="minapp-engine-async-jobs"
@@ -126,6 +153,7 @@ class Engine:
                 board=self._board,
                 locate_function=self._runtime.locate,
                 faults=self.faults,
+                function_names=self._runtime.names,
             )
             self._runner = web.AppRunner(
                 create_app(self._app_state),
@@ -133,7 +161,12 @@ class Engine:
                 shutdown_timeout=SHUTDOWN_GRACE,
             )
             await self._runner.setup()
-            self._site = web.TCPSite(self._runner, self.config.host, self.config.port)
+            self._site = EngineSite(
+                self._runner,
+                self.config.host,
+                self.config.port,
+                idle_timeout=self.config.idle_timeout,
+            )
             await self._site.start()
             port = self._runner.addresses[0][1]
         except BaseException:
@@ -163,6 +196,10 @@ class Engine:
                 await self._runtime.aclose()
             if self._runner is not None:
                 await self._runner.cleanup()
+            if self._baas is not None:
+                # After the workers: no call is in flight any more. Off the loop: the thread
+                # may be finishing a statement.
+                await anyio.to_thread.run_sync(self._baas.close)
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if getattr(self, "_state", None) is _State.OPEN:
@@ -184,11 +221,18 @@ class Engine:
 
     @property
     def client_id(self) -> str:
-        return self.config.client_id
+        """The pinned client id, or the documented default (any id works unless pinned)."""
+        return self.config.client_id or DEFAULT_CLIENT_ID
 
     @property
     def client_secret(self) -> str:
         return self.config.client_secret
+
+    def function_names(self) -> list[str]:
+        """The functions in the folder now, sorted."""
+        if self._runtime is None:
+            raise RuntimeError("the engine has not been started")
+        return self._runtime.names()
 
     # ---- accounts ----
 
@@ -211,6 +255,24 @@ class Engine:
     def expire_sessions(self) -> None:
         """Expire every user token and access token issued so far (refresh tokens still work)."""
         self._accounts.expire_all()
+
+    # ---- data tables and the outbox ----
+
+    @property
+    def tables(self) -> EngineTables:
+        """The data tables functions use: seed, read and reset them from tests
+        (``engine.tables.seed("orders", rows)``, ``.rows("orders")``, ``.reset()`` …)."""
+        return EngineTables(self._need_baas())
+
+    @property
+    def outbox(self) -> EngineOutbox:
+        """Messages functions sent (``engine.outbox.messages("wechat.template_message")``)."""
+        return EngineOutbox(self._need_baas())
+
+    def _need_baas(self) -> BaasService:
+        if self._baas is None or self._state is not _State.OPEN:
+            raise RuntimeError("the engine is not serving: start it first")
+        return self._baas
 
     # ---- jobs ----
 

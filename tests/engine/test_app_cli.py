@@ -82,7 +82,9 @@ async def test_serve_answers_requests_and_stops_cleanly(signum: int) -> None:
     ):
         banner = "\n".join(lines)
         assert DEFAULT_CLIENT_ID in banner
+        assert "client id:     any" in banner
         assert f"base_url={url!r}" in banner
+        assert re.search(r"found \d+: .*\bhelloWorld\b", banner), banner
         assert url.startswith("http://127.0.0.1:")
         async with aiohttp.ClientSession() as http:
             # Api only needs .url and .client_id: point a stand-in Engine at the subprocess.
@@ -108,6 +110,8 @@ async def test_serve_options_reach_the_engine(functions: Path) -> None:
         "--sync-time-limit", "1", "--concurrency", "2", "--memory-limit-mb", "128",
     ) as (process, url, lines):  # fmt: skip
         banner = "\n".join(lines)
+        assert "cli-client (pinned with --client-id)" in banner
+        assert "found 1: helloWorld" in banner
         assert "cli-secret-value" not in banner
         assert DEFAULT_CLIENT_SECRET not in banner
         async with aiohttp.ClientSession() as http:
@@ -116,6 +120,22 @@ async def test_serve_options_reach_the_engine(functions: Path) -> None:
             reply = await api.invoke(token, "helloWorld", {"name": "anon"})
             assert reply.body["data"] == "hello anon"
             assert reply.status == 200
+        await stop(process, signal.SIGTERM)
+
+
+async def test_serve_strict_tables(functions: Path) -> None:
+    """--strict-tables: a function's write to an unknown table is a 404 HError."""
+    (functions / "write.js").write_text(
+        "exports.main = async () => new BaaS.TableObject('nope').create().set({ a: 1 }).save()"
+        "\n  .then(() => 'saved', (err) => err.code)\n"
+    )
+    async with serve(
+        "--functions", str(functions), "--port", "0", "--allow-anonymous", "--strict-tables"
+    ) as (process, url, _lines):  # fmt: skip
+        async with aiohttp.ClientSession() as http:
+            api = Api(_Remote(url), http)  # type: ignore[arg-type]
+            reply = await api.invoke(await api.anonymous_token(), "write", {})
+            assert reply.body == {"code": 0, "data": 404, "error": {}}
         await stop(process, signal.SIGTERM)
 
 
