@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ._client_api import add_client_api_routes
+from ._functions_api import add_functions_api_routes
 from ._middleware import STATE, AppState, add_request_id, serve_middleware
 from ._open_api import add_open_api_routes
 
@@ -25,4 +26,5 @@ def create_app(state: AppState) -> web.Application:
     app.on_response_prepare.append(add_request_id)
     add_client_api_routes(app.router)
     add_open_api_routes(app.router)
+    add_functions_api_routes(app)
     return app
