@@ -95,7 +95,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..engine import Engine, EngineConfig
+    from ..engine import Engine, EngineConfig, TriggerFileError
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -128,6 +128,9 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(
             _serve_until_stopped(Engine(config), secret_given=args.client_secret is not None)
         )
+    except TriggerFileError as exc:  # names the file and the line
+        sys.stderr.write(f"minapp-async serve: {exc}\n")
+        return EXIT_USAGE
     except OSError as exc:  # e.g. the port is taken
         sys.stderr.write(f"minapp-async serve: cannot serve on {args.host}:{args.port}: {exc}\n")
         return EXIT_ERROR

@@ -13,8 +13,9 @@ from ._client_api import add_client_api_routes
 from ._functions_api import add_functions_api_routes
 from ._middleware import STATE, AppState, add_request_id, serve_middleware
 from ._open_api import add_open_api_routes
+from ._webhooks import TRIGGERS, add_webhook_routes
 
-__all__ = ["AppState", "create_app"]
+__all__ = ["TRIGGERS", "AppState", "create_app"]
 
 
 def create_app(state: AppState) -> web.Application:
@@ -27,4 +28,5 @@ def create_app(state: AppState) -> web.Application:
     add_client_api_routes(app.router)
     add_open_api_routes(app.router)
     add_functions_api_routes(app)
+    add_webhook_routes(app.router)
     return app
