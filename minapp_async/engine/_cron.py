@@ -70,9 +70,7 @@ class CronExpression:
                     for minute in sorted(self.minutes):
                         if first_day and hour == start.hour and minute < start.minute:
                             continue
-                        return dt.datetime.combine(
-                            day, dt.time(hour, minute), tzinfo=moment.tzinfo
-                        )
+                        return dt.datetime.combine(day, dt.time(hour, minute), tzinfo=moment.tzinfo)
             day += dt.timedelta(days=1)
         raise CronError(f"cron expression {self.text!r} never fires")
 
