@@ -1,7 +1,9 @@
 """The engine's HTTP side: one aiohttp application serving the client API and the Open API.
 
 ``_client_api`` (hserve) and ``_open_api`` (oserve and its OAuth flow) hold the routes;
-``_invoking`` runs a function for either of them; ``_middleware`` (state, errors, request ids,
+``_functions_api`` (function management, for mincloud), ``_webhooks`` (incoming webhooks) and
+``_timers_api`` (the engine's own timer endpoints) add theirs; ``_invoking`` runs a function
+for the client and Open APIs; ``_middleware`` (state, errors, request ids,
 faults, CORS) and ``_parsing`` (bodies and parameters) are what every route shares.
 """
 
@@ -13,6 +15,7 @@ from ._client_api import add_client_api_routes
 from ._functions_api import add_functions_api_routes
 from ._middleware import STATE, AppState, add_request_id, serve_middleware
 from ._open_api import add_open_api_routes
+from ._timers_api import add_timers_api_routes
 from ._webhooks import TRIGGERS, add_webhook_routes
 
 __all__ = ["TRIGGERS", "AppState", "create_app"]
@@ -29,4 +32,5 @@ def create_app(state: AppState) -> web.Application:
     add_open_api_routes(app.router)
     add_functions_api_routes(app)
     add_webhook_routes(app.router)
+    add_timers_api_routes(app.router)
     return app
