@@ -122,7 +122,7 @@ def _settings(args: argparse.Namespace) -> AppSettings:
         )
     notes = settings.notes
     if args.client_secret:
-        note = f"--client-secret is visible to other users in the process list; prefer {ENV_CLIENT_SECRET}"
+        note = "--client-secret is visible to other users in ps; prefer " + ENV_CLIENT_SECRET
         notes += (note,)
     return attrs.evolve(settings, client_secret=secret, notes=notes)
 
