@@ -46,7 +46,6 @@ COMMANDS: Final = (
     ),
     Listing("login", "log in as a user and keep the session for 'invoke'", "_login", "LOGIN"),
     Listing("logout", "end the stored session and delete it", "_login", "LOGOUT"),
-    Listing("serve", "run the local cloud engine", "_serve", "SERVE"),
     Listing(
         "functions",
         "list, deploy, pull or delete cloud functions (Open API, like mincloud)",
@@ -54,6 +53,7 @@ COMMANDS: Final = (
         "FUNCTIONS",
     ),
     Listing("timers", "list the engine's timers, or fire one now", "_functions", "TIMERS"),
+    Listing("serve", "run the local cloud engine", "_serve", "SERVE"),
 )
 
 

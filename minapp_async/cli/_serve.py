@@ -128,12 +128,12 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(
             _serve_until_stopped(Engine(config), secret_given=args.client_secret is not None)
         )
-    except TriggerFileError as exc:  # names the file and the line
-        sys.stderr.write(f"minapp-async serve: {exc}\n")
-        return EXIT_USAGE
     except OSError as exc:  # e.g. the port is taken
         sys.stderr.write(f"minapp-async serve: cannot serve on {args.host}:{args.port}: {exc}\n")
         return EXIT_ERROR
+    except TriggerFileError as exc:  # names the file and the line
+        sys.stderr.write(f"minapp-async serve: {exc}\n")
+        return EXIT_USAGE
     return EXIT_OK
 
 

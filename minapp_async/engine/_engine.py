@@ -134,18 +134,17 @@ class Engine:
                 locate_function=self._runtime.locate,
                 faults=self.faults,
             )
+            self._runner = web.AppRunner(
+                create_app(self._app_state),
+                handle_signals=False,
+                shutdown_timeout=SHUTDOWN_GRACE,
+            )
             self._triggers = TriggerRunner(
                 triggers, self._board, self._runtime.locate, self.config, now=platform_now()
             )
-            app = create_app(self._app_state)
-            app[TRIGGERS] = self._triggers
+            self._runner.app[TRIGGERS] = self._triggers  # for the webhook and timer routes
             self._timer_task = asyncio.get_running_loop().create_task(
                 self._triggers.run(), name="minapp-engine-timers"
-            )
-            self._runner = web.AppRunner(
-                app,
-                handle_signals=False,
-                shutdown_timeout=SHUTDOWN_GRACE,
             )
             await self._runner.setup()
             self._site = web.TCPSite(self._runner, self.config.host, self.config.port)

@@ -122,7 +122,7 @@ class TriggerRunner:
             self._next[name] = timer.cron.next_after(now)
             try:
                 jobs.append(self.fire_timer(name))
-            except LookupError as exc:
+            except (LookupError, RuntimeError) as exc:  # no such function; shutting down
                 logger.error("timer %r (line %d) did not fire: %s", name, timer.line, exc)
         return jobs
 
