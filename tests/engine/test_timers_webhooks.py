@@ -16,7 +16,11 @@ import aiohttp
 import anyio
 import pytest
 
-from minapp_async.engine import TRIGGER_FILE, Engine, TriggerFileError
+from minapp_async.engine import TRIGGER_FILE, Engine, EngineConfig, TriggerFileError
+from minapp_async.engine._jobs import JobBoard
+from minapp_async.engine._schedule import TriggerRunner
+from minapp_async.engine._trigger_file import load
+from minapp_async.engine.runtime import Runtime
 from minapp_async.testing import running_engine
 
 pytestmark = pytest.mark.anyio
@@ -232,3 +236,47 @@ async def test_serve_stops_on_a_bad_cron_naming_file_and_line(tmp_path: Path) ->
     stderr = done.stderr.decode()
     assert re.search(re.escape(f"{tmp_path / TRIGGER_FILE}:3: ") + ".*never fires", stderr)
     assert "Traceback" not in stderr
+
+
+async def test_the_scheduler_loop_fires_on_its_clock(tmp_path: Path) -> None:
+    """The loop the engine runs, on a scripted clock: 0.1 s before midnight nothing is due and it
+    sleeps until midnight; its next readings are past midnight and cancelOrders fires."""
+    for name, source in functions(TRIGGERS).items():
+        (tmp_path / name).write_text(source)
+    before = dt.datetime(2031, 12, 31, 23, 59, 59, 900000, tzinfo=SHANGHAI)
+    after = dt.datetime(2032, 1, 1, 0, 0, 0, 100000, tzinfo=SHANGHAI)
+    runtime = Runtime(tmp_path)
+    board = JobBoard(
+        runtime, concurrency=2, schedule_wait=1.0, sync_time_limit=5.0, async_time_limit=30.0
+    )
+    runner = TriggerRunner(
+        load(tmp_path), board, runtime.locate, EngineConfig(functions_dir=tmp_path), now=before
+    )
+    # The loop reads the clock to tick, then to size its sleep: reads 1-2 are before midnight,
+    # read 3 is the tick after the sleep; by read 4 that tick has fired.
+    reads: list[int] = []
+    ticked = anyio.Event()
+
+    def clock() -> dt.datetime:
+        reads.append(len(board.jobs()))
+        if len(reads) == 4:
+            ticked.set()
+        return before if len(reads) <= 2 else after
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(board.serve)
+            tg.start_soon(runner.run, clock)
+            with anyio.fail_after(JOB_TIMEOUT):
+                await ticked.wait()
+            assert reads[:3] == [0, 0, 0]  # nothing fired before midnight
+            (job,) = board.jobs()
+            assert (job.function_name, job.source) == ("recorderPy", "timer")
+            done = await board.wait(job.id, JOB_TIMEOUT)
+            tg.cancel_scope.cancel()
+        assert done.result is not None
+        assert done.result["data"]["data"] == {"older_than_minutes": 30}
+        assert runner.statuses()[1].next_fire == after.replace(minute=10, microsecond=0)
+    finally:
+        board.close()
+        await runtime.aclose()
