@@ -54,6 +54,10 @@ COMMANDS: Final = (
     ),
     Listing("timers", "list the engine's timers, or fire one now", "_functions", "TIMERS"),
     Listing("serve", "run the local cloud engine", "_serve", "SERVE"),
+    Listing(
+        "tables", "list, import, export or reset the engine's data tables", "_tables", "TABLES"
+    ),
+    Listing("outbox", "print the messages functions sent (and clear them)", "_tables", "OUTBOX"),
 )
 
 

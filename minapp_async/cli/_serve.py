@@ -87,6 +87,12 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="the app's client secret for the Open API (default: a documented local value)",
     )
     parser.add_argument(
+        "--strict-tables",
+        action="store_true",
+        help="unknown data tables are a 404, as on the platform (default: a function's first "
+        "write creates them)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -119,6 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
             async_time_limit=args.async_time_limit,
             concurrency=args.concurrency,
             memory_limit_mb=args.memory_limit_mb,
+            strict_tables=args.strict_tables,
             **overrides,
         )
     except ValueError as exc:

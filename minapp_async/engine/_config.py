@@ -68,6 +68,11 @@ class EngineConfig:
         session_ttl, access_token_ttl: Lifetimes (s) of user tokens and Open API tokens.
         miniapp_id: ``event.miniappId``.
         node: Node.js executable; None looks ``node`` up on PATH.
+        state: The engine's SQLite state file (data tables and the outbox live there), or
+            ``":memory:"`` (the default) to keep nothing after the engine stops.
+        strict_tables: Unknown tables are a 404 (and unknown fields a 400), as on the
+            platform, where tables are made in the console. By default a function's first
+            write to an unknown table creates it.
     """
 
     functions_dir: Path = attrs.field(converter=Path)
@@ -88,3 +93,5 @@ class EngineConfig:
     access_token_ttl: int = attrs.field(default=31535999, validator=_positive)
     miniapp_id: int = DEFAULT_MINIAPP_ID
     node: str | None = None
+    state: str = attrs.field(default=":memory:", converter=str, validator=_non_empty)
+    strict_tables: bool = False
