@@ -133,7 +133,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..engine import Engine, EngineConfig
+    from ..engine import Engine, EngineConfig, TriggerFileError
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -177,6 +177,9 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:  # e.g. the port is taken
         sys.stderr.write(f"minapp-async serve: cannot serve on {args.host}:{args.port}: {exc}\n")
         return EXIT_ERROR
+    except TriggerFileError as exc:  # names the file and the line
+        sys.stderr.write(f"minapp-async serve: {exc}\n")
+        return EXIT_USAGE
     return EXIT_OK
 
 
