@@ -68,6 +68,10 @@ class EngineConfig:
         session_ttl, access_token_ttl: Lifetimes (s) of user tokens and Open API tokens.
         miniapp_id: ``event.miniappId``.
         node: Node.js executable; None looks ``node`` up on PATH.
+        contain_functions: Run each worker contained (Linux: own pid, mount and network
+            namespaces, private /tmp, its whole process tree under one memory limit). Where
+            the OS cannot, the engine runs functions anyway and logs once what is not
+            enforced; False turns containment off (``serve --no-contain``).
     """
 
     functions_dir: Path = attrs.field(converter=Path)
@@ -88,3 +92,4 @@ class EngineConfig:
     access_token_ttl: int = attrs.field(default=31535999, validator=_positive)
     miniapp_id: int = DEFAULT_MINIAPP_ID
     node: str | None = None
+    contain_functions: bool = True

@@ -109,7 +109,9 @@ class Engine:
                 functions_dir,
                 memory_limit_mb=self.config.memory_limit_mb,
                 node=self.config.node or shutil.which("node"),
+                contain=self.config.contain_functions,
             )
+            await self._runtime.start()  # decides containment and logs what it cannot enforce
             self._board = JobBoard(
                 self._runtime,
                 concurrency=self.config.concurrency,

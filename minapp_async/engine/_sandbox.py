@@ -51,6 +51,7 @@ _MEMBERS_TTL = 1.0  # without a cgroup, how long a scan of the tree's members is
 _RELEASE_TIMEOUT = 5.0  # a SIGKILLed tree is gone at once; this bounds the pathological case
 _CGROUP_PREFIX = "minapp-"
 _FSTAB_PREFIX = "minapp-sandbox-"
+_CGROUP_NUMBERS = itertools.count(1)
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -167,8 +168,9 @@ def _can_make_child(own: Path) -> bool:
     return True
 
 
-def _remove_stale_cgroups(parent: _CgroupParent, also_pid: int | None = None) -> None:
+def _remove_stale_cgroups(parent: _CgroupParent, also: Iterable[str] = ()) -> None:
     # Left behind by an engine that was SIGKILLed: empty once its tree died with it.
+    own = set(also)
     with contextlib.suppress(OSError):
         for entry in parent.path.iterdir():
             name = entry.name
@@ -176,7 +178,7 @@ def _remove_stale_cgroups(parent: _CgroupParent, also_pid: int | None = None) ->
                 continue
             pid_text = name[len(_CGROUP_PREFIX) :].split("-", 1)[0]
             dead = pid_text.isdigit() and not Path(f"/proc/{pid_text}").exists()
-            if dead or pid_text == str(also_pid):
+            if dead or name in own:
                 with contextlib.suppress(OSError):
                     entry.rmdir()
 
@@ -507,7 +509,7 @@ class Sandbox:
         self._limit = memory_limit_mb * 1024 * 1024
         self._tmp_size_mb = tmp_size_mb or memory_limit_mb
         self._hidden = [os.path.realpath(p) for p in hidden]
-        self._names = itertools.count(1)
+        self._made: set[str] = set()  # names of the cgroups this sandbox made
         self._tools: tuple[str, str, str] | None = None
         self._cgroup_parent: _CgroupParent | None = None
         self._fstab_dir: str | None = None
@@ -657,7 +659,9 @@ class Sandbox:
         """
         cgroup = None
         if self._cgroup_parent is not None:
-            name = f"{_CGROUP_PREFIX}{os.getpid()}-{next(self._names)}"
+            # One counter per process: several engines in one process never share a name.
+            name = f"{_CGROUP_PREFIX}{os.getpid()}-{next(_CGROUP_NUMBERS)}"
+            self._made.add(name)
             cgroup = _TreeCgroup(self._cgroup_parent, name, self._limit)
         tree = ProcessTree(cgroup, contained=self._tools is not None)
         if self._tools is None:
@@ -676,7 +680,8 @@ class Sandbox:
     def close(self) -> None:
         """At engine shutdown, after every tree's aclose(): removes any cgroup left over."""
         if self._cgroup_parent is not None:
-            _remove_stale_cgroups(self._cgroup_parent, also_pid=os.getpid())
+            _remove_stale_cgroups(self._cgroup_parent, also=self._made)
+            self._made.clear()
         if self._fstab_dir is not None:
             shutil.rmtree(self._fstab_dir, ignore_errors=True)
             self._fstab_dir = None
