@@ -18,7 +18,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from engine_api import Api
 
-from minapp_async._cli import main
+from minapp_async.cli import main
 from minapp_async.engine import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from minapp_async.testing import HELLO_WORLD_JS
 
