@@ -17,10 +17,12 @@ from ._faults import Faults as Faults
 from ._jobs import EngineStats as EngineStats
 from ._jobs import FunctionStats as FunctionStats
 from ._jobs import Job as Job
+from ._sandbox import Containment as Containment
 
 __all__ = [
     "DEFAULT_CLIENT_ID",
     "DEFAULT_CLIENT_SECRET",
+    "Containment",
     "Engine",
     "EngineConfig",
     "EngineStats",

@@ -18,6 +18,7 @@ from ._accounts import AccountError, Accounts
 from ._config import EngineConfig
 from ._faults import Faults
 from ._jobs import EngineStats, Job, JobBoard
+from ._sandbox import Containment
 from .http import AppState, create_app
 from .runtime import Runtime
 
@@ -183,6 +184,12 @@ class Engine:
         if self._url is None:
             raise RuntimeError("the engine is not serving: start it first")
         return self._url
+
+    @property
+    def containment(self) -> Containment | None:
+        """What containment of functions enforces here (and what not, with the reason); None
+        before :meth:`start`."""
+        return self._runtime.containment if self._runtime is not None else None
 
     @property
     def client_id(self) -> str:

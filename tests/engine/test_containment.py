@@ -197,7 +197,7 @@ def main(event):
         found, victim_pids = scan(data["secrets"], data["victim"])
         return {
             "found": found,
-            "own_environ": sorted(k for k in os.environ if k not in ("PATH", "LANG")),
+            "own_environ": sorted(set(os.environ) - {"PATH", "LANG", "PWD"}),
             "victim_seen": victim_pids,
             "victim_reached": [r for p in data["victim_pids"] + victim_pids for r in reach(p)],
             "engine_reached": reach(data["engine_pid"]),
@@ -289,7 +289,7 @@ async def wait_for(predicate: Callable[[], bool], what: str, deadline: float = 1
 
 
 async def wait_escapees(functions: Path, count: int) -> None:
-    await wait_for(lambda: len(escapees(functions)) == count, f"{count} escapees")
+    await wait_for(lambda: len(escapees(functions)) == count, f"{count} escapees", 20.0)
 
 
 async def wait_all_gone(functions: Path) -> None:
@@ -321,10 +321,18 @@ def data_of(reply: Reply) -> Any:
 async def test_children_die_at_the_time_limit(functions: Path, spawner: str) -> None:
     """Children of every kind (plain, new session, new group, double-forked) die with the job at
     its time limit, also while the worker spins."""
+    replies: list[Reply] = []
     async with engine_api(functions, sync_time_limit=3.0) as (api, token):
-        reply = await api.invoke(
-            token, spawner, {"what": "children", "then": "spin", "python": sys.executable}
-        )
+
+        async def call() -> None:
+            data = {"what": "children", "then": "spin", "python": sys.executable}
+            replies.append(await api.invoke(token, spawner, data))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            # Started and alive while the function spins (Node starts three kinds).
+            await wait_escapees(functions, 4 if spawner == "spawner" else 3)
+        (reply,) = replies
         assert reply.status == 400
         assert reply.body["job_status"] == "deadline_exceeded"
         await wait_all_gone(functions)
@@ -562,7 +570,7 @@ async def test_tmp_is_private_to_each_worker(functions: Path) -> None:
         listing = data_of(await api.invoke(token, "probe", {"what": "write_tmp", "name": name}))
         assert name in listing
         assert data_of(await api.invoke(token, "victim", {"tmp": name})) is False
-        assert not os.path.exists(f"/tmp/{name}")
+        assert not await anyio.Path(f"/tmp/{name}").exists()
 
 
 @needs_containment
