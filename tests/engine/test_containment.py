@@ -480,7 +480,6 @@ async def test_serve_secrets_and_signals_are_out_of_reach(functions: Path) -> No
         serve(functions, "--client-secret", secret, env=env) as (process, url, banner),
         aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
     ):
-        assert any(line.strip().startswith("containment: on") for line in banner), banner
         client = ServeClient(http, url)
         await client.login()
         assert await client.invoke("victim", {}) == "victim"
@@ -506,6 +505,7 @@ async def test_serve_secrets_and_signals_are_out_of_reach(functions: Path) -> No
         assert await client.invoke("probe", {"what": "signal", "engine_pid": process.pid}) == []
         assert await client.invoke("victim", {}) == "victim"  # still serving
         assert process.returncode is None
+    assert any(line.strip().startswith("containment: on") for line in banner), banner
 
 
 # -- memory: the whole tree, busy or idle ----------------------------------------------------
