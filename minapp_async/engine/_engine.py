@@ -111,6 +111,8 @@ class Engine:
                 memory_limit_mb=self.config.memory_limit_mb,
                 node=self.config.node or shutil.which("node"),
                 contain=self.config.contain_functions,
+                # The engine's state folder (when it lives there): hidden from functions.
+                hidden_dirs=[functions_dir / ".minapp"],
             )
             await self._runtime.start()  # decides containment and logs what it cannot enforce
             self._board = JobBoard(

@@ -216,6 +216,9 @@ def main(event):
             "ports": {str(p): connect(p) for p in data["ports"]},
             "interfaces": sorted(name for _, name in socket.if_nameindex()),
         }
+    if what == "state":
+        here = os.path.dirname(os.path.abspath(__file__))
+        return os.listdir(os.path.join(here, ".minapp"))
     if what == "write_tmp":
         with open(f"/tmp/{data['name']}", "w") as file:
             file.write("private")
@@ -571,6 +574,15 @@ async def test_tmp_is_private_to_each_worker(functions: Path) -> None:
         assert name in listing
         assert data_of(await api.invoke(token, "victim", {"tmp": name})) is False
         assert not await anyio.Path(f"/tmp/{name}").exists()
+
+
+@needs_containment
+async def test_the_engines_state_folder_is_hidden(functions: Path) -> None:
+    """The engine's state folder in the functions folder (.minapp) shows up empty to functions."""
+    (functions / ".minapp").mkdir()
+    (functions / ".minapp" / "state.db").write_text("users and tokens", encoding="utf-8")
+    async with engine_api(functions) as (api, token):
+        assert data_of(await api.invoke(token, "probe", {"what": "state"})) == []
 
 
 @needs_containment
