@@ -284,13 +284,19 @@ def _kept_dirs(paths: Iterable[str], covered: Sequence[str]) -> list[str]:
     for raw in paths:
         if not os.path.isabs(raw):
             continue
-        path = os.path.realpath(raw)
-        if not os.path.isdir(path):
-            path = os.path.dirname(path)
+        # The file's real folder, and the folder of the path as given: a venv's bin/python is a
+        # symlink, exec'd by its own path; with the venv's root, so pyvenv.cfg is found too.
+        given = os.path.realpath(os.path.dirname(raw))
+        candidates = [os.path.realpath(raw), given]
+        if os.path.isfile(os.path.join(os.path.dirname(given), "pyvenv.cfg")):
+            candidates.append(os.path.dirname(given))
+        for path in candidates:
             if not os.path.isdir(path):
-                continue
-        if any(path == d or path.startswith(d.rstrip("/") + "/") for d in covered):
-            found.add(path)
+                path = os.path.dirname(path)
+                if not os.path.isdir(path):
+                    continue
+            if any(path == d or path.startswith(d.rstrip("/") + "/") for d in covered):
+                found.add(path)
     outermost = sorted(found)
     return [p for p in outermost if not any(p.startswith(q + "/") for q in outermost if q != p)]
 

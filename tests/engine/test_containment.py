@@ -659,3 +659,25 @@ async def test_serve_without_containment_says_so_in_its_banner(functions: Path) 
         client = ServeClient(http, url)
         await client.login()
         assert await client.invoke("victim", {}) == "victim"
+
+
+@needs_containment
+async def test_a_venv_python_under_tmp_runs_contained(functions: Path, tmp_path: Path) -> None:
+    """A worker Python from a venv under /tmp (a symlink into the base install) still starts,
+    with its venv, although /tmp is covered by the worker's own."""
+    venv = tmp_path / "venv"
+    done = await anyio.run_process([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    assert done.returncode == 0
+    (functions / "prefix.py").write_text(
+        "import sys\n\ndef main(event):\n    return [sys.executable, sys.prefix]\n"
+    )
+    runtime = Runtime(functions, python=str(venv / "bin" / "python"))
+    try:
+        outcome = await runtime.run("prefix", {"data": None}, time_limit=10)
+    finally:
+        await runtime.aclose()
+    assert outcome.result == {
+        "code": 0,
+        "data": [str(venv / "bin" / "python"), str(venv)],
+        "error": {},
+    }, outcome
