@@ -148,6 +148,8 @@ class Runtime:
         return (await self._get_sandbox()).report
 
     async def _get_sandbox(self) -> Sandbox:
+        if self._sandbox is not None:
+            return self._sandbox
         async with self._sandbox_lock:
             if self._sandbox is None:
                 if self._closed:
@@ -387,7 +389,7 @@ class Runtime:
                 sandbox=sandbox,
             )
         except OSError as exc:
-            if is_node and isinstance(exc, (FileNotFoundError, PermissionError)):
+            if is_node and exc.filename == self._node:  # (not a cgroup the sandbox made)
                 raise WorkerStartError(self._node_missing_message()) from None
             raise WorkerStartError(f"its worker could not be started: {exc}") from None
         self._workers.add(worker)
