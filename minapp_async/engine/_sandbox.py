@@ -202,6 +202,9 @@ class _TreeCgroup:
     def __init__(self, parent: _CgroupParent, name: str, limit: int) -> None:
         self.version = parent.version
         self.path = parent.path / name
+        # The files read on every job stay open: one pread()/pwrite() per figure. (On v2 the
+        # peak must be reset and read through the same open file anyway.)
+        self._fds: dict[str, int] = {}
         self.path.mkdir()
         try:
             if self.version == "v2":
@@ -224,27 +227,40 @@ class _TreeCgroup:
     def _read(self, name: str) -> str:
         return (self.path / name).read_text()
 
+    def _fd(self, name: str) -> int:
+        fd = self._fds.get(name)
+        if fd is None:
+            # Read-only files refuse O_RDWR; the peak is written (reset) and read.
+            writable = name in ("memory.peak", "memory.max_usage_in_bytes")
+            flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+            fd = os.open(self.path / name, flags)
+            self._fds[name] = fd
+        return fd
+
+    def _pread(self, name: str) -> bytes:
+        return os.pread(self._fd(name), 4096, 0)
+
     def usage(self) -> int:
         with contextlib.suppress(OSError, ValueError):
             name = "memory.current" if self.version == "v2" else "memory.usage_in_bytes"
-            return int(self._read(name))
+            return int(self._pread(name))
         return 0
 
     def peak(self) -> int:
         with contextlib.suppress(OSError, ValueError):
             name = "memory.peak" if self.version == "v2" else "memory.max_usage_in_bytes"
-            return int(self._read(name))
+            return int(self._pread(name))
         return self.usage()
 
     def reset_peak(self) -> None:
         with contextlib.suppress(OSError):  # v2 needs Linux >= 6.12 for this
             name = "memory.peak" if self.version == "v2" else "memory.max_usage_in_bytes"
-            self._write(name, "reset" if self.version == "v2" else "0")
+            os.pwrite(self._fd(name), b"reset" if self.version == "v2" else b"0", 0)
 
     def oom_kills(self) -> int:
         with contextlib.suppress(OSError, ValueError):
             name = "memory.events" if self.version == "v2" else "memory.oom_control"
-            for line in self._read(name).splitlines():
+            for line in self._pread(name).decode("ascii", "replace").splitlines():
                 key, _, value = line.partition(" ")
                 if key == "oom_kill":
                     return int(value)
@@ -265,6 +281,9 @@ class _TreeCgroup:
                 os.kill(pid, signal.SIGKILL)
 
     def try_remove(self) -> bool:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
         try:
             self.path.rmdir()
         except FileNotFoundError:
