@@ -22,7 +22,7 @@ def in_flight(engine: Engine, name: str) -> int:
     return 0 if stats is None else stats.in_flight
 
 
-async def test_sync_job_fails_to_schedule_when_all_slots_are_busy(tmp_path: Path) -> None:
+async def test_sync_job_fails_to_schedule_when_all_slots_are_busy() -> None:
     """With every slot held, a sync call waits schedule_wait, then gets 400 schedule_failed."""
     async with (
         running_engine(FUNCTIONS, concurrency=2, schedule_wait=0.2) as engine,
@@ -51,7 +51,7 @@ async def test_sync_job_fails_to_schedule_when_all_slots_are_busy(tmp_path: Path
         assert (await api.invoke(token, "echo", {})).status == 200
 
 
-async def test_async_jobs_queue_and_run_when_a_slot_frees(tmp_path: Path) -> None:
+async def test_async_jobs_queue_and_run_when_a_slot_frees() -> None:
     """Async jobs beyond the limit wait in the queue, then all run, one slot at a time."""
     async with (
         running_engine(FUNCTIONS, concurrency=1) as engine,
@@ -75,7 +75,7 @@ async def test_async_jobs_queue_and_run_when_a_slot_frees(tmp_path: Path) -> Non
         assert engine.stats().functions["echo"].peak_in_flight == 1
 
 
-async def test_a_freed_slot_goes_to_a_waiting_sync_call_first(tmp_path: Path) -> None:
+async def test_a_freed_slot_goes_to_a_waiting_sync_call_first() -> None:
     """A sync call waiting for a slot is served before async jobs queued earlier."""
     async with (
         running_engine(FUNCTIONS, concurrency=1, schedule_wait=20) as engine,
@@ -184,7 +184,7 @@ async def test_execution_counter_counts_started_runs_only(api: Api) -> None:
     assert stats.requests_in_flight == 0
 
 
-async def test_stats_report_peak_concurrency(tmp_path: Path) -> None:
+async def test_stats_report_peak_concurrency() -> None:
     """Peak in-flight runs and peak concurrent HTTP requests are measured server-side."""
     async with (
         running_engine(FUNCTIONS, concurrency=4) as engine,
@@ -204,7 +204,7 @@ async def test_stats_report_peak_concurrency(tmp_path: Path) -> None:
         assert stats.peak_concurrent_requests >= 4
 
 
-async def test_wait_job_times_out_and_knows_no_unknown_ids(api: Api, tmp_path: Path) -> None:
+async def test_wait_job_times_out_and_knows_no_unknown_ids(api: Api) -> None:
     """wait_job raises TimeoutError at its deadline and KeyError for unknown ids."""
     release = api.engine.config.functions_dir / "release"  # (a function has its own /tmp)
     token = await api.login()

@@ -47,6 +47,7 @@ _WATCH_INTERVAL = 0.05  # how often busy workers' RSS is checked against the mem
 _NODE_OOM_MARKERS = ("JavaScript heap out of memory", "Reached heap limit")
 _SENTINEL_NODE: Any = object()  # "node" not given: look it up on PATH
 _logger = get_logger("minapp_async.engine")
+_STOPPED_BY_SHUTDOWN = "was stopped because the engine shut down"
 
 
 @attrs.frozen
@@ -243,6 +244,8 @@ class Runtime:
             try:
                 worker = await self._spawn(function)
             except WorkerStartError as exc:
+                if self._closed:  # (its start may have failed because of the shutdown)
+                    return _failed(f"cloud function {name!r} {_STOPPED_BY_SHUTDOWN}", exc.log)
                 return _failed(f"cloud function {name!r} could not run: {exc.message}", exc.log)
         return await self._run_on(
             worker, name, Run(run_id, asyncio.get_running_loop()), request, time_limit
@@ -306,7 +309,7 @@ class Runtime:
                 f"{self._memory_limit_mb} MB and was killed"
             )
         if reason == "shutdown":
-            return f"cloud function {name!r} was stopped because the engine shut down"
+            return f"cloud function {name!r} {_STOPPED_BY_SHUTDOWN}"
         if reason == "protocol":
             return f"cloud function {name!r} failed: {worker.kill_message}"
         return f"cloud function {name!r} crashed: its {worker.exit_description()}"
