@@ -94,6 +94,12 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="the app's client secret for the Open API (default: a documented local value)",
     )
     parser.add_argument(
+        "--strict-tables",
+        action="store_true",
+        help="unknown data tables are a 404, as on the platform (default: a function's first "
+        "write creates them)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -127,6 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             memory_limit_mb=args.memory_limit_mb,
             contain_functions=args.contain,
+            strict_tables=args.strict_tables,
             **overrides,
         )
     except ValueError as exc:

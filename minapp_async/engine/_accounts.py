@@ -143,6 +143,8 @@ class Accounts:
         self._codes: dict[str, float] = {}  # code -> expires_at
         self._access: dict[str, _Grant] = {}
         self._refresh: dict[str, _Grant] = {}
+        #: Told about each new user (the engine mirrors users into the _userprofile table).
+        self.on_new_user: Callable[[User], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Accounts users={len(self._users)} sessions={len(self._sessions)}>"
@@ -188,11 +190,19 @@ class Accounts:
         self._users[user.id] = user
         for key in keys:
             self._by_login[key] = user.id
+        if self.on_new_user is not None:
+            self.on_new_user(user)
         return user
+
+    def users(self) -> list[User]:
+        """Every user, oldest first."""
+        return list(self._users.values())
 
     def create_anonymous_user(self) -> User:
         user = User(id=next(self._ids), created_at=int(time.time()), anonymous=True)
         self._users[user.id] = user
+        if self.on_new_user is not None:
+            self.on_new_user(user)
         return user
 
     def login(self, kind: LoginKind, identifier: object, password: object) -> User:

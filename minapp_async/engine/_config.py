@@ -72,6 +72,11 @@ class EngineConfig:
             namespaces, private /tmp, its whole process tree under one memory limit). Where
             the OS cannot, the engine runs functions anyway and logs once what is not
             enforced; False turns containment off (``serve --no-contain``).
+        state: The engine's SQLite state file (data tables and the outbox live there), or
+            ``":memory:"`` (the default) to keep nothing after the engine stops.
+        strict_tables: Unknown tables are a 404 (and unknown fields a 400), as on the
+            platform, where tables are made in the console. By default a function's first
+            write to an unknown table creates it.
     """
 
     functions_dir: Path = attrs.field(converter=Path)
@@ -93,3 +98,5 @@ class EngineConfig:
     miniapp_id: int = DEFAULT_MINIAPP_ID
     node: str | None = None
     contain_functions: bool = True
+    state: str = attrs.field(default=":memory:", converter=str, validator=_non_empty)
+    strict_tables: bool = False

@@ -15,6 +15,7 @@ import attrs
 from aiohttp import web
 
 from ._accounts import AccountError, Accounts
+from ._baas import BaasService, EngineOutbox, EngineTables
 from ._config import EngineConfig
 from ._faults import Faults
 from ._jobs import EngineStats, Job, JobBoard
@@ -62,6 +63,7 @@ class Engine:
             access_token_ttl=self.config.access_token_ttl,
         )
         self._runtime: Runtime | None = None
+        self._baas: BaasService | None = None
         self._board: JobBoard | None = None
         self._app_state: AppState | None = None
         self._runner: web.AppRunner | None = None
@@ -106,6 +108,12 @@ class Engine:
             raise FileNotFoundError(f"functions_dir is not a directory: {str(functions_dir)!r}")
         self._state = _State.OPEN
         try:
+            self._baas = BaasService(self.config.state, strict_tables=self.config.strict_tables)
+            self._baas.load_schema_file(functions_dir)
+            baas = self._baas
+            for user in self._accounts.users():  # made with create_user() before start()
+                baas.add_user(user.public())
+            self._accounts.on_new_user = lambda user: baas.add_user(user.public())
             self._runtime = Runtime(
                 functions_dir,
                 memory_limit_mb=self.config.memory_limit_mb,
@@ -113,6 +121,7 @@ class Engine:
                 contain=self.config.contain_functions,
                 # The engine's state folder (when it lives there): hidden from functions.
                 hidden_dirs=[functions_dir / ".minapp"],
+                baas=self._baas.handle,
             )
             await self._runtime.start()  # decides containment and logs what it cannot enforce
             self._board = JobBoard(
@@ -121,6 +130,12 @@ class Engine:
                 schedule_wait=self.config.schedule_wait,
                 sync_time_limit=self.config.sync_time_limit,
                 async_time_limit=self.config.async_time_limit,
+            )
+            self._baas.bind(
+                self._board,
+                self._runtime.locate,
+                miniapp_id=self.config.miniapp_id,
+                memory_limit_mb=self.config.memory_limit_mb,
             )
             self._serve_task = asyncio.get_running_loop().create_task(
                 self._board.serve(), name="minapp-engine-async-jobs"
@@ -168,6 +183,10 @@ class Engine:
                 await self._runtime.aclose()
             if self._runner is not None:
                 await self._runner.cleanup()
+            if self._baas is not None:
+                # After the workers: no call is in flight any more. Off the loop: the thread
+                # may be finishing a statement.
+                await anyio.to_thread.run_sync(self._baas.close)
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if getattr(self, "_state", None) is _State.OPEN:
@@ -222,6 +241,24 @@ class Engine:
     def expire_sessions(self) -> None:
         """Expire every user token and access token issued so far (refresh tokens still work)."""
         self._accounts.expire_all()
+
+    # ---- data tables and the outbox ----
+
+    @property
+    def tables(self) -> EngineTables:
+        """The data tables functions use: seed, read and reset them from tests
+        (``engine.tables.seed("orders", rows)``, ``.rows("orders")``, ``.reset()`` …)."""
+        return EngineTables(self._need_baas())
+
+    @property
+    def outbox(self) -> EngineOutbox:
+        """Messages functions sent (``engine.outbox.messages("wechat.template_message")``)."""
+        return EngineOutbox(self._need_baas())
+
+    def _need_baas(self) -> BaasService:
+        if self._baas is None or self._state is not _State.OPEN:
+            raise RuntimeError("the engine is not serving: start it first")
+        return self._baas
 
     # ---- jobs ----
 
