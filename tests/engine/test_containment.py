@@ -406,6 +406,7 @@ async def serve(
             "--allow-anonymous",
             "--memory-limit-mb",
             str(MEMORY_MB),
+            "--quiet",  # (job logs would go to the stdout pipe nobody reads after the banner)
             *args,
         ],
         stdout=subprocess.PIPE,
