@@ -812,10 +812,11 @@ async def test_hot_reload_node(folder: Path, runtime: Runtime) -> None:
 
 
 @needs_node
-async def test_hot_reload_of_a_node_helper_module(folder: Path, runtime: Runtime) -> None:
+async def test_hot_reload_of_a_node_helper_module(folder: Path, uncontained: Runtime) -> None:
     """Editing name/util.js, which name/index.js requires, reloads the function: the next
     run uses the new helper, on a new worker, and the old warm worker is retired. Unchanged
     files keep the warm worker."""
+    runtime = uncontained  # (it checks that the old worker's host pid is gone)
     write(folder, "calc/util.js", "exports.version = () => 'v1'\n")
     write(
         folder,
@@ -836,9 +837,10 @@ async def test_hot_reload_of_a_node_helper_module(folder: Path, runtime: Runtime
     assert not running(old_pid)
 
 
-async def test_hot_reload_of_a_python_helper_module(folder: Path, runtime: Runtime) -> None:
+async def test_hot_reload_of_a_python_helper_module(folder: Path, uncontained: Runtime) -> None:
     """Editing a helper module a Python function imports (a neighbour, or one in a package
     folder) reloads the function on its next run; a folder function's files do not."""
+    runtime = uncontained  # (it checks that the old worker's host pid is gone)
     write(folder, "helpers.py", "GREETING = 'hi'\n")
     write(folder, "lib/words.py", "WORD = 'one'\n")
     write(
