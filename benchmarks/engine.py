@@ -12,6 +12,7 @@ logged-in user (the real auth check; each call writes a job record).
     python benchmarks/engine.py                  # throughput at c=8, p50 at c=1, cold start
     python benchmarks/engine.py --cli            # + `minapp-async invoke` against `import aiohttp`
     python benchmarks/engine.py --queue 100000   # + async acceptance up to 100,000 queued jobs
+    python benchmarks/engine.py --serve-arg=--no-contain   # workers launched uncontained
 
 Every figure is printed as a ratio to an anchor, with the goal of the engine speed issue.
 """

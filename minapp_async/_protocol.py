@@ -51,6 +51,13 @@ LoginKind = Literal["username", "email", "phone"]
 OPEN_API_JOB_PATH: Final = "oserve/v1.3/cloud-function/{name}/job/"
 OPEN_API_LEGACY_JOB_PATH: Final = "oserve/v1/cloud-function/job/"
 OPEN_API_FUNCTION_PREFIX: Final = "oserve/v1.3/cloud-function/{name}/"
+#: The function list (GET) and create (POST); ``{name}/`` below it: get, update, delete.
+OPEN_API_FUNCTIONS_PATH: Final = "oserve/v1.3/cloud-function/"
+#: Incoming webhooks (BAAS.md §2.5): any of GET/POST/PUT/PATCH/DELETE, a JSON body.
+INCOMING_WEBHOOK_PATH: Final = "oserve/v1/incoming-webhook/{key}/"
+#: The local engine's own timer endpoints (no platform has them): list, and fire one now.
+LOCAL_TIMERS_PATH: Final = "oserve/local/timer/"
+LOCAL_TIMER_FIRE_PATH: Final = "oserve/local/timer/{name}/fire/"
 AUTHORIZE_PATH: Final = "api/oauth2/hydrogen/openapi/authorize/"
 ACCESS_TOKEN_PATH: Final = "api/oauth2/access_token/"
 

@@ -46,6 +46,13 @@ COMMANDS: Final = (
     ),
     Listing("login", "log in as a user and keep the session for 'invoke'", "_login", "LOGIN"),
     Listing("logout", "end the stored session and delete it", "_login", "LOGOUT"),
+    Listing(
+        "functions",
+        "list, deploy, pull or delete cloud functions (Open API, like mincloud)",
+        "_functions",
+        "FUNCTIONS",
+    ),
+    Listing("timers", "list the engine's timers, or fire one now", "_functions", "TIMERS"),
     Listing("serve", "run the local cloud engine", "_serve", "SERVE"),
     Listing(
         "tables", "list, import, export or reset the engine's data tables", "_tables", "TABLES"

@@ -78,6 +78,13 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="memory limit per function worker (default: %(default)s)",
     )
     parser.add_argument(
+        "--no-contain",
+        dest="contain",
+        action="store_false",
+        help="run functions uncontained: no namespaces, shared /tmp and network, no tree "
+        "memory limit (contained by default where the OS allows)",
+    )
+    parser.add_argument(
         "--client-id",
         default=None,
         metavar="ID",
@@ -140,7 +147,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..engine import Engine, EngineConfig
+    from ..engine import Engine, EngineConfig, TriggerFileError
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -167,6 +174,7 @@ def _serve(args: argparse.Namespace) -> int:
             async_time_limit=args.async_time_limit,
             concurrency=args.concurrency,
             memory_limit_mb=args.memory_limit_mb,
+            contain_functions=args.contain,
             strict_tables=args.strict_tables,
             prestart=args.prestart,
             **overrides,
@@ -185,6 +193,9 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:  # e.g. the port is taken
         sys.stderr.write(f"minapp-async serve: cannot serve on {args.host}:{args.port}: {exc}\n")
         return EXIT_ERROR
+    except TriggerFileError as exc:  # names the file and the line
+        sys.stderr.write(f"minapp-async serve: {exc}\n")
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -227,6 +238,7 @@ def _banner(engine: Engine, *, secret_given: bool, quiet: bool) -> None:
         f"  client id:     {client_id}",
         f"  client secret: {secret}",
         f"  anonymous invoke: {anonymous}",
+        f"  containment: {_containment(engine)}",
         f"  job logs:      {'hidden (--quiet)' if quiet else 'shown here as they happen (--quiet hides them)'}",
         "point the SDK at it:",
         f"  minapp_async.Session({engine.client_id!r}, base_url={engine.url!r})",
@@ -234,6 +246,15 @@ def _banner(engine: Engine, *, secret_given: bool, quiet: bool) -> None:
     ]
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
+
+
+def _containment(engine: Engine) -> str:
+    report = engine.containment
+    if report is None:  # (not started)
+        return "unknown"
+    if report.complete:
+        return f"on (own pid, mount and network namespaces, cgroup {report.cgroup_version})"
+    return "; ".join(report.missing)
 
 
 SERVE: Final = Command(

@@ -19,10 +19,16 @@ from ._faults import Faults as Faults
 from ._jobs import EngineStats as EngineStats
 from ._jobs import FunctionStats as FunctionStats
 from ._jobs import Job as Job
+from ._sandbox import Containment as Containment
+from ._schedule import TimerStatus as TimerStatus
+from ._trigger_file import TRIGGER_FILE as TRIGGER_FILE
+from ._trigger_file import TriggerFileError as TriggerFileError
 
 __all__ = [
     "DEFAULT_CLIENT_ID",
     "DEFAULT_CLIENT_SECRET",
+    "TRIGGER_FILE",
+    "Containment",
     "Engine",
     "EngineConfig",
     "EngineOutbox",
@@ -34,6 +40,8 @@ __all__ = [
     "FunctionStats",
     "Job",
     "JobStatus",
+    "TimerStatus",
+    "TriggerFileError",
 ]
 
 # Reprs and tracebacks say minapp_async.engine.Engine, not minapp_async.engine._engine.Engine.

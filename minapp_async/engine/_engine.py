@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import enum
 import shutil
 import warnings
@@ -20,7 +21,10 @@ from ._config import DEFAULT_CLIENT_ID, EngineConfig
 from ._console import JobConsole
 from ._faults import Faults
 from ._jobs import EngineStats, Job, JobBoard
-from .http import AppState, EngineSite, create_app
+from ._sandbox import Containment
+from ._schedule import TimerStatus, TriggerRunner, platform_now
+from ._trigger_file import load as load_triggers
+from .http import TRIGGERS, AppState, EngineSite, create_app
 from .runtime import Runtime
 
 #: In-flight HTTP handlers get this long to finish at shutdown before they are cancelled.
@@ -79,6 +83,8 @@ class Engine:
         self._runner: web.AppRunner | None = None
         self._site: EngineSite | None = None
         self._serve_task: asyncio.Task[None] | None = None
+        self._triggers: TriggerRunner | None = None
+        self._timer_task: asyncio.Task[None] | None = None
         self._url: str | None = None
 
     def __repr__(self) -> str:
@@ -116,6 +122,8 @@ class Engine:
         functions_dir = self.config.functions_dir
         if not functions_dir.is_dir():
             raise FileNotFoundError(f"functions_dir is not a directory: {str(functions_dir)!r}")
+        # A bad triggers file stops the start, naming the file and line (TriggerFileError).
+        triggers = load_triggers(functions_dir)
         self._state = _State.OPEN
         try:
             self._baas = BaasService(self.config.state, strict_tables=self.config.strict_tables)
@@ -128,8 +136,12 @@ class Engine:
                 functions_dir,
                 memory_limit_mb=self.config.memory_limit_mb,
                 node=self.config.node or shutil.which("node"),
+                contain=self.config.contain_functions,
+                # The engine's state folder (when it lives there): hidden from functions.
+                hidden_dirs=[functions_dir / ".minapp"],
                 baas=self._baas.handle,
             )
+            await self._runtime.start()  # decides containment and logs what it cannot enforce
             self._board = JobBoard(
                 self._runtime,
                 concurrency=self.config.concurrency,
@@ -162,6 +174,13 @@ class Engine:
                 handle_signals=False,
                 shutdown_timeout=SHUTDOWN_GRACE,
             )
+            self._triggers = TriggerRunner(
+                triggers, self._board, self._runtime.locate, self.config, now=platform_now()
+            )
+            self._runner.app[TRIGGERS] = self._triggers  # for the webhook and timer routes
+            self._timer_task = asyncio.get_running_loop().create_task(
+                self._triggers.run(), name="minapp-engine-timers"
+            )
             await self._runner.setup()
             self._site = EngineSite(
                 self._runner,
@@ -186,6 +205,10 @@ class Engine:
         with anyio.CancelScope(shield=True):
             if self._site is not None:
                 await self._site.stop()  # no new connections from here on
+            if self._timer_task is not None:
+                self._timer_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._timer_task
             if self._board is not None:
                 self._board.close()
             if self._serve_task is not None:
@@ -220,6 +243,12 @@ class Engine:
         if self._url is None:
             raise RuntimeError("the engine is not serving: start it first")
         return self._url
+
+    @property
+    def containment(self) -> Containment | None:
+        """What containment of functions enforces here (and what not, with the reason); None
+        before :meth:`start`."""
+        return self._runtime.containment if self._runtime is not None else None
 
     @property
     def client_id(self) -> str:
@@ -309,6 +338,30 @@ class Engine:
             requests_in_flight=state.requests_in_flight,
             peak_concurrent_requests=state.peak_concurrent_requests,
         )
+
+    # ---- timers ----
+
+    def timers(self) -> list[TimerStatus]:
+        """The timers of the triggers file (``minapp.triggers.json``) with their next run."""
+        return self._need_triggers().statuses()
+
+    async def fire_timer(self, name: str) -> Job:
+        """Run timer *name*'s function now, as its schedule would (an async job with the
+        timer's event); returns the job (wait for it with :meth:`wait_job`). LookupError for
+        an unknown timer or a function that is not in the folder."""
+        return self._need_triggers().fire_timer(name)
+
+    async def tick_timers(self, now: datetime.datetime) -> list[Job]:
+        """Fire every timer due at *now* (an aware datetime), as the scheduler does when its
+        clock reads *now*; the jobs started. For tests: no need to wait for a real minute."""
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware (e.g. in Asia/Shanghai, UTC+8)")
+        return self._need_triggers().tick(now)
+
+    def _need_triggers(self) -> TriggerRunner:
+        if self._triggers is None or self._state is not _State.OPEN:
+            raise RuntimeError("the engine is not serving: start it first")
+        return self._triggers
 
     def _need_board(self) -> JobBoard:
         if self._board is None:
