@@ -9,8 +9,10 @@ per commit for that case too (one per batch, thanks to group commit).
 Concurrency: one writer thread owns the only connection. The event loop hands it requests
 through a bounded queue; it runs whatever has piled up in one transaction (group commit) and
 resolves the waiting futures with one ``call_soon_threadsafe`` per batch, so the loop never
-blocks on disk. The file is opened in exclusive locking mode: a second engine on the same file
-gets a clear error instead of a silent share.
+blocks on disk. SQLite's locking is the normal one, so other connections of this process (the
+data tables, see :attr:`Store.path` and :meth:`Store.connect_options`) share the file; a second
+engine is kept out by an ``flock`` on ``<file>.lock``, held while the store is open, and gets a
+clear error instead of a silent share.
 
 What the hot path reads (sessions, tokens, users) is served from memory, kept in step with the
 file; job records are read through the writer, so a read sees every write made before it.
@@ -22,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import json
+import os
 import queue
 import secrets
 import sqlite3
@@ -267,6 +271,10 @@ class Store:
             raise TypeError("use `await Store.open(path)`")
         self.path = path
         self.bounds = StoreBounds()
+        #: How long a connection waits for another one's write lock (seconds); another
+        #: connection to :attr:`path` (the data tables) should use the same.
+        self.busy_timeout = 5.0
+        self._lock_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Requests made during one turn of the loop go to the writer together: one wake-up.
         self._requests: queue.SimpleQueue[list[_Op]] = queue.SimpleQueue()
@@ -312,6 +320,7 @@ class Store:
         if durability not in ("normal", "full"):
             raise ValueError("durability must be 'normal' or 'full'")
         store = cls(str(path), _token=_OPEN_TOKEN)
+        store.busy_timeout = busy_timeout
         if bounds is not None:
             store.bounds = bounds
             store._room = _Room(bounds.max_pending)
@@ -336,6 +345,11 @@ class Store:
         if ready.exception() is None:
             self._closing = True
             self._requests.put([(_STOP, (), None)])
+
+    @property
+    def in_memory(self) -> bool:
+        """True for a throw-away store (``":memory:"``): no other connection can see it."""
+        return self.path == ":memory:"
 
     async def __aenter__(self) -> Self:
         return self
@@ -783,6 +797,7 @@ class Store:
             conn = self._connect(durability, busy_timeout)
             self._load(conn)
         except BaseException as exc:  # noqa: BLE001 - handed to the opener
+            self._unlock()
             self._post([(ready, exc, True, None)])
             return
         if on_statement is not None:
@@ -822,7 +837,35 @@ class Store:
                 self._reload_counters(conn)
             self._post(outcomes, len(outcomes))
         conn.close()
+        self._unlock()
         self._post([(stop, None, False, None)])
+
+    def _lock(self) -> None:
+        """Hold an flock on ``<file>.lock`` while open: one engine per state file. (SQLite's
+        own locks cannot say this: the data tables open a second connection to the file.)"""
+        lock_path = self.path + ".lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open the state file's lock {lock_path!r} ({exc.strerror}); check that "
+                "its folder is writable, or choose another file with --state PATH"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"state file {self.path!r} is in use by another engine (its lock "
+                f"{lock_path!r} is held); stop that engine or choose another file with "
+                "--state PATH"
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def _connect(self, durability: Durability, busy_timeout: float) -> sqlite3.Connection:
         where = self.path
@@ -834,14 +877,13 @@ class Store:
                     f"cannot create the folder for the state file {where!r} ({exc.strerror}); "
                     "choose another place with --state PATH, or --state :memory:"
                 ) from None
+            self._lock()
         try:
             conn = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(self._advice(exc)) from None
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            # Exclusive: one engine per file; also spares WAL its shared-memory index.
-            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode not in ("wal", "memory"):
                 raise StoreError(f"state file {where!r}: cannot switch it to WAL mode ({mode})")
