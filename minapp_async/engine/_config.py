@@ -68,6 +68,16 @@ class EngineConfig:
         session_ttl, access_token_ttl: Lifetimes (s) of user tokens and Open API tokens.
         miniapp_id: ``event.miniappId``.
         node: Node.js executable; None looks ``node`` up on PATH.
+        state: The SQLite file keeping users, sessions, tokens and jobs across restarts, or
+            ``":memory:"`` (the default here) for a throw-away engine. ``minapp-async serve``
+            defaults to ``DIR/.minapp/state.sqlite3``.
+        max_queued_jobs, max_queued_bytes: Bounds of the async queue (jobs waiting for a
+            slot, and the bytes of their params); beyond them an async invoke gets 503 with
+            ``Retry-After``.
+        max_idle_workers: Warm workers kept across all functions; the least recently used
+            are retired first. None: twice ``concurrency``.
+        max_finished_jobs, max_finished_bytes: Finished job records kept (count, and bytes
+            of params, results and logs); the oldest go first.
     """
 
     functions_dir: Path = attrs.field(converter=Path)
@@ -88,3 +98,19 @@ class EngineConfig:
     access_token_ttl: int = attrs.field(default=31535999, validator=_positive)
     miniapp_id: int = DEFAULT_MINIAPP_ID
     node: str | None = None
+    state: str = attrs.field(default=":memory:", converter=str, validator=_non_empty)
+    max_queued_jobs: int = attrs.field(default=10_000, validator=_positive)
+    max_queued_bytes: int = attrs.field(default=64 * MiB, validator=_positive)
+    max_idle_workers: int | None = attrs.field(default=None)
+    max_finished_jobs: int = attrs.field(default=10_000, validator=_positive)
+    max_finished_bytes: int = attrs.field(default=256 * MiB, validator=_positive)
+
+    @max_idle_workers.validator
+    def _check_idle(self, attribute: attrs.Attribute[Any], value: int | None) -> None:
+        if value is not None and value < 0:
+            raise ValueError(f"max_idle_workers must be >= 0, got {value!r}")
+
+    @property
+    def idle_workers_bound(self) -> int:
+        """``max_idle_workers``, or its default: twice the concurrency."""
+        return 2 * self.concurrency if self.max_idle_workers is None else self.max_idle_workers

@@ -18,7 +18,9 @@ from ._accounts import AccountError, Accounts
 from ._config import EngineConfig
 from ._faults import Faults
 from ._jobs import EngineStats, Job, JobBoard
+from ._store import Store, StoreBounds
 from .http import AppState, create_app
+from .http._invoking import build_event
 from .runtime import Runtime
 
 #: In-flight HTTP handlers get this long to finish at shutdown before they are cancelled.
@@ -54,12 +56,8 @@ class Engine:
         )
         self._state = _State.UNOPENED
         self.faults = Faults()
-        self._accounts = Accounts(
-            client_id=self.config.client_id,
-            client_secret=self.config.client_secret,
-            session_ttl=self.config.session_ttl,
-            access_token_ttl=self.config.access_token_ttl,
-        )
+        self._store: Store | None = None
+        self._accounts: Accounts | None = None
         self._runtime: Runtime | None = None
         self._board: JobBoard | None = None
         self._app_state: AppState | None = None
@@ -104,19 +102,39 @@ class Engine:
         if not functions_dir.is_dir():
             raise FileNotFoundError(f"functions_dir is not a directory: {str(functions_dir)!r}")
         self._state = _State.OPEN
+        config = self.config
         try:
+            self._store = await Store.open(
+                config.state,
+                bounds=StoreBounds(
+                    max_finished=config.max_finished_jobs,
+                    max_finished_bytes=config.max_finished_bytes,
+                ),
+            )
+            self._accounts = Accounts(
+                self._store,
+                client_id=config.client_id,
+                client_secret=config.client_secret,
+                session_ttl=config.session_ttl,
+                access_token_ttl=config.access_token_ttl,
+            )
             self._runtime = Runtime(
                 functions_dir,
-                memory_limit_mb=self.config.memory_limit_mb,
-                node=self.config.node or shutil.which("node"),
+                memory_limit_mb=config.memory_limit_mb,
+                node=config.node or shutil.which("node"),
+                max_idle=config.idle_workers_bound,
             )
             self._board = JobBoard(
                 self._runtime,
-                concurrency=self.config.concurrency,
-                schedule_wait=self.config.schedule_wait,
-                sync_time_limit=self.config.sync_time_limit,
-                async_time_limit=self.config.async_time_limit,
+                self._store,
+                concurrency=config.concurrency,
+                schedule_wait=config.schedule_wait,
+                sync_time_limit=config.sync_time_limit,
+                async_time_limit=config.async_time_limit,
+                max_queued_jobs=config.max_queued_jobs,
+                max_queued_bytes=config.max_queued_bytes,
             )
+            await self._resume_jobs()
             self._serve_task = asyncio.get_running_loop().create_task(
                 self._board.serve(), name="minapp-engine-async-jobs"
             )
@@ -124,6 +142,7 @@ class Engine:
                 config=self.config,
                 accounts=self._accounts,
                 board=self._board,
+                store=self._store,
                 locate_function=self._runtime.locate,
                 faults=self.faults,
             )
@@ -158,11 +177,29 @@ class Engine:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._serve_task
             if self._board is not None:
-                self._board.close_queue()
+                await self._board.aclose()
             if self._runtime is not None:
                 await self._runtime.aclose()
             if self._runner is not None:
                 await self._runner.cleanup()
+            if self._store is not None:
+                await self._store.aclose()  # after every job record was handed to it
+
+    async def _resume_jobs(self) -> None:
+        """Queue again the async jobs an earlier run of the engine accepted but did not
+        finish (those cut off mid-run are marked ``rerun``), before serving requests."""
+        assert self._store is not None and self._board is not None
+        assert self._runtime is not None and self._accounts is not None
+        for record in await self._store.recover():
+            user = self._accounts.user(record.user_id) if record.user_id is not None else None
+            job = Job.from_record(record)
+            event = build_event(
+                self.config,
+                job,
+                time_limit=self._board.async_time_limit,
+                user=user,
+            )
+            self._board.resume(record, self._runtime.locate(record.function_name), event)
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if getattr(self, "_state", None) is _State.OPEN:
@@ -201,8 +238,11 @@ class Engine:
         password: str,
     ) -> int:
         """Register a user who can then log in; returns the user id."""
+        accounts = self._accounts
+        if accounts is None:
+            raise RuntimeError("the engine has not been started")
         try:
-            return self._accounts.create_user(
+            return accounts.create_user_nowait(
                 username=username, email=email, phone=phone, password=password
             ).id
         except AccountError as exc:
@@ -210,17 +250,23 @@ class Engine:
 
     def expire_sessions(self) -> None:
         """Expire every user token and access token issued so far (refresh tokens still work)."""
+        if self._accounts is None:
+            raise RuntimeError("the engine has not been started")
         self._accounts.expire_all()
 
     # ---- jobs ----
 
-    def jobs(self, function_name: str | None = None) -> list[Job]:
-        """Every job (or one function's) in the order they were created."""
-        return self._need_board().jobs(function_name)
+    async def jobs(self, function_name: str | None = None) -> list[Job]:
+        """Every job kept (or one function's) in the order they were created: those in
+        flight, and the finished records the state keeps (see ``max_finished_jobs``)."""
+        return await self._need_board().jobs(function_name)
 
-    def job(self, job_id: str) -> Job:
+    async def job(self, job_id: str) -> Job:
         """One job's current state; KeyError if there is no such job."""
-        return self._need_board().job(job_id)
+        job = await self._need_board().get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        return job
 
     # The public API takes a timeout, like asyncio.wait_for: a job wait must always be bounded.
     async def wait_job(self, job_id: str, timeout: float) -> Job:  # noqa: ASYNC109
@@ -244,6 +290,9 @@ class Engine:
             requests_served=state.requests_served,
             requests_in_flight=state.requests_in_flight,
             peak_concurrent_requests=state.peak_concurrent_requests,
+            queued_jobs=board.queued_jobs,
+            queued_bytes=board.queued_bytes,
+            idle_workers=self._runtime.idle_workers if self._runtime is not None else 0,
         )
 
     def _need_board(self) -> JobBoard:

@@ -418,6 +418,15 @@ class Store:
         self, job_id: str, *, started_at: float | None = None, wait: bool = False
     ) -> None:
         """Mark a waiting job executing and count the attempt."""
+        await self._submit(*self._start_request(job_id, started_at), wait=wait)
+
+    def start_nowait(self, job_id: str, *, started_at: float | None = None) -> None:
+        """:meth:`start` without waiting, for the event loop's hot path."""
+        self._submit_nowait(*self._start_request(job_id, started_at))
+
+    def _start_request(
+        self, job_id: str, started_at: float | None
+    ) -> tuple[str, tuple[Any, ...], Callable[[], None]]:
         started = time.time() if started_at is None else started_at
 
         def record() -> None:
@@ -427,7 +436,7 @@ class Store:
             self._active[job_id] = (EXECUTING, entry[1])
             self._executing += 1
 
-        await self._submit("start", (job_id, started), wait=wait, before=record)
+        return "start", (job_id, started), record
 
     async def finish(
         self,
@@ -444,6 +453,42 @@ class Store:
     ) -> None:
         """Record a job's end. Not waiting for the commit is safe: a job whose end was lost
         with the process is still waiting or executing in the file, so it runs again."""
+        request = self._finish_request(
+            job_id, status, result, log, error_msg, execution_time_ms, mem_usage, finished_at
+        )
+        await self._submit(*request, wait=wait)
+
+    def finish_nowait(
+        self,
+        job_id: str,
+        *,
+        status: str,
+        result: Any = None,
+        log: str = "",
+        error_msg: str | None = None,
+        execution_time_ms: float = 0.0,
+        mem_usage: int = 0,
+        finished_at: float | None = None,
+    ) -> None:
+        """:meth:`finish` without waiting, for the event loop's hot path: it takes room in
+        the writer's queue even past its bound (finishes are bounded by the jobs run)."""
+        self._submit_nowait(
+            *self._finish_request(
+                job_id, status, result, log, error_msg, execution_time_ms, mem_usage, finished_at
+            )
+        )
+
+    def _finish_request(
+        self,
+        job_id: str,
+        status: str,
+        result: Any,
+        log: str,
+        error_msg: str | None,
+        execution_time_ms: float,
+        mem_usage: int,
+        finished_at: float | None,
+    ) -> tuple[str, list[Any], Callable[[], None]]:
         if status not in FINISHED_STATUSES:
             raise ValueError(f"status must be one of {sorted(FINISHED_STATUSES)}")
         result_json = None if result is None else _json(result)
@@ -459,7 +504,7 @@ class Store:
                 self._executing -= 1
             row.extend((ended, entry[1] + len(result_json or "") + len(log_bytes)))
 
-        await self._submit("finish", row, wait=wait, before=record)
+        return "finish", row, record
 
     async def record(
         self,
@@ -485,6 +530,90 @@ class Store:
         """Record a job that has already ended, in one write: for a sync call, whose whole
         life happened while its caller waited (accept + start + finish cost three writes).
         Such a job is not in the file while it runs, so a crash cannot leave it behind."""
+        await self._submit(
+            "record",
+            self._record_row(
+                job_id,
+                function_name,
+                sync,
+                source,
+                request_id,
+                params,
+                status,
+                created_at,
+                started_at,
+                finished_at,
+                user_id,
+                result,
+                log,
+                error_msg,
+                execution_time_ms,
+                mem_usage,
+            ),
+            wait=wait,
+        )
+
+    def record_nowait(
+        self,
+        job_id: str,
+        function_name: str,
+        *,
+        sync: bool,
+        source: str,
+        request_id: str,
+        params: Any,
+        status: str,
+        created_at: float,
+        started_at: float | None,
+        finished_at: float | None = None,
+        user_id: int | None = None,
+        result: Any = None,
+        log: str = "",
+        error_msg: str | None = None,
+        execution_time_ms: float = 0.0,
+        mem_usage: int = 0,
+    ) -> None:
+        """:meth:`record` without waiting, for the event loop's hot path (sync calls are
+        bounded by the engine's concurrency, so they may take room past the bound)."""
+        row = self._record_row(
+            job_id,
+            function_name,
+            sync,
+            source,
+            request_id,
+            params,
+            status,
+            created_at,
+            started_at,
+            finished_at,
+            user_id,
+            result,
+            log,
+            error_msg,
+            execution_time_ms,
+            mem_usage,
+        )
+        self._submit_nowait("record", row, None)
+
+    @staticmethod
+    def _record_row(
+        job_id: str,
+        function_name: str,
+        sync: bool,
+        source: str,
+        request_id: str,
+        params: Any,
+        status: str,
+        created_at: float,
+        started_at: float | None,
+        finished_at: float | None,
+        user_id: int | None,
+        result: Any,
+        log: str,
+        error_msg: str | None,
+        execution_time_ms: float,
+        mem_usage: int,
+    ) -> tuple[Any, ...]:
         if status not in FINISHED_STATUSES:
             raise ValueError(f"status must be one of {sorted(FINISHED_STATUSES)}")
         params_json = _json(params)
@@ -510,7 +639,7 @@ class Store:
             mem_usage,
             len(params_json) + len(result_json or "") + len(log_bytes),
         )
-        await self._submit("record", row, wait=wait)
+        return row
 
     async def get(self, job_id: str) -> JobRecord | None:
         """One job with its params, result and log; None if unknown or pruned."""
@@ -593,6 +722,14 @@ class Store:
     async def add_user(self, user: UserRecord) -> None:
         """Store a new user, committed before this returns. ValueError if the id or a login
         is taken (checked before anything is written)."""
+        await self._submit("add_user", (user,), wait=True, before=self._user_adder(user))
+
+    def add_user_nowait(self, user: UserRecord) -> None:
+        """:meth:`add_user` for synchronous callers (the Python API): in memory at once,
+        committed on the next turn of the loop."""
+        self._submit_nowait("add_user", (user,), self._user_adder(user))
+
+    def _user_adder(self, user: UserRecord) -> Callable[[], None]:
         logins = [(k, v) for k, v in _logins(user) if v is not None]
 
         def record() -> None:
@@ -606,7 +743,7 @@ class Store:
                 self._by_login[key] = user.id
             self._next_user_id = max(self._next_user_id, user.id + 1)
 
-        await self._submit("add_user", (user,), wait=True, before=record)
+        return record
 
     async def update_profile(self, user_id: int, profile: Mapping[str, Any]) -> None:
         """Replace a user's profile (KeyError for an unknown user)."""
@@ -698,7 +835,13 @@ class Store:
 
     async def expire_all(self, *, at: float = float("-inf")) -> None:
         """Every session and access token expires at *at* (for tests)."""
+        await self._submit("expire_all", (at,), wait=True, before=self._expirer(at))
 
+    def expire_all_nowait(self, *, at: float = float("-inf")) -> None:
+        """:meth:`expire_all` for synchronous callers: in memory at once, committed soon."""
+        self._submit_nowait("expire_all", (at,), self._expirer(at))
+
+    def _expirer(self, at: float) -> Callable[[], None]:
         def record() -> None:
             self._sessions = {d: (uid, min(exp, at)) for d, (uid, exp) in self._sessions.items()}
             self._tokens = {
@@ -706,7 +849,7 @@ class Store:
                 for d, (kind, partner, exp) in self._tokens.items()
             }
 
-        await self._submit("expire_all", (at,), wait=True, before=record)
+        return record
 
     async def prune_expired(self, now: float | None = None) -> None:
         """Forget sessions, codes and tokens that expired before *now* (epoch seconds).
@@ -726,9 +869,9 @@ class Store:
         self,
         op: str,
         args: Sequence[Any],
+        before: Callable[[], None] | None = None,
         *,
         wait: bool,
-        before: Callable[[], None] | None = None,
     ) -> Any:
         """Queue one request once there is room. *before* runs just before it is queued,
         with no await in between, so memory changes only for requests really queued (not
@@ -756,6 +899,21 @@ class Store:
         future: asyncio.Future[Any] = self._loop.create_future()
         self._outbox.append((op, tuple(args), future))
         return await future
+
+    def _submit_nowait(
+        self, op: str, args: Sequence[Any], before: Callable[[], None] | None
+    ) -> None:
+        """Queue one request without waiting, for the rare synchronous caller: it takes
+        room even past the bound (such callers are few), and is not awaited."""
+        if self._closing:
+            raise RuntimeError(f"the state store {self.path!r} is closed")
+        if before is not None:
+            before()
+        self._room.take()
+        assert self._loop is not None
+        if not self._outbox:
+            self._loop.call_soon(self._hand_over)
+        self._outbox.append((op, tuple(args), None))
 
     def _hand_over(self) -> None:
         if self._outbox:
@@ -1187,6 +1345,10 @@ class _Room:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
             raise
+
+    def take(self) -> None:
+        """Take room now, even if there is none (it may go negative)."""
+        self._free -= 1
 
     def release(self, count: int = 1) -> None:
         self._free += count
