@@ -263,7 +263,7 @@ async def test_job_list_paginates_and_filters(api: Api) -> None:
     assert objects[0]["source"] == "sdk"  # newest first
     assert set(objects[0]) == {
         "id", "created_at", "started_at", "finished_at", "mem_usage", "service_type", "source",
-        "status", "user_log_url",
+        "status", "user_log_url", "attempts", "rerun",
     }  # fmt: skip
     assert objects[0]["service_type"] == "time_sensitive"
     second = await api.oserve("GET", meta["next"], token)
