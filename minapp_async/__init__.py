@@ -35,6 +35,7 @@ from ._options import Timeouts as Timeouts
 from ._promise import Promise as Promise
 from ._retry import Retry as Retry
 from ._session import InsecureURLWarning as InsecureURLWarning
+from ._session import PoolStats as PoolStats
 from ._session import Session as Session
 from ._tokens import FileTokenStore as FileTokenStore
 from ._tokens import MemoryTokenStore as MemoryTokenStore
@@ -66,6 +67,7 @@ __all__ = [
     "Outcome",
     "PayloadTooLargeError",
     "PoolSizeWarning",
+    "PoolStats",
     "PoolTimeoutError",
     "Promise",
     "RateLimitError",

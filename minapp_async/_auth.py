@@ -17,19 +17,24 @@ import attrs
 
 from ._constants import ACCESS_TOKEN_REFRESH_MARGIN, SESSION_EXPIRY_MARGIN
 from ._errors import HError, InvalidArgumentError, ResponseFormatError, SessionMissingError
+from ._protocol import (
+    ACCESS_TOKEN_PATH,
+    ANONYMOUS_LOGIN_PATH,
+    AUTHORIZE_PATH,
+    LOGIN_PATH,
+    LOGOUT_PATH,
+    REGISTER_PATH,
+    SERVER_AUTH_SCHEME,
+    USER_AUTH_SCHEME,
+    USER_INFO_PATH,
+)
 from ._tokens import MemoryTokenStore, StoredSession, TokenStore
 from ._types import NOT_GIVEN, NotGiven
 
 __all__ = ["Auth", "CurrentUser", "UserCredentials"]
 
-AUTH_PREFIX: Final = "Hydrogen-r1"
-ANONYMOUS_LOGIN_PATH: Final = "hserve/v2.0/login/anonymous/"
-LOGIN_PATH: Final = "hserve/v2.1/login/{kind}/"
-REGISTER_PATH: Final = "hserve/v2.1/register/{kind}/"
-LOGOUT_PATH: Final = "hserve/v2.0/session/destroy/"
-USER_INFO_PATH: Final = "hserve/v2.5/user/info/{user_id}/"
-AUTHORIZE_PATH: Final = "api/oauth2/hydrogen/openapi/authorize/"
-ACCESS_TOKEN_PATH: Final = "api/oauth2/access_token/"
+_USER_PREFIX: Final = f"{USER_AUTH_SCHEME} "
+_SERVER_PREFIX: Final = f"{SERVER_AUTH_SCHEME} "
 
 
 class Exchange(Protocol):
@@ -172,7 +177,7 @@ class Auth:
             return NOT_GIVEN
         if session is None:
             return None if self._credentials is None else NOT_GIVEN
-        return f"{AUTH_PREFIX} {session.token}"
+        return f"{_USER_PREFIX}{session.token}"
 
     async def authorization(self) -> str | None:
         """The Authorization header for the next request, logging in first if credentials
@@ -190,11 +195,11 @@ class Auth:
                 )
             else:
                 return None
-        return f"{AUTH_PREFIX} {session.token}"
+        return f"{_USER_PREFIX}{session.token}"
 
     async def reauthenticate(self, stale: str | None) -> None:
         """The server refused *stale* (an Authorization value): log in again, once."""
-        token = stale.removeprefix(f"{AUTH_PREFIX} ") if stale else None
+        token = stale.removeprefix(_USER_PREFIX) if stale else None
         await self._relogin(token)
 
     async def _relogin(self, stale_token: str | None) -> StoredSession:
@@ -218,7 +223,7 @@ class Auth:
             "POST",
             path,
             payload,
-            authorization=f"{AUTH_PREFIX} {current.token}" if current else None,
+            authorization=f"{_USER_PREFIX}{current.token}" if current else None,
         )
         token, user_id = body.get("token"), body.get("user_id", body.get("id"))
         if not isinstance(token, str) or not token:
@@ -238,7 +243,7 @@ class Auth:
                 "GET",
                 USER_INFO_PATH.format(user_id=session.user_id),
                 None,
-                authorization=f"{AUTH_PREFIX} {token}",
+                authorization=f"{_USER_PREFIX}{token}",
             )
         return session
 
@@ -283,7 +288,7 @@ class Auth:
             try:
                 if current is not None:
                     await self._exchange(
-                        "POST", LOGOUT_PATH, {}, authorization=f"{AUTH_PREFIX} {current.token}"
+                        "POST", LOGOUT_PATH, {}, authorization=f"{_USER_PREFIX}{current.token}"
                     )
             finally:
                 self._info = {}
@@ -356,17 +361,17 @@ class ServerAuth:
         """``Bearer <access token>`` while it needs no refresh, else NOT_GIVEN."""
         if self._access is None or time.time() >= self._refresh_at:
             return NOT_GIVEN
-        return f"Bearer {self._access}"
+        return f"{_SERVER_PREFIX}{self._access}"
 
     async def authorization(self) -> str:
         """``Bearer <access token>``, fetching or refreshing the token first when needed."""
         if self._access is None or time.time() >= self._refresh_at:
             await self._renew(self._access)
-        return f"Bearer {self._access}"
+        return f"{_SERVER_PREFIX}{self._access}"
 
     async def reauthenticate(self, stale: str | None) -> None:
         """The server refused *stale*: get a new token, once for all waiting tasks."""
-        await self._renew(stale.removeprefix("Bearer ") if stale else None, force=True)
+        await self._renew(stale.removeprefix(_SERVER_PREFIX) if stale else None, force=True)
 
     async def _renew(self, stale: str | None, *, force: bool = False) -> None:
         async with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from ._protocol import SYNC_TIME_LIMIT
 from ._version import __version__
 
 #: Sent as X-Hydrogen-Client-Version; the JS SDK sends its own version with a "v" prefix.
@@ -18,8 +19,6 @@ USER_AGENT: Final = f"minapp-async/{__version__}"
 CLIENT_API_HOST: Final = "https://{client_id}.myminapp.com"
 OPEN_API_HOST: Final = "https://cloud.minapp.com"
 
-#: The platform's limit for a sync job (PROTOCOL.md §7.3); an async job gets 300 s.
-SYNC_TIME_LIMIT: Final = 5.0
 #: A sync call's client deadline: the platform's 5 s plus a margin for the network and auth.
 SYNC_DEADLINE: Final = SYNC_TIME_LIMIT + 5.0
 #: A sync=False call only waits for the acknowledgement.
@@ -33,5 +32,3 @@ KEEPALIVE_TIMEOUT: Final = 15.0
 SESSION_EXPIRY_MARGIN: Final = 30
 #: Refresh an Open API access token this long before it expires (or at 90% of its life).
 ACCESS_TOKEN_REFRESH_MARGIN: Final = 300.0
-
-REQUEST_ID_HEADER: Final = "X-Request-Id"

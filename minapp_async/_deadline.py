@@ -1,20 +1,24 @@
-"""The deadline that bounds a whole call, cheap enough to run on every one of a fan-out.
+"""The deadline that bounds a whole call, and the timeout error that says where the call was.
 
-A deadline cancels its task when it passes, and turns that cancellation into a
-``RequestTimeoutError`` that says where the call was. Deadlines that end within the same
-hundredth of a second share one loop timer, as aiohttp's ``ceil_timeout`` rounds long timeouts
-to whole seconds: a deadline fires up to 10 ms late, and thousands of calls a second schedule
-a hundred timers instead of one each (a timer and its cancellation cost more than the rest of
-the deadline together).
+A deadline is an anyio cancel scope, so anyio delivers its cancellation: a shielded scope
+inside the call (a token store's I/O, a user's clean-up) runs to its end, an enclosing scope's
+cancellation passes through, and Python 3.10 and 3.11+ behave alike. When the scope catches
+its own cancellation, the call fails with ``PoolTimeoutError`` or ``RequestTimeoutError``
+naming the phase it was in.
+
+Only the timer is our own: deadlines that end within the same hundredth of a second share one
+loop timer, which cancels their scopes when it fires (up to 10 ms late). At thousands of calls
+a second, a timer per call (a handle pushed on the loop's heap, then cancelled) costs more
+than the rest of the deadline; ``benchmarks/throughput.py`` measured a scope with its own
+deadline below the fan-out goal (``benchmarks/README.md``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import sys
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 import anyio
 
@@ -33,46 +37,34 @@ _WHERE: Final = {
     "send": "waiting for the reply",
 }
 
-#: One event loop's shared timers: slot number -> the deadlines ending in that slot. The loop
-#: holds one timer per slot in use; when it fires, every deadline still in the slot expires.
-Timers: TypeAlias = "dict[int, set[Deadline]]"
+#: One event loop's shared timers: slot number -> the scopes of the deadlines ending in that
+#: slot. The loop holds one timer per slot in use; when it fires, it cancels every scope
+#: still in the slot (a deadline leaves its slot when its call ends).
+Timers: TypeAlias = "dict[int, set[anyio.CancelScope]]"
 
 
 def _fire(timers: Timers, slot: int) -> None:
-    for deadline in timers.pop(slot, ()):
-        deadline._expire()
+    for scope in timers.pop(slot, ()):
+        scope.cancel()
 
 
 class Deadline:
     """Bounds a whole call. A timeout says where the call was (pool, auth or send) and whether
-    the request may have reached the server.
-
-    On Python 3.11+ this is ``asyncio.timeout``'s algorithm without its coroutines (cancel the
-    task at the deadline, and ``uncancel()`` to tell its own cancellation from anyone else's,
-    so it composes with anyio's cancel scopes), on a shared timer. Python 3.10 has no
-    ``uncancel()``, so there it is an anyio cancel scope.
-    """
+    the request may have reached the server. ``None`` seconds: no deadline."""
 
     __slots__ = (
         "_attempt",
-        "_cancelling",
-        "_expired",
-        "_loop",
         "_members",
         "_method",
         "_path",
         "_scope",
         "_seconds",
-        "_task",
         "_timers",
         "_when",
     )
 
-    _task: asyncio.Task[Any]
-    _cancelling: int
-    _members: set[Deadline]
-    _loop: asyncio.AbstractEventLoop
-    _scope: anyio.CancelScope
+    _scope: anyio.CancelScope | None
+    _members: set[anyio.CancelScope]
 
     def __init__(
         self,
@@ -88,38 +80,31 @@ class Deadline:
         self._path = path
         self._timers = timers
         self._method = method
-        self._when = math.inf
-        self._expired = False
+        self._scope = None
 
     def remaining(self) -> float:
         """Seconds left before the deadline (infinite without one)."""
-        return self._when - self._loop.time() if self._seconds is not None else math.inf
+        if self._scope is None:
+            return math.inf
+        return self._when - asyncio.get_running_loop().time()
 
     def __enter__(self) -> Self:
         if self._seconds is None:
             return self
-        self._loop = loop = asyncio.get_running_loop()
-        self._when = when = loop.time() + self._seconds
-        if sys.version_info >= (3, 11):  # Task.cancelling() and uncancel() exist
-            task = asyncio.current_task(loop)
-            assert task is not None
-            self._task = task
-            self._cancelling = task.cancelling()
-            slot = int(when * SLOTS_PER_SECOND) + 1  # the slot's end is after `when`
-            members = self._timers.get(slot)
-            if members is None:
-                members = self._timers[slot] = set()
-                loop.call_at(slot / SLOTS_PER_SECOND, _fire, self._timers, slot)
-            members.add(self)
-            self._members = members
-        else:  # pragma: no cover - Python 3.10
-            self._scope = anyio.CancelScope(deadline=anyio.current_time() + self._seconds)
-            self._scope.__enter__()
+        loop = asyncio.get_running_loop()
+        when = loop.time() + self._seconds
+        # No deadline of the scope's own (it would start a timer): the shared one cancels it.
+        scope = self._scope = anyio.CancelScope()
+        scope.__enter__()
+        slot = int(when * SLOTS_PER_SECOND) + 1  # the slot's end is after `when`
+        members = self._timers.get(slot)
+        if members is None:
+            members = self._timers[slot] = set()
+            loop.call_at(slot / SLOTS_PER_SECOND, _fire, self._timers, slot)
+        members.add(scope)
+        self._members = members
+        self._when = when
         return self
-
-    def _expire(self) -> None:
-        self._expired = True
-        self._task.cancel()
 
     def __exit__(
         self,
@@ -127,18 +112,14 @@ class Deadline:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._seconds is None:
+        scope = self._scope
+        if scope is None:
             return
-        if sys.version_info >= (3, 11):
-            if not self._expired:
-                self._members.discard(self)
-            # As asyncio.timeout: only a cancellation that is ours alone becomes a timeout.
-            elif self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
-                raise self._error() from None
-            return
-        # The scope swallows only its own cancellation, which happens at the deadline.
-        if self._scope.__exit__(exc_type, exc, tb) or self._scope.cancelled_caught:
-            raise self._error() from None  # pragma: no cover - Python 3.10
+        self._members.discard(scope)
+        # The scope swallows only its own cancellation, which happens at the deadline; any
+        # other cancellation (the caller's, an outer scope's) passes through untouched.
+        if scope.__exit__(exc_type, exc, tb) or scope.cancelled_caught:
+            raise self._error() from None
 
     def _error(self) -> RequestTimeoutError:
         attempt = self._attempt

@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import attrs
 
+from ._protocol import ERROR_MSG_FIELD, JOB_STATUS_FIELD, SCHEDULE_FAILED
 from ._redact import redact_text
 
 __all__ = [
@@ -284,7 +285,7 @@ def error_text(body: Any) -> str | None:
     """The error text of a reply body, as the JS SDK's ``extractErrorMsg``: ``error_msg``
     first, then ``message``."""
     if isinstance(body, dict):
-        for key in ("error_msg", "message"):
+        for key in (ERROR_MSG_FIELD, "message"):
             value = body.get(key)
             if value:
                 return str(value)
@@ -328,10 +329,10 @@ def error_from_response(
         status=status, body=snippet(raw), request_id=request_id, method=method, path=path
     )
     text = error_text(body)
-    job_status = body.get("job_status") if isinstance(body, dict) else None
+    job_status = body.get(JOB_STATUS_FIELD) if isinstance(body, dict) else None
     job_status = job_status if isinstance(job_status, str) else None
     # Statuses that refuse the request before any function runs; the rest may have run it.
-    refused = status in (401, 403, 404, 405, 413, 429, 503) or job_status == "schedule_failed"
+    refused = status in (401, 403, 404, 405, 413, 429, 503) or job_status == SCHEDULE_FAILED
     err = cls(
         status, redact_text(text) if text else None, details=details, may_have_executed=not refused
     )

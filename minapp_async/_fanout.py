@@ -33,7 +33,15 @@ import inspect
 import math
 import time
 import warnings
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
@@ -43,20 +51,22 @@ import attrs
 from ._errors import HError, InvalidArgumentError
 from ._invoke import InvokeResult, check_name, check_sync
 from ._logs import get_logger
-from ._types import JSON, NOT_GIVEN, NotGiven
+from ._options import check_call_timeout
+from ._types import JSON, NotGiven
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from ._session import Session
-
-__all__ = ["Batch", "FanOut", "Outcome", "PoolSizeWarning", "Progress", "Summary"]
+__all__ = ["Batch", "FanOut", "MapOptions", "Outcome", "PoolSizeWarning", "Progress", "Summary"]
 
 logger = get_logger()
 
 #: ``progress(done, total)``: calls finished so far, and the input's length when it has one.
 Progress: TypeAlias = Callable[[int, "int | None"], None]
 ErrorPolicy: TypeAlias = Literal["raise", "collect"]
+#: One call of the fan-out: the item's params in, its result out. It checks and serialises
+#: the params when called, after the worker took its concurrency slot.
+Call: TypeAlias = Callable[[JSON], Awaitable[InvokeResult]]
 
 #: How long ``aclose()`` waits for cancelled calls to unwind; they need one loop iteration or
 #: two, so reaching this means something swallowed a cancellation (it is logged).
@@ -171,63 +181,76 @@ class Batch:
     summary: Summary
 
 
-def check_fanout_arguments(
-    function_name: object,
-    params: object,
-    *,
-    sync: object,
-    concurrency: object,
-    rate: object,
-    ordered: object = True,
-    window: object = None,
-    errors: object,
-    timeout: object = NOT_GIVEN,
-    progress: object,
-) -> None:
-    """605 for anything ``map``/``invoke_many`` cannot use, before anything runs."""
-    check_name(function_name)
-    check_sync(sync)
-    if isinstance(params, Mapping | str | bytes | bytearray) or not isinstance(
-        params, Iterable | AsyncIterable
-    ):
-        # A dict would be iterated over its keys: almost certainly one params object passed
-        # where a stream of them was meant.
-        raise InvalidArgumentError(
-            "params must be an iterable or async iterable of params, one item per call, "
-            f"not {type(params).__name__} (for one call, wrap it in a list)"
-        )
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise InvalidArgumentError(f"concurrency must be an int >= 1, not {concurrency!r}")
-    if rate is not None and (
-        isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < math.inf
-    ):
-        raise InvalidArgumentError(
-            f"rate must be a positive number of calls per second or None, not {rate!r}"
-        )
-    if not isinstance(ordered, bool):
-        raise InvalidArgumentError(f"ordered must be True or False, not {ordered!r}")
-    if window is not None and (
-        isinstance(window, bool) or not isinstance(window, int) or window < concurrency
-    ):
-        raise InvalidArgumentError(
-            f"window must be an int >= concurrency ({concurrency}) or None, not {window!r}"
-        )
-    if errors not in ("raise", "collect"):
-        raise InvalidArgumentError(f"errors must be 'raise' or 'collect', not {errors!r}")
-    if (
-        timeout is not NOT_GIVEN
-        and timeout is not None
-        and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0)
-    ):
-        raise InvalidArgumentError(f"timeout must be a positive number or None, not {timeout!r}")
-    if progress is not None and (not callable(progress) or inspect.iscoroutinefunction(progress)):
-        # It is called from the calls' tasks, in between two steps: it must not block.
-        raise InvalidArgumentError("progress must be a plain function (done, total) or None")
+@attrs.frozen
+class MapOptions:
+    """How ``map``/``invoke_many`` run: built only through ``of``, which checks every value."""
+
+    sync: bool
+    concurrency: int
+    rate: float | None
+    ordered: bool
+    window: int | None
+    errors: ErrorPolicy
+    timeout: float | None | NotGiven
+    progress: Progress | None
+
+    @classmethod
+    def of(
+        cls,
+        function_name: object,
+        params: object,
+        *,
+        sync: bool,
+        concurrency: int,
+        rate: float | None,
+        ordered: bool,
+        window: int | None,
+        errors: ErrorPolicy,
+        timeout: float | None | NotGiven,
+        progress: Progress | None,
+    ) -> MapOptions:
+        """605 for anything ``map``/``invoke_many`` cannot use, before anything runs."""
+        check_name(function_name)
+        check_sync(sync)
+        if isinstance(params, Mapping | str | bytes | bytearray) or not isinstance(
+            params, Iterable | AsyncIterable
+        ):
+            # A dict would be iterated over its keys: almost certainly one params object
+            # passed where a stream of them was meant.
+            raise InvalidArgumentError(
+                "params must be an iterable or async iterable of params, one item per call, "
+                f"not {type(params).__name__} (for one call, wrap it in a list)"
+            )
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidArgumentError(f"concurrency must be an int >= 1, not {concurrency!r}")
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < math.inf
+        ):
+            raise InvalidArgumentError(
+                f"rate must be a positive number of calls per second or None, not {rate!r}"
+            )
+        if not isinstance(ordered, bool):
+            raise InvalidArgumentError(f"ordered must be True or False, not {ordered!r}")
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, int) or window < concurrency
+        ):
+            raise InvalidArgumentError(
+                f"window must be an int >= concurrency ({concurrency}) or None, not {window!r}"
+            )
+        if errors not in ("raise", "collect"):
+            raise InvalidArgumentError(f"errors must be 'raise' or 'collect', not {errors!r}")
+        check_call_timeout(timeout)
+        if progress is not None and (
+            not callable(progress) or inspect.iscoroutinefunction(progress)
+        ):
+            # It is called from the calls' tasks, in between two steps: it must not block.
+            raise InvalidArgumentError("progress must be a plain function (done, total) or None")
+        return cls(sync, concurrency, rate, ordered, window, errors, timeout, progress)
 
 
-def warn_if_pool_too_small(session: Session, concurrency: int, *, stacklevel: int) -> None:
-    """``PoolSizeWarning`` when *concurrency* calls cannot all have a connection."""
-    pool = session._transport._limits.pool_size
+def warn_if_pool_too_small(pool: int, concurrency: int, *, stacklevel: int) -> None:
+    """``PoolSizeWarning`` when *concurrency* calls cannot all have one of *pool* connections
+    (0: an unbounded pool)."""
     if pool and concurrency > pool:
         warnings.warn(
             f"concurrency={concurrency} is more than the Session's connection pool ({pool}): "
@@ -251,29 +274,22 @@ class FanOut:
 
     def __init__(
         self,
-        session: Session,
+        call: Call,
         function_name: str,
         params: Iterable[JSON] | AsyncIterable[JSON],
-        *,
-        sync: bool,
-        concurrency: int,
-        rate: float | None,
-        ordered: bool,
-        window: int | None,
-        errors: ErrorPolicy,
-        timeout: float | None | NotGiven,
-        progress: Progress | None,
+        options: MapOptions,
     ) -> None:
-        self._session = session
+        """*call* invokes the function for one item; *function_name* names the tasks and
+        errors; *options* were checked by ``MapOptions.of``."""
+        self._call = call
         self._name = function_name
-        self._sync = sync
-        self._timeout = timeout
+        concurrency = options.concurrency
         self._concurrency = concurrency
-        self._window = window if window is not None else 2 * concurrency
-        self._interval = 1.0 / rate if rate is not None else 0.0
-        self._ordered = ordered
-        self._collect = errors == "collect"
-        self._progress = progress
+        self._window = options.window if options.window is not None else 2 * concurrency
+        self._interval = 1.0 / options.rate if options.rate is not None else 0.0
+        self._ordered = options.ordered
+        self._collect = options.errors == "collect"
+        self._progress = options.progress
         self._total = len(params) if isinstance(params, collections.abc.Sized) else None
         self._source: Iterable[JSON] | AsyncIterable[JSON] | None = params
         self._items: Iterator[JSON] | None = None
@@ -441,9 +457,7 @@ class FanOut:
                 started = time.perf_counter()
                 try:
                     # invoke() validates and serialises here, after the slot was taken.
-                    result = await self._session._prepare(
-                        self._name, item, self._sync, self._timeout
-                    )
+                    result = await self._call(item)
                 except HError as err:
                     if not self._collect:
                         self._fail(err, index)

@@ -16,15 +16,11 @@ from ._errors import (
     error_from_response,
     snippet,
 )
+from ._protocol import ACCEPTED_REPLY, OPEN_API_JOB_PATH
 from ._transport import RawResponse
 from ._types import JSON, NOT_GIVEN, NotGiven
 
 __all__ = ["InvokeResult"]
-
-CLIENT_JOB_PATH: Final = "hserve/v1/cloud-function/job/"
-OPEN_API_JOB_PATH: Final = "oserve/v1.3/cloud-function/{name}/job/"
-
-_ACCEPTED: Final = {"status": "ok"}
 
 
 # Not frozen: building a frozen attrs instance costs four times as much, and one is built for
@@ -170,10 +166,10 @@ def parse_result(raw: RawResponse, *, sync: bool, method: str, path: str) -> Inv
                 raw.status,
                 raw.request_id,
             )
-        if not sync and body == _ACCEPTED:
+        if not sync and body == ACCEPTED_REPLY:
             return InvokeResult(
                 code=0,
-                data=dict(_ACCEPTED),
+                data=dict(ACCEPTED_REPLY),
                 error={},
                 raw=raw.body,
                 status=raw.status,

@@ -1,18 +1,39 @@
-"""Immutable option objects: cheap to copy per call, changed only through ``attrs.evolve``."""
+"""Immutable option objects and the checks that guard them (every 605 about an option).
+
+Options are cheap to copy per call and changed only through ``attrs.evolve``.
+``CallOptions`` is what a Session view may change; the rest is shared with its Session.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
 import attrs
 
 from ._constants import (
     ACK_DEADLINE,
+    CLIENT_VERSION,
     CONNECT_TIMEOUT,
     KEEPALIVE_TIMEOUT,
     MAX_CONNECTIONS,
+    SDK_TYPE,
     SYNC_DEADLINE,
+    USER_AGENT,
 )
+from ._errors import InvalidArgumentError
+from ._hooks import Hook
+from ._protocol import (
+    CLIENT_ID_HEADER,
+    CLIENT_PLATFORM_HEADER,
+    CLIENT_SDK_TYPE_HEADER,
+    CLIENT_VERSION_HEADER,
+    ENV_ID_HEADER,
+)
+from ._retry import Retry
+from ._types import NOT_GIVEN, NotGiven
+
+_JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
 def _positive_or_none(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -73,3 +94,173 @@ class Limits:
 
 DEFAULT_TIMEOUTS = Timeouts()
 DEFAULT_LIMITS = Limits()
+
+
+# -- the checks behind InvalidArgumentError (605) ----------------------------------------------
+
+
+def check_str(name: str, value: object, *, optional: bool = True) -> None:
+    """605 unless *value* is a non-empty str (or None, when *optional*)."""
+    if (value is None and optional) or (isinstance(value, str) and value):
+        return
+    raise InvalidArgumentError(f"{name} must be a non-empty str, not {type(value).__name__}")
+
+
+def check_timeout(value: object) -> None:
+    """605 unless *value* is a positive number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InvalidArgumentError(f"timeout must be a positive number or None, not {value!r}")
+
+
+def check_call_timeout(value: object) -> None:
+    """605 for a per-call ``timeout`` that is neither left out, None nor a positive number."""
+    if value is not NOT_GIVEN and value is not None:
+        check_timeout(value)
+
+
+def timeouts_of(value: Timeouts | float | None) -> Timeouts:
+    """A ``timeout=`` argument as ``Timeouts``: one number (or None) sets both modes."""
+    if isinstance(value, Timeouts):
+        return value
+    if value is not None:
+        check_timeout(value)
+    return Timeouts(sync=value, ack=value)
+
+
+def limits_of(value: object) -> Limits:
+    """A ``limits=`` argument, checked."""
+    if not isinstance(value, Limits):
+        raise InvalidArgumentError("limits must be a Limits")
+    return value
+
+
+def hook_of(name: str, value: object) -> Hook | None:
+    """An ``on_request``/``on_response`` argument, checked."""
+    if value is not None and not callable(value):
+        raise InvalidArgumentError(f"{name} must be callable or None")
+    return value
+
+
+def retry_of(value: object) -> Retry:
+    """A ``retry=`` argument, checked."""
+    if not isinstance(value, Retry):
+        raise InvalidArgumentError(f"retry must be a Retry, not {type(value).__name__}")
+    return value
+
+
+def headers_of(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    """A ``headers=`` argument as a private dict; None is no extra headers."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise InvalidArgumentError("headers must be a mapping of str to str")
+    return dict(value)
+
+
+@attrs.frozen
+class CallOptions:
+    """What a view (``with_options``) may change: everything else is shared with the Session
+    it came from. Built only through ``of`` and ``changed``, which check every value."""
+
+    base_url: str
+    env_id: str | None
+    timeouts: Timeouts
+    headers: Mapping[str, str]
+    platform: str
+    retry: Retry
+    on_request: Hook | None = None
+    on_response: Hook | None = None
+    tracing: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        base_url: str,
+        env_id: str | None,
+        timeout: Timeouts | float | None,
+        headers: Mapping[str, str] | None,
+        platform: str,
+        retry: Retry,
+        on_request: Hook | None,
+        on_response: Hook | None,
+        tracing: bool,
+    ) -> CallOptions:
+        """The options a Session is made with (its ``str`` arguments checked by the caller)."""
+        return cls(
+            base_url=base_url,
+            env_id=env_id,
+            timeouts=timeouts_of(timeout),
+            headers=headers_of(headers),
+            platform=platform,
+            retry=retry_of(retry),
+            on_request=hook_of("on_request", on_request),
+            on_response=hook_of("on_response", on_response),
+            tracing=bool(tracing),
+        )
+
+    def changed(
+        self,
+        *,
+        timeout: Timeouts | float | None | NotGiven = NOT_GIVEN,
+        env_id: str | None | NotGiven = NOT_GIVEN,
+        headers: Mapping[str, str] | None | NotGiven = NOT_GIVEN,
+        platform: str | NotGiven = NOT_GIVEN,
+        retry: Retry | NotGiven = NOT_GIVEN,
+        on_request: Hook | None | NotGiven = NOT_GIVEN,
+        on_response: Hook | None | NotGiven = NOT_GIVEN,
+        tracing: bool | NotGiven = NOT_GIVEN,
+    ) -> CallOptions:
+        """A copy with the given options replaced, each checked as ``Session()`` checks it."""
+        changes: dict[str, Any] = {}
+        if timeout is not NOT_GIVEN:
+            changes["timeouts"] = timeouts_of(timeout)
+        if env_id is not NOT_GIVEN:
+            check_str("env_id", env_id)
+            changes["env_id"] = env_id
+        if headers is not NOT_GIVEN:
+            changes["headers"] = headers_of(headers)
+        if platform is not NOT_GIVEN:
+            check_str("platform", platform, optional=False)
+            changes["platform"] = platform
+        if retry is not NOT_GIVEN:
+            changes["retry"] = retry_of(retry)
+        if on_request is not NOT_GIVEN:
+            changes["on_request"] = hook_of("on_request", on_request)
+        if on_response is not NOT_GIVEN:
+            changes["on_response"] = hook_of("on_response", on_response)
+        if tracing is not NOT_GIVEN:
+            changes["tracing"] = bool(tracing)
+        return attrs.evolve(self, **changes)
+
+    @property
+    def observed(self) -> bool:
+        """Hooks or tracing are on: calls then build a ``CallInfo``."""
+        return bool(self.on_request or self.on_response or self.tracing)
+
+    def fixed_headers(self, client_id: str, server: bool) -> dict[str, str]:
+        """What every request in this mode carries: the transport sends these by default."""
+        if server:
+            return {"User-Agent": USER_AGENT, **_JSON_HEADERS}
+        # PROTOCOL.md §2: sent on every client API request, names exactly as written.
+        return {
+            CLIENT_ID_HEADER: client_id,
+            CLIENT_VERSION_HEADER: CLIENT_VERSION,
+            CLIENT_PLATFORM_HEADER: self.platform,
+            CLIENT_SDK_TYPE_HEADER: SDK_TYPE,
+            "User-Agent": USER_AGENT,
+            **_JSON_HEADERS,
+        }
+
+    def headers_beyond(
+        self, client_id: str, server: bool, defaults: Mapping[str, str]
+    ) -> dict[str, str]:
+        """These options' headers less those the transport already sends (*defaults*). Every
+        default name is among them, so what aiohttp merges per request is exactly these."""
+        headers = self.fixed_headers(client_id, server)
+        if self.env_id is not None:
+            headers[ENV_ID_HEADER] = self.env_id
+        headers.update(self.headers)
+        return {name: value for name, value in headers.items() if defaults.get(name) != value}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from ._protocol import SERVER_AUTH_SCHEME, USER_AUTH_SCHEME
+
 REDACTED: Final = "***"
 
 # Keys whose values are secrets wherever they appear: JSON bodies, form bodies, query strings.
@@ -23,7 +25,9 @@ _JSON_PAIR = re.compile(rf'("(?:{_KEYS})"\s*:\s*)("(?:[^"\\]|\\.)*"?|[^,}}\s]+)'
 _FORM_PAIR = re.compile(rf"(\b(?:{_KEYS}|code)=)[^&\s]+")
 # An OAuth authorization code is a string "code"; a numeric "code" is a result code and stays.
 _OAUTH_CODE = re.compile(r'("code"\s*:\s*)"(?:[^"\\]|\\.)*"')
-_AUTH_VALUE = re.compile(r"\b(Hydrogen-r1|Bearer)\s+\S+", re.IGNORECASE)
+_AUTH_VALUE = re.compile(
+    rf"\b({re.escape(USER_AUTH_SCHEME)}|{re.escape(SERVER_AUTH_SCHEME)})\s+\S+", re.IGNORECASE
+)
 
 
 def redact_text(text: str) -> str:

@@ -15,13 +15,12 @@ from typing import Any
 import attrs
 
 from ._errors import HError, HTTPError, NetworkError, PoolTimeoutError, RequestTimeoutError
+from ._protocol import SCHEDULE_FAILED
 
 __all__ = ["Retry"]
 
 #: Statuses worth another try once the server recovers or the rate limit passes.
 RETRY_STATUSES = frozenset({429, 503})
-#: The job status the engine (and, we infer, the platform) gives a job it could not start.
-SCHEDULE_FAILED = "schedule_failed"
 
 
 def _check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:

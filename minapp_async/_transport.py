@@ -19,7 +19,6 @@ import aiohttp
 import anyio
 import attrs
 
-from ._constants import REQUEST_ID_HEADER
 from ._errors import (
     ErrorDetails,
     NetworkError,
@@ -29,10 +28,33 @@ from ._errors import (
 )
 from ._logs import get_logger
 from ._options import Limits, Timeouts
+from ._protocol import REQUEST_ID_HEADER
 
 logger = get_logger()
 
 Phase = Literal["pool", "auth", "send"]
+
+
+@attrs.frozen
+class PoolStats:
+    """A snapshot of a Session's connection pool: ``session.pool_stats``. Read-only.
+
+    Attributes:
+        size: connections one host may have at once (``Limits.pool_size``; 0 = unbounded).
+        in_use: calls holding one of those ``size`` slots right now.
+        waiting: calls queued for a slot (a queued call times out with ``PoolTimeoutError``).
+        connections: aiohttp connections checked out right now (auth requests, which skip
+            the queue, included).
+        idle: open keep-alive connections waiting to be reused.
+        opened: the pool exists (it is made on first use) and is not closed.
+    """
+
+    size: int
+    in_use: int
+    waiting: int
+    connections: int
+    idle: int
+    opened: bool
 
 
 @attrs.define
@@ -94,9 +116,34 @@ class Transport:
         return self._client is not None and not self._client.closed
 
     @property
-    def in_use(self) -> int:
-        """Connections checked out right now (our view of the pool)."""
-        return 0 if self._pool is None else self._limits.pool_size - self._pool.value
+    def closed(self) -> bool:
+        """``aclose()`` was called: later requests raise ``SessionClosedError``."""
+        return self._closed
+
+    @property
+    def pool_size(self) -> int:
+        """Connections one host can have at once (0 = unbounded)."""
+        return self._limits.pool_size
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool."""
+        pool, client = self._pool, self._client
+        connections = idle = 0
+        if client is not None and not client.closed:
+            # aiohttp has no public count of its connections: this is the one place that
+            # reads it, next to the only code that makes the connector.
+            connector = client.connector
+            if isinstance(connector, aiohttp.BaseConnector):
+                connections = len(connector._acquired)
+                idle = sum(len(conns) for conns in connector._conns.values())
+        return PoolStats(
+            size=self._limits.pool_size,
+            in_use=0 if pool is None else self._limits.pool_size - pool.value,
+            waiting=0 if pool is None else pool.statistics().tasks_waiting,
+            connections=connections,
+            idle=idle,
+            opened=self.opened,
+        )
 
     def _session(self) -> aiohttp.ClientSession:
         if self._closed:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import anyio
 import attrs
@@ -487,3 +488,69 @@ def _read_all(fd: int) -> str:
             break
         chunks.append(chunk)
     return b"".join(chunks).decode()
+
+
+#: Shows some --help (each must exit 0), runs some commands, all in one process; then prints
+#: the exit statuses and which modules of the engine's side were imported.
+_IMPORTS_SCRIPT = """\
+import json, sys
+from minapp_async.cli import main
+
+for argv in json.loads(sys.argv[1]):
+    try:
+        main(argv)
+    except SystemExit as exc:
+        assert exc.code == 0, (argv, exc.code)
+statuses = [main(argv) for argv in json.loads(sys.argv[2])]
+loaded = sorted(m for m in sys.modules if m.startswith(("minapp_async.engine", "aiohttp.web")))
+print(json.dumps({"statuses": statuses, "loaded": loaded}))
+"""
+
+
+async def imports(helps: list[list[str]], runs: list[list[str]], env: Mapping[str, str]) -> Any:
+    """Run _IMPORTS_SCRIPT in a fresh interpreter; its report."""
+    with anyio.fail_after(60):
+        done = await anyio.run_process(
+            [sys.executable, "-c", _IMPORTS_SCRIPT, json.dumps(helps), json.dumps(runs)],
+            env=dict(env),
+            check=False,
+        )
+    assert 0 == done.returncode, done.stderr.decode()
+    return json.loads(done.stdout.decode().splitlines()[-1])
+
+
+class TestImports:
+    async def test_client_commands_load_neither_the_engine_nor_aiohttp_web(
+        self, engine: Engine, env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """Every --help but serve's, and real invoke, map and logout runs, import no module of
+        minapp_async.engine and none of aiohttp.web; serve --help does (the check can fail)."""
+        env["MINAPP_CLIENT_SECRET"] = engine.client_secret
+        source = tmp_path / "in.jsonl"
+        source.write_text('{"name": "a"}\n{"name": "b"}\n', encoding="utf-8")
+        helps = [[], ["invoke"], ["map"], ["login"], ["logout"]]
+        runs = [
+            ["invoke", "helloWorld", "--params", '{"name": "lazy"}', *app(engine)],
+            ["map", "helloWorld", "--input", str(source), "--output", str(tmp_path / "out"),
+             "--no-progress", *app(engine)],
+            ["logout", *app(engine)],
+        ]  # fmt: skip
+        report = await imports([[*h, "--help"] for h in helps], runs, env)
+        assert {"statuses": [0, 0, 0], "loaded": []} == report
+        assert 2 == len((tmp_path / "out").read_text().splitlines())
+
+        served = await imports([["serve", "--help"]], [], env)
+        assert "minapp_async.engine" in served["loaded"]
+        assert "aiohttp.web" in served["loaded"]
+
+    async def test_invoke_help_imports_no_engine_module(self, env: dict[str, str]) -> None:
+        """What the issue names: ``-X importtime`` of ``invoke --help`` shows neither."""
+        with anyio.fail_after(60):
+            done = await anyio.run_process(
+                [sys.executable, "-X", "importtime", "-m", "minapp_async", "invoke", "--help"],
+                env=dict(env),
+            )
+        imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.decode().splitlines()]
+        assert "minapp_async.cli._main" in imported  # the report is the one we think
+        assert "minapp-async invoke helloWorld" in done.stdout.decode()  # invoke's own help
+        assert [] == [m for m in imported if m.startswith(("minapp_async.engine", "aiohttp.web"))]

@@ -374,10 +374,40 @@ async def test_help_lists_map() -> None:
     assert "minapp-async map helloWorld --input params.jsonl" in sub.stdout.decode()
 
 
+#: Runs the CLI as if the "progress" extra were not installed: tqdm cannot be imported.
+_WITHOUT_TQDM = (
+    "import sys; sys.modules['tqdm'] = None; from minapp_async.cli import main; "
+    "sys.exit(main(sys.argv[1:]))"
+)
+
+
 async def test_progress_line_on_a_terminal(
     engine: Engine, env: dict[str, str], tmp_path: Path
 ) -> None:
-    """On a terminal, stderr shows a redrawn progress line (or tqdm's bar when installed)."""
+    """On a terminal without tqdm, stderr shows our redrawn progress line."""
+    shown = await map_on_a_terminal(["-c", _WITHOUT_TQDM], env, tmp_path)
+
+    assert "\r" in shown
+    assert "/20 done, 0 errors" in shown or "/20 [" in shown  # our line, or tqdm's
+    assert "/20 [" not in shown  # ours: tqdm was not there
+    assert "20 ok, 0 failed, 0 errors" in shown
+
+
+async def test_tqdm_bar_on_a_terminal(engine: Engine, env: dict[str, str], tmp_path: Path) -> None:
+    """With tqdm installed (the "progress" extra; the test extra has it), stderr shows its bar."""
+    shown = await map_on_a_terminal(["-m", "minapp_async"], env, tmp_path)
+
+    bars = [part for part in shown.split("\r") if part.startswith("slow:")]
+    assert bars, shown
+    assert "20/20 [" in bars[-1]  # tqdm's count and timing, for the whole input
+    assert "call/s]" in bars[-1]  # our unit
+    assert "/20 done," not in shown  # not our own line
+    assert "20 ok, 0 failed, 0 errors" in shown
+
+
+async def map_on_a_terminal(python_args: list[str], env: Mapping[str, str], tmp_path: Path) -> str:
+    """Run ``python PYTHON_ARGS map`` over 20 slow items with stderr on a terminal; what it
+    showed there."""
     source = write_jsonl(tmp_path / "in.jsonl", [{"n": n, "sleep": 0.05} for n in range(20)])
     out = tmp_path / "out.jsonl"
     args = ["slow", "--input", str(source), "--output", str(out), "--concurrency", "2"]
@@ -387,7 +417,7 @@ async def test_progress_line_on_a_terminal(
     try:
         with anyio.fail_after(60):
             process = await anyio.open_process(
-                [sys.executable, "-m", "minapp_async", "map", *args],
+                [sys.executable, *python_args, "map", *args],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=child,
@@ -402,10 +432,7 @@ async def test_progress_line_on_a_terminal(
         os.close(main)
         if child != -1:
             os.close(child)
-
-    assert "\r" in shown
-    assert "/20 done, 0 errors" in shown or "/20 [" in shown  # our line, or tqdm's
-    assert "20 ok, 0 failed, 0 errors" in shown
+    return shown
 
 
 def _read_all(fd: int) -> str:

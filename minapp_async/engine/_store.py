@@ -1047,7 +1047,9 @@ class Store:
                 raise StoreError(f"state file {where!r}: cannot switch it to WAL mode ({mode})")
             conn.execute(f"PRAGMA synchronous = {durability.upper()}")
             conn.execute("PRAGMA foreign_keys = OFF")
-            conn.execute("PRAGMA cache_size = -65536")  # KiB: the indexes stay in memory
+            # KiB: the indexes of 100,000 jobs stay in memory, yet bodies written (params,
+            # results) do not pile up in the engine's memory.
+            conn.execute("PRAGMA cache_size = -16384")
             conn.execute("BEGIN IMMEDIATE")  # takes the exclusive lock now, not at first write
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import anyio
 import pytest
 from engine_api import FUNCTIONS, Api, Reply
+from support import wait_until
 
 from minapp_async.engine import Engine, EngineConfig
 from minapp_async.testing import running_engine
 
 pytestmark = pytest.mark.anyio
-
-
-async def until(predicate: Callable[[], bool | Awaitable[bool]], within: float = 20.0) -> None:
-    """Poll *predicate* (a function or a coroutine function) until it holds; fail the test
-    after *within* seconds."""
-    with anyio.fail_after(within):
-        # Engine state changes in the server, with no event to await from here: poll it.
-        while True:
-            held = predicate()
-            if held if isinstance(held, bool) else await held:
-                return
-            await anyio.sleep(0.01)
 
 
 def in_flight(engine: Engine, name: str) -> int:
@@ -46,7 +34,7 @@ async def test_sync_job_fails_to_schedule_when_all_slots_are_busy(tmp_path: Path
         for _ in range(2):
             reply = await api.invoke(token, "gate", {"release": str(release)}, sync=False)
             assert reply.body == {"status": "ok"}
-        await until(lambda: in_flight(engine, "gate") == 2)
+        await wait_until(lambda: in_flight(engine, "gate") == 2, within=20)
         started = time.monotonic()
         refused = await api.invoke(token, "echo", {})
         assert time.monotonic() - started < 5
@@ -73,7 +61,7 @@ async def test_async_jobs_queue_and_run_when_a_slot_frees(tmp_path: Path) -> Non
         api = Api(engine, http)
         token = await api.login()
         await api.invoke(token, "gate", {"release": str(release)}, sync=False)
-        await until(lambda: in_flight(engine, "gate") == 1)
+        await wait_until(lambda: in_flight(engine, "gate") == 1, within=20)
         for i in range(3):
             assert (await api.invoke(token, "echo", {"i": i}, sync=False)).status == 200
         assert [j.status for j in (await engine.jobs("echo"))] == ["waiting"] * 3
@@ -97,7 +85,7 @@ async def test_a_freed_slot_goes_to_a_waiting_sync_call_first(tmp_path: Path) ->
         api = Api(engine, http)
         token = await api.login()
         await api.invoke(token, "gate", {"release": str(release)}, sync=False)
-        await until(lambda: in_flight(engine, "gate") == 1)
+        await wait_until(lambda: in_flight(engine, "gate") == 1, within=20)
         for i in range(2):
             await api.invoke(token, "echo", {"i": i}, sync=False)
         replies: list[Reply] = []
@@ -107,11 +95,10 @@ async def test_a_freed_slot_goes_to_a_waiting_sync_call_first(tmp_path: Path) ->
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(sync_call)
-
-            async def sync_call_waits() -> bool:
-                return len(await engine.jobs("helloWorld")) == 1
-
-            await until(sync_call_waits)
+            with anyio.fail_after(20):
+                # The job board lives in the server: poll it until the sync call waits.
+                while len(await engine.jobs("helloWorld")) != 1:  # noqa: ASYNC110
+                    await anyio.sleep(0.005)
             release.touch()
         assert replies[0].body["data"] == "hello first"
         await engine.drain(timeout=30)
@@ -212,7 +199,7 @@ async def test_stats_report_peak_concurrency(tmp_path: Path) -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(4):
                 tg.start_soon(api.invoke, token, "gate", {"release": str(release)})
-            await until(lambda: in_flight(engine, "gate") == 4)
+            await wait_until(lambda: in_flight(engine, "gate") == 4, within=20)
             assert engine.stats().requests_in_flight == 4
             release.touch()
         stats = engine.stats()
@@ -254,7 +241,7 @@ async def test_shutdown_keeps_running_and_queued_async_jobs_for_the_next_start(
             api = Api(engine, http)
             token = await api.login()
             await api.invoke(token, "gate", {"release": str(release)}, sync=False)
-            await until(lambda: in_flight(engine, "gate") == 1)
+            await wait_until(lambda: in_flight(engine, "gate") == 1, within=20)
             await api.invoke(token, "echo", {"i": 1}, sync=False)
     finally:
         started = time.monotonic()
@@ -288,7 +275,7 @@ async def test_shutdown_answers_a_sync_call_in_flight(tmp_path: Path) -> None:
                 replies.append(await api.invoke(token, "gate", {"release": str(release)}))
 
             tg.start_soon(call)
-            await until(lambda: in_flight(engine, "gate") == 1)
+            await wait_until(lambda: in_flight(engine, "gate") == 1, within=20)
             await engine.aclose()
     (reply,) = replies
     assert reply.status == 400

@@ -8,12 +8,13 @@ import re
 import shutil
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from support import wait_until
 
 from minapp_async.engine.runtime import RunOutcome, Runtime
 
@@ -66,16 +67,8 @@ def running(pid: int) -> bool:
     return state != "Z"
 
 
-async def wait_for(predicate: Callable[[], bool], what: str, deadline: float = 10.0) -> None:
-    """Poll state that lives outside this process (/proc, files) until true or the deadline."""
-    with anyio.move_on_after(deadline):
-        while not predicate():  # noqa: ASYNC110 - nothing to await: the state is elsewhere
-            await anyio.sleep(0.02)
-    assert predicate(), f"gave up waiting for {what}"
-
-
 async def wait_until_gone(pid: int) -> None:
-    await wait_for(lambda: not running(pid), f"process {pid} to go away", deadline=5.0)
+    await wait_until(lambda: not running(pid), what=f"process {pid} to go away", within=5.0)
 
 
 def real(path: Path) -> Path:
@@ -988,7 +981,7 @@ async def test_aclose_leaves_no_processes(folder: Path) -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(hang)
-        await wait_for(marker.exists, "the never-answering job to start")
+        await wait_until(marker.exists, what="the never-answering job to start")
         await runtime.aclose()
     await runtime.aclose()  # idempotent
     assert hung[0].status == "execution_failed"
@@ -1039,7 +1032,7 @@ async def test_cancelling_a_job_kills_its_worker(folder: Path, runtime: Runtime)
     with anyio.move_on_after(30) as scope:
         async with anyio.create_task_group() as tg:
             tg.start_soon(call, runtime, "hang", str(marker), 60.0)
-            await wait_for(lambda: marker.exists() and marker.read_text() != "", "the job")
+            await wait_until(lambda: marker.exists() and marker.read_text() != "", what="the job")
             tg.cancel_scope.cancel()
     assert not scope.cancelled_caught
     pid = int(marker.read_text())

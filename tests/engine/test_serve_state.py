@@ -84,7 +84,7 @@ async def job_list(api: Api, bearer: str, **query: str) -> dict[str, Any]:
 async def until_fulfilled(api: Api, bearer: str, count: int, within: float = 120) -> None:
     with anyio.fail_after(within):
         # The jobs run in another process: poll its job list.
-        while (await job_list(api, bearer, status="fulfilled"))["meta"]["total_count"] < count:
+        while (await job_list(api, bearer, status="fulfilled"))["meta"]["total_count"] < count:  # noqa: ASYNC110
             await anyio.sleep(0.05)
 
 
@@ -207,3 +207,21 @@ async def test_forty_async_requests_of_a_mebibyte_keep_rss_bounded(tmp_path: Pat
         print(f"RSS grew {grown / 2**20:.1f} MiB for {received / 2**20:.1f} MiB received")
         process.send_signal(signal.SIGTERM)
 
+
+async def test_a_second_engine_on_the_same_state_is_refused(tmp_path: Path) -> None:
+    """Two engines cannot share a state file: the second exits 1 naming the file."""
+    functions = tmp_path / "functions"
+    functions.mkdir()
+    (functions / "echo.py").write_text(ECHO_PY)
+    state = tmp_path / "shared.sqlite3"
+    async with serve("--functions", str(functions), "--state", str(state)) as (process, _):
+        second = await anyio.run_process(
+            [sys.executable, "-m", "minapp_async", "serve", "--functions", str(functions),
+             "--port", "0", "--state", str(state)],
+            check=False,
+        )  # fmt: skip
+        assert second.returncode == 1
+        message = second.stderr.decode()
+        assert "in use by another engine" in message and str(state) in message
+        assert "Traceback" not in message
+        process.send_signal(signal.SIGTERM)

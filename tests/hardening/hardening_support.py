@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
 
 import aiohttp
-import anyio
 from aiohttp import web
 
 USERNAME: Final = "hardy"
@@ -115,10 +114,3 @@ def open_fds() -> set[str]:
 def other_tasks(baseline: set[asyncio.Task[object]]) -> set[asyncio.Task[object]]:
     """Tasks alive now that were not in *baseline*, the current one excluded."""
     return asyncio.all_tasks() - baseline - {asyncio.current_task()}  # type: ignore[operator]
-
-
-async def eventually(check: Callable[[], bool], *, within: float = 10.0) -> None:
-    """Poll *check* until it holds; fail with TimeoutError after *within* seconds."""
-    with anyio.fail_after(within):
-        while not check():  # noqa: ASYNC110 - engine counters have no event to wait on
-            await anyio.sleep(0.01)

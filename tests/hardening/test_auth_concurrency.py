@@ -10,6 +10,7 @@ import time
 import anyio
 import pytest
 from hardening_support import counting_proxy
+from support import token_in
 
 import minapp_async
 from minapp_async import MemoryTokenStore, StoredSession
@@ -166,9 +167,12 @@ async def test_per_request_users_never_mix(engine: Engine) -> None:
     async with minapp_async.Session(engine.client_id, base_url=engine.url) as s:
         for n in range(8):
             user_id = engine.create_user(username=f"tenant{n}", password=f"pw{n}")
-            async with minapp_async.Session(engine.client_id, base_url=engine.url) as login:
+            store = minapp_async.MemoryTokenStore()
+            async with minapp_async.Session(
+                engine.client_id, base_url=engine.url, token_store=store
+            ) as login:
                 await login.auth.login(username=f"tenant{n}", password=f"pw{n}")
-                token = login._auth._session.token  # type: ignore[union-attr]
+                token = await token_in(store)
             users[token] = user_id
         seen: list[tuple[int, object]] = []
         rng = random.Random(5)

@@ -18,6 +18,7 @@ from fakeserver import FakeServer, fake_server
 from hardening_support import FUNCTIONS
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from support import token_in
 
 import minapp_async
 from minapp_async.engine import Engine
@@ -190,9 +191,10 @@ async def _tokens(
     engine: Engine, credentials: minapp_async.UserCredentials
 ) -> AsyncIterator[dict[str, str]]:
     """A real user token and a real access token, so random input reaches past auth too."""
+    store = minapp_async.MemoryTokenStore()
     async with (
         minapp_async.Session(
-            engine.client_id, base_url=engine.url, credentials=credentials
+            engine.client_id, base_url=engine.url, credentials=credentials, token_store=store
         ) as user,
         minapp_async.Session(
             engine.client_id, client_secret=engine.client_secret, base_url=engine.url
@@ -201,7 +203,7 @@ async def _tokens(
         await user.invoke("echo", 1)
         await server.invoke("echo", 1)
         yield {
-            "user": user._auth._session.token,  # type: ignore[union-attr]
+            "user": await token_in(store),
             "server": server._auth._access,  # type: ignore[union-attr]
         }
 

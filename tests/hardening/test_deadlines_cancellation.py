@@ -10,10 +10,10 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiohttp
 import anyio
 import pytest
-from hardening_support import ENGINE_CONFIG, FUNCTIONS, eventually, open_fds, other_tasks
+from hardening_support import ENGINE_CONFIG, FUNCTIONS, open_fds, other_tasks
+from support import wait_until
 
 import minapp_async
 from minapp_async import Limits, Session
@@ -25,22 +25,16 @@ pytestmark = pytest.mark.anyio
 LOGIN = "/hserve/v2.1/login/username/"
 
 
-def connector(session: Session) -> aiohttp.BaseConnector:
-    """The aiohttp connector behind *session*'s pool."""
-    client = session._transport._client
-    assert client is not None
-    return client.connector  # type: ignore[return-value]
-
-
 def held(session: Session) -> tuple[int, int]:
     """(our pool permits in use, aiohttp connections checked out)."""
-    return session._transport.in_use, len(connector(session)._acquired)
+    stats = session.pool_stats
+    return stats.in_use, stats.connections
 
 
 def pooled(session: Session) -> int:
     """Open client connections: checked out plus idle keep-alive ones."""
-    c = connector(session)
-    return len(c._acquired) + sum(len(conns) for conns in c._conns.values())
+    stats = session.pool_stats
+    return stats.connections + stats.idle
 
 
 async def echo(session: Session, data: object, deadline: float) -> None:
@@ -66,7 +60,7 @@ async def test_the_deadline_covers_the_pool_wait(engine: Engine, session: Sessio
     async with anyio.create_task_group() as tg:
         for _ in range(2):
             tg.start_soon(echo, session, "busy", 10)
-        await eventually(lambda: engine.stats().requests_in_flight == 2)
+        await wait_until(lambda: engine.stats().requests_in_flight == 2)
         started = time.monotonic()
         with pytest.raises(minapp_async.PoolTimeoutError) as info:
             await session.invoke("echo", "waits", timeout=0.3)
@@ -123,12 +117,12 @@ async def _reach(point: str, engine: Engine, session: Session) -> Callable[[], A
 
     async def arrived() -> None:
         if point == "auth":
-            await eventually(lambda: not engine.faults.armed)  # the hanging login is in flight
+            await wait_until(lambda: not engine.faults.armed)  # the hanging login is in flight
         elif point == "read":
-            await eventually(lambda: engine.executions("echo") == 2)  # ran; now trickling
+            await wait_until(lambda: engine.executions("echo") == 2)  # ran; now trickling
         else:
             busy = 2 if point == "pool" else 1
-            await eventually(lambda: engine.stats().requests_in_flight == busy)
+            await wait_until(lambda: engine.stats().requests_in_flight == busy)
         await anyio.wait_all_tasks_blocked()
 
     return arrived
@@ -216,10 +210,10 @@ async def test_a_thousand_cancelled_calls_leave_nothing_behind(
                         tg.start_soon(echo, s, i, 60)
             elapsed = time.monotonic() - started
             after = held(s), pooled(s)
-        await eventually(lambda: engine.stats().requests_in_flight == 0)
+        await wait_until(lambda: engine.stats().requests_in_flight == 0)
 
-    await eventually(lambda: not other_tasks(tasks_before))
-    await eventually(lambda: {fd for fd in open_fds() if "socket:" in fd} <= sockets_before)
+    await wait_until(lambda: not other_tasks(tasks_before))
+    await wait_until(lambda: {fd for fd in open_fds() if "socket:" in fd} <= sockets_before)
     assert 500 == cut_off_logging_in
     # Calls not cut off each sent one request; any more requests came from calls cut off
     # after sending. And more than the pool's 20 were sent: permits freed by cancelled calls

@@ -14,6 +14,7 @@ import socket
 import anyio
 import pytest
 from hardening_support import FUNCTIONS
+from support import token_in
 
 import minapp_async
 from minapp_async.engine import Engine, EngineConfig
@@ -57,10 +58,11 @@ async def test_user_tokens_are_32_random_characters_and_unique(
 ) -> None:
     """200 logins give 200 distinct tokens of 32 lowercase alphanumerics."""
     tokens = set()
-    async with minapp_async.Session(engine.client_id, base_url=engine.url) as s:
+    store = minapp_async.MemoryTokenStore()
+    async with minapp_async.Session(engine.client_id, base_url=engine.url, token_store=store) as s:
         for _ in range(200):
             await s.auth.login(username=credentials.username, password=credentials.password)
-            tokens.add(s._auth._session.token)  # type: ignore[union-attr]
+            tokens.add(await token_in(store))
 
     assert 200 == len(tokens)
     assert all(re.fullmatch(r"[a-z0-9]{32}", t) for t in tokens)
@@ -78,9 +80,14 @@ async def test_no_function_sees_any_callers_token(
     engine.create_user(username="other", password="pw-other")
     other = minapp_async.UserCredentials(username="other", password="pw-other")
     dumps: list[str] = []
+    store_a, store_b = minapp_async.MemoryTokenStore(), minapp_async.MemoryTokenStore()
     async with (
-        minapp_async.Session(engine.client_id, base_url=engine.url, credentials=credentials) as a,
-        minapp_async.Session(engine.client_id, base_url=engine.url, credentials=other) as b,
+        minapp_async.Session(
+            engine.client_id, base_url=engine.url, credentials=credentials, token_store=store_a
+        ) as a,
+        minapp_async.Session(
+            engine.client_id, base_url=engine.url, credentials=other, token_store=store_b
+        ) as b,
         minapp_async.Session(
             engine.client_id, client_secret=engine.client_secret, base_url=engine.url
         ) as app,
@@ -94,8 +101,8 @@ async def test_no_function_sees_any_callers_token(
                 for session in (a, b, app) * 3:
                     tg.start_soon(dump, session)
         secrets = {
-            a._auth._session.token,  # type: ignore[union-attr]
-            b._auth._session.token,  # type: ignore[union-attr]
+            await token_in(store_a),
+            await token_in(store_b),
             app._auth._access,  # type: ignore[union-attr]
             app._auth._refresh,  # type: ignore[union-attr]
             engine.client_secret,

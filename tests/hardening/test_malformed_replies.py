@@ -145,4 +145,4 @@ async def test_the_engine_still_serves_after_every_malformed_reply(
     result = await session.invoke("echo", "still fine")
 
     assert "still fine" == result.data
-    assert 0 == session._transport.in_use
+    assert 0 == session.pool_stats.in_use

@@ -10,7 +10,8 @@ from typing import Any
 
 import anyio
 import pytest
-from hardening_support import FUNCTIONS, eventually
+from hardening_support import FUNCTIONS
+from support import wait_until
 
 import minapp_async
 from minapp_async import CallInfo, Retry
@@ -50,7 +51,7 @@ class Tries:
 
 async def settle(engine: Engine) -> None:
     """Wait until the engine has finished every request and job (a slow fault's included)."""
-    await eventually(lambda: engine.stats().requests_in_flight == 0)
+    await wait_until(lambda: engine.stats().requests_in_flight == 0)
     await engine.drain(timeout=10)
 
 
@@ -169,7 +170,7 @@ async def test_schedule_failed_is_retried_and_runs_once(
             on_response=free_the_slot,
         ) as s:
             await s.invoke("gate", str(release), False)  # holds the only slot
-            await eventually(lambda: engine.stats().functions["gate"].in_flight == 1)
+            await wait_until(lambda: engine.stats().functions["gate"].in_flight == 1)
             result = await s.invoke("echo", "after the gate")
         statuses = [job.status for job in (await engine.jobs("echo"))]
 
@@ -190,7 +191,7 @@ async def test_schedule_failed_gives_up_unexecuted(
             engine.client_id, base_url=engine.url, credentials=credentials, retry=FAST
         ) as s:
             await s.invoke("gate", str(release), False)
-            await eventually(lambda: engine.stats().functions["gate"].in_flight == 1)
+            await wait_until(lambda: engine.stats().functions["gate"].in_flight == 1)
             with pytest.raises(minapp_async.BadRequestError) as info:
                 await s.invoke("echo", "never")
             release.touch()

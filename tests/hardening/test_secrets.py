@@ -20,6 +20,7 @@ import anyio
 import pytest
 from aiohttp import web
 from hardening_support import FUNCTIONS, PASSWORD, USERNAME
+from support import token_in
 
 import minapp_async
 from minapp_async import FileTokenStore, MemoryTokenStore, Retry, Session, UserCredentials
@@ -81,7 +82,7 @@ async def test_no_public_object_shows_a_secret(engine: Engine, tmp_path: Path) -
         result = await user.invoke("echo", 1)
         await app.invoke("echo", 1)
         found.collect(user, app)
-        token = user._auth._session.token  # type: ignore[union-attr]
+        token = await token_in(store)
         memory = MemoryTokenStore()
         await memory.save(await store.load())  # type: ignore[arg-type]
         objects = [
@@ -156,11 +157,12 @@ async def main():
     url, cid = os.environ["ENGINE_URL"], os.environ["ENGINE_CLIENT_ID"]
     creds = minapp_async.UserCredentials(username=os.environ["U"], password=os.environ["P"])
     seen = []
-    async with minapp_async.Session(cid, base_url=url, credentials=creds) as user, \\
+    store = minapp_async.MemoryTokenStore()
+    async with minapp_async.Session(cid, base_url=url, credentials=creds, token_store=store) as user, \\
             minapp_async.Session(cid, client_secret=os.environ["S"], base_url=url) as app:
         await user.invoke("echo", 1)
         await app.invoke("echo", 1)
-        seen += [user._auth._session.token, app._auth._access, app._auth._refresh]
+        seen += [(await store.load()).token, app._auth._access, app._auth._refresh]
         try:
             await user.auth.login(username=os.environ["U"], password="wrong-" + os.environ["P"])
         except minapp_async.HError:
@@ -202,12 +204,17 @@ async def test_errors_and_tracebacks_never_show_a_secret(engine: Engine) -> None
     found.values.add(wrong_secret)
     errors: list[BaseException] = []
     creds = UserCredentials(username=USERNAME, password=PASSWORD)
+    store = MemoryTokenStore()
     async with Session(
-        engine.client_id, base_url=engine.url, credentials=creds, retry=Retry(attempts=1)
+        engine.client_id,
+        base_url=engine.url,
+        credentials=creds,
+        retry=Retry(attempts=1),
+        token_store=store,
     ) as user:
         await user.invoke("echo", 1)
         found.collect(user)
-        token = user._auth._session.token  # type: ignore[union-attr]
+        token = await token_in(store)
         for failing in (
             user.auth.login(username=USERNAME, password="pw-wrong-" + PASSWORD),
             _invoke_with_fault(engine, user, "malformed", body=_echoing(found)),

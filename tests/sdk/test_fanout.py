@@ -20,6 +20,7 @@ import attrs
 import pytest
 from aiohttp import web
 from fakeserver import CLIENT_ID, FakeServer
+from support import wait_until
 
 import minapp_async
 from minapp_async import HError, Outcome, Session
@@ -102,16 +103,9 @@ def map_tasks() -> list[asyncio.Task[Any]]:
     return [t for t in asyncio.all_tasks() if t.get_name().startswith("minapp-async-map")]
 
 
-async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
-    """Poll *check* until it holds; TimeoutError after *within* seconds."""
-    with anyio.fail_after(within):
-        while not check():  # noqa: ASYNC110 - server gauges have no event to wait on
-            await anyio.sleep(0.005)
-
-
 def clean(s: Session) -> bool:
     """No worker task left and no connection checked out."""
-    return not map_tasks() and s._transport.in_use == 0
+    return not map_tasks() and s.pool_stats.in_use == 0
 
 
 # -- order, laziness, bounds -------------------------------------------------------------------
@@ -135,7 +129,7 @@ async def test_input_read_lazily_within_the_window(
                 def ran_ahead(n: int = yielded) -> bool:
                     return source.read - n >= 16 or source.read == 300
 
-                await eventually(ran_ahead)
+                await wait_until(ran_ahead)
                 ahead.append(source.read - yielded)
 
     assert 300 == source.read
@@ -171,7 +165,7 @@ async def test_slow_head_keeps_order_and_stops_launches(s: Session, jobs: JobSer
     async with anyio.create_task_group() as tg:
         tg.start_soon(consume)
         # Items 1-7 finish while 0 is held; then the window (8) is full.
-        await eventually(lambda: jobs.finished == 7)
+        await wait_until(lambda: jobs.finished == 7)
         assert 8 == source.read
         assert [] == got
         assert 1 == jobs.in_flight
@@ -204,9 +198,9 @@ async def test_concurrency_never_exceeded(s: Session, jobs: JobServer) -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(consume)
-        await eventually(lambda: jobs.in_flight == 5)
+        await wait_until(lambda: jobs.in_flight == 5)
         # Five workers, each holding one item; no sixth call was started.
-        assert (5, 5) == (source.read, s._transport.in_use)
+        assert (5, 5) == (source.read, s.pool_stats.in_use)
         jobs.release.set()
 
     assert 5 == jobs.peak
@@ -278,7 +272,7 @@ async def test_errors_raise_cancels_the_rest(s: Session, jobs: JobServer) -> Non
     if sys.version_info >= (3, 11):  # add_note() is new in 3.11
         assert ["raised by map() item 3 of 'f'"] == info.value.__notes__
     assert clean(s)
-    await eventually(lambda: jobs.disconnected == 7)
+    await wait_until(lambda: jobs.disconnected == 7)
 
 
 async def test_errors_collect_yields_everything(s: Session, jobs: JobServer) -> None:
@@ -387,11 +381,11 @@ async def test_break_inside_async_with_cleans_up_at_once(s: Session, jobs: JobSe
     async with s.map("f", items, concurrency=6) as outcomes:
         async for o in outcomes:
             assert 0 == o.index
-            await eventually(lambda: jobs.in_flight == 6)
+            await wait_until(lambda: jobs.in_flight == 6)
             break
 
     assert clean(s)
-    await eventually(lambda: jobs.disconnected == 6)
+    await wait_until(lambda: jobs.disconnected == 6)
 
 
 async def test_break_in_plain_async_for_cleans_up(s: Session, jobs: JobServer) -> None:
@@ -399,11 +393,11 @@ async def test_break_in_plain_async_for_cleans_up(s: Session, jobs: JobServer) -
     items = [{"i": i, "hold": i > 0} for i in range(20)]
     async for o in s.map("f", items, concurrency=6):
         assert 0 == o.index
-        await eventually(lambda: jobs.in_flight == 6)
+        await wait_until(lambda: jobs.in_flight == 6)
         break
 
-    await eventually(lambda: clean(s))
-    await eventually(lambda: jobs.disconnected == 6)
+    await wait_until(lambda: clean(s))
+    await wait_until(lambda: jobs.disconnected == 6)
 
 
 async def test_cancelling_the_consumer_cleans_up(s: Session, jobs: JobServer) -> None:
@@ -416,11 +410,11 @@ async def test_cancelling_the_consumer_cleans_up(s: Session, jobs: JobServer) ->
             async for _ in s.map("f", items, concurrency=4):
                 pass
         finally:
-            seen_in_use.append(s._transport.in_use)
+            seen_in_use.append(s.pool_stats.in_use)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(consume)
-        await eventually(lambda: jobs.in_flight == 4)
+        await wait_until(lambda: jobs.in_flight == 4)
         tg.cancel_scope.cancel()
 
     assert [0] == seen_in_use  # already free when the consumer's own clean-up ran
@@ -609,7 +603,7 @@ async def test_one_consumer_at_a_time(s: Session, jobs: JobServer) -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(pull)
-            await eventually(lambda: jobs.in_flight == 1)
+            await wait_until(lambda: jobs.in_flight == 1)
             with pytest.raises(RuntimeError, match="another task"):
                 await anext(aiter(fanout))
             jobs.release.set()

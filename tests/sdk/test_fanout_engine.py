@@ -52,7 +52,7 @@ async def test_engine_never_runs_more_than_the_concurrency(
     assert 24 == stats.functions["slow"].executions
     assert 1 <= stats.functions["slow"].peak_in_flight <= 4
     assert stats.peak_concurrent_requests <= 4
-    assert 0 == session._transport.in_use
+    assert 0 == session.pool_stats.in_use
 
 
 async def test_hello_world_node_in_order(session: minapp_async.Session) -> None:

@@ -127,11 +127,11 @@ async def test_cancelling_cancels_the_request(
         async with anyio.create_task_group() as tg:
             tg.start_soon(call)
             await arrived.wait()
-            assert session._transport.in_use == 1
+            assert session.pool_stats.in_use == 1
             tg.cancel_scope.cancel()
 
     assert not scope.cancelled_caught
-    assert session._transport.in_use == 0
+    assert session.pool_stats.in_use == 0
     del server.handlers["/hserve/v1/cloud-function/job/"]
     assert (await session.invoke("f")).code == 0  # the pool still serves
 

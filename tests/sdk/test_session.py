@@ -6,8 +6,10 @@ import asyncio
 import gc
 import warnings
 
+import anyio
 import pytest
 from fakeserver import CLIENT_ID, FakeServer, Reply
+from support import wait_until
 
 import minapp_async
 
@@ -17,14 +19,14 @@ pytestmark = pytest.mark.anyio
 async def test_pool_is_created_on_first_use(server: FakeServer) -> None:
     """Making a Session opens nothing; the first call does; aclose closes it, twice is fine."""
     s = minapp_async.Session(CLIENT_ID, base_url=server.url)
-    assert not s._transport.opened
+    assert not s.pool_stats.opened
     await s.invoke("f")
-    assert s._transport.opened
+    assert s.pool_stats.opened
 
     await s.aclose()
     await s.aclose()
 
-    assert (s.closed, s._transport.opened) == (True, False)
+    assert (s.closed, s.pool_stats.opened) == (True, False)
 
 
 async def test_unclosed_session_warns(server: FakeServer) -> None:
@@ -40,6 +42,12 @@ async def test_unclosed_session_warns(server: FakeServer) -> None:
     ours = [w for w in caught if "Unclosed <minapp_async.Session" in str(w.message)]
     assert [ResourceWarning] == [w.category for w in ours]
     assert "async with Session" in str(ours[0].message)
+    # The recorded warning holds the Session as its source, and with it aiohttp's session:
+    # let both go here, where aiohttp's own "Unclosed client session" warning is expected.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del caught, ours
+        gc.collect()
 
 
 async def test_unused_session_does_not_warn() -> None:
@@ -164,3 +172,31 @@ async def test_finished_calls_deadlines_never_fire_later(
         b'{"function_name":"f","sync":true,"data":0}',
         b'{"function_name":"f","sync":true,"data":1}',
     ]
+
+
+async def test_pool_stats_show_the_pool_from_outside(server: FakeServer) -> None:
+    """pool_stats: size from Limits; calls holding and waiting for a connection; nothing held
+    once they are cancelled; not opened before first use or after close. Views share it."""
+    server.reply(Reply(hang=True), Reply(hang=True))
+    s = minapp_async.Session(
+        CLIENT_ID, base_url=server.url, token="t", limits=minapp_async.Limits(1)
+    )
+    assert (
+        minapp_async.PoolStats(size=1, in_use=0, waiting=0, connections=0, idle=0, opened=False)
+        == s.pool_stats
+    )
+    async with s:
+        async with anyio.create_task_group() as tg:
+
+            async def call(session: minapp_async.Session, name: str) -> None:
+                await session.invoke(name)
+
+            tg.start_soon(call, s, "f")
+            tg.start_soon(call, s.with_options(timeout=30), "g")
+            await wait_until(lambda: len(server.requests) == 1 and s.pool_stats.waiting == 1)
+            stats = s.with_options(env_id="e").pool_stats
+            assert (1, 1, 1, True) == (stats.in_use, stats.waiting, stats.connections, stats.opened)
+            tg.cancel_scope.cancel()
+        stats = s.pool_stats
+        assert (0, 0, 0) == (stats.in_use, stats.waiting, stats.connections)
+    assert not s.pool_stats.opened

@@ -23,7 +23,7 @@ from ..._protocol import (
     LoginKind,
 )
 from .._accounts import AccountError, Accounts, User, public_user
-from ._invoking import invoke, lookup
+from ._invoking import encode_data, invoke, lookup
 from ._middleware import CLIENT_JOB_ROUTE, STATE, ApiError, safe_name
 from ._parsing import json_body, sync_flag, uint
 
@@ -162,8 +162,9 @@ async def _job(request: web.Request) -> web.Response:
     sync = sync_flag(body)
     function = lookup(request, body.get("function_name"))
     # A missing data is passed as {} so "event.data.x" works, as in the seed's helloWorld.
-    data = body.get("data", {})
-    return await invoke(request, function, data=data, sync=sync, source="sdk", user=user)
+    data_json = encode_data(body.get("data", {}))
+    del body  # from here on the params live as JSON text only (bounded memory per job)
+    return await invoke(request, function, data_json=data_json, sync=sync, source="sdk", user=user)
 
 
 def add_client_api_routes(router: web.UrlDispatcher) -> None:

@@ -120,26 +120,30 @@ async def run_sync(
     request: web.Request,
     function: FunctionFile,
     *,
-    data: Any,
+    data_json: str,
     source: str,
     user: User | None,
     debug: bool = False,
 ) -> Job:
-    """Run a sync job for *request* and return it once it ended."""
+    """Run a sync job for *request* (``event.data`` given as JSON text) and return it once
+    it ended."""
     board = request.app[STATE].board
-    data_json = encode_data(data)
     job = new_job(request, function, sync=True, source=source, user=user)
     event = event_for(request, job, user=user, debug=debug)
     return await board.run_sync(job.id, function, event, data_json)
 
 
 async def accept_async(
-    request: web.Request, function: FunctionFile, *, data: Any, source: str, user: User | None
+    request: web.Request,
+    function: FunctionFile,
+    *,
+    data_json: str,
+    source: str,
+    user: User | None,
 ) -> None:
     """Store and queue an async job; 503 with Retry-After when the queue is full, 503 when
     the state file cannot be written."""
     board = request.app[STATE].board
-    data_json = encode_data(data)
     size = len(data_json)
     try:
         board.admit(size)
@@ -167,17 +171,18 @@ async def invoke(
     request: web.Request,
     function: FunctionFile,
     *,
-    data: Any,
+    data_json: str,
     sync: bool,
     source: str,
     user: User | None,
 ) -> web.Response:
     """Run a job and answer as the platform does: the envelope, or ``{"status": "ok"}`` once
-    the job is durably stored."""
+    the job is durably stored. The caller encodes ``event.data`` with :func:`encode_data`
+    and drops the parsed body first: a queued job's params are kept only as JSON text."""
     if not sync:
-        await accept_async(request, function, data=data, source=source, user=user)
+        await accept_async(request, function, data_json=data_json, source=source, user=user)
         return web.json_response(ACCEPTED_REPLY)
-    job = await run_sync(request, function, data=data, source=source, user=user)
+    job = await run_sync(request, function, data_json=data_json, source=source, user=user)
     if job.result is not None:
         # User-code failures come back as 200 with code 1: the SDK resolves with them.
         return web.json_response(job.result)

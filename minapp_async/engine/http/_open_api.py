@@ -21,7 +21,7 @@ from ..._protocol import (
 )
 from .._accounts import AccountError
 from .._jobs import Job
-from ._invoking import invoke, lookup, run_sync
+from ._invoking import encode_data, invoke, lookup, run_sync
 from ._middleware import (
     OPEN_API_DEBUG_ROUTE,
     OPEN_API_JOB_ROUTE,
@@ -73,8 +73,11 @@ async def _legacy_job(request: web.Request) -> web.Response:
     body = await json_body(request)
     sync = sync_flag(body)
     function = lookup(request, body.get("function_name"))
-    data = body.get("data", {})
-    return await invoke(request, function, data=data, sync=sync, source="open_api", user=None)
+    data_json = encode_data(body.get("data", {}))
+    del body  # from here on the params live as JSON text only
+    return await invoke(
+        request, function, data_json=data_json, sync=sync, source="open_api", user=None
+    )
 
 
 async def _job(request: web.Request) -> web.Response:
@@ -84,8 +87,10 @@ async def _job(request: web.Request) -> web.Response:
     if "data" not in body:
         raise ApiError(400, "data is required (send {} when the function takes none)")
     sync = sync_flag(body)
+    data_json = encode_data(body["data"])
+    del body  # from here on the params live as JSON text only
     return await invoke(
-        request, function, data=body["data"], sync=sync, source="open_api", user=None
+        request, function, data_json=data_json, sync=sync, source="open_api", user=None
     )
 
 
@@ -97,8 +102,10 @@ async def _debug(request: web.Request) -> web.Response:
     subject = body.get("subject", "open_api")
     if subject not in DEBUG_SUBJECTS:
         raise ApiError(400, f"subject must be one of {sorted(DEBUG_SUBJECTS)}")
+    data_json = encode_data(body.get("data", {}))
+    del body
     job = await run_sync(
-        request, function, data=body.get("data", {}), source=subject, user=None, debug=True
+        request, function, data_json=data_json, source=subject, user=None, debug=True
     )
     if job.status in (SCHEDULE_FAILED, "execution_rejected"):
         raise ApiError(400, job.error_msg or "the job could not be scheduled")

@@ -1,7 +1,7 @@
-"""The ``minapp-async`` command line.
+"""``minapp-async serve``: run the local cloud engine until Ctrl-C or SIGTERM.
 
-Each subcommand is a :class:`Command`: a name, a function adding its arguments and a function
-running it. Add one by appending to ``COMMANDS``.
+The only command that needs the engine (and with it ``aiohttp.web``): it imports it when its
+options are added or it runs, never when another command does.
 """
 
 from __future__ import annotations
@@ -12,42 +12,25 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-# Command lives in _cli_common so that subcommand modules can build one without importing
-# this module (which imports them): a subcommand is a module exporting a Command.
-from ._cli_common import Command
-from ._cli_invoke import INVOKE
-from ._cli_login import LOGIN, LOGOUT
-from ._cli_map import MAP
-from ._version import __version__
+from .._protocol import ASYNC_TIME_LIMIT, SYNC_TIME_LIMIT
+from .._version import __version__
+from ._options import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Command, positive_int, positive_number
 
 if TYPE_CHECKING:
-    # Imported lazily at run time: "--help" and other commands need not load aiohttp.
-    from .engine import Engine
+    from ..engine import Engine
 
+__all__ = ["SERVE"]
 
-# ---------------------------------------------------------------- serve
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
+#: Where serve keeps its state by default, inside the functions folder (never a function name).
+STATE_FOLDER: Final = ".minapp"
+STATE_FILE: Final = "state.sqlite3"
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
-    from .engine import DEFAULT_CLIENT_ID
+    from ..engine import DEFAULT_CLIENT_ID
 
     parser.add_argument(
         "--functions",
@@ -69,28 +52,28 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sync-time-limit",
-        type=_positive_float,
-        default=5.0,
+        type=positive_number,
+        default=SYNC_TIME_LIMIT,
         metavar="S",
         help="seconds a sync job may run (default: %(default)s)",
     )
     parser.add_argument(
         "--async-time-limit",
-        type=_positive_float,
-        default=300.0,
+        type=positive_number,
+        default=ASYNC_TIME_LIMIT,
         metavar="S",
         help="seconds an async job may run (default: %(default)s)",
     )
     parser.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=10,
         metavar="N",
         help="jobs running at once (default: %(default)s)",
     )
     parser.add_argument(
         "--memory-limit-mb",
-        type=_positive_int,
+        type=positive_int,
         default=256,
         metavar="N",
         help="memory limit per function worker (default: %(default)s)",
@@ -108,6 +91,36 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="the app's client secret for the Open API (default: a documented local value)",
     )
     parser.add_argument(
+        "--state",
+        default=None,
+        metavar="PATH",
+        help="SQLite file keeping users, tokens and jobs across restarts, or :memory: to keep "
+        f"nothing (default: DIR/{STATE_FOLDER}/{STATE_FILE}; delete it to reset)",
+    )
+    parser.add_argument(
+        "--max-queued-jobs",
+        type=positive_int,
+        default=10_000,
+        metavar="N",
+        help="async jobs that may wait for a slot; beyond, 503 + Retry-After "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-queued-mb",
+        type=positive_int,
+        default=64,
+        metavar="N",
+        help="megabytes of params the waiting async jobs may hold (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-idle-workers",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="warm workers kept across all functions, least recently used retired first "
+        "(default: twice --concurrency)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -116,7 +129,8 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .engine import Engine, EngineConfig
+    from ..engine import Engine, EngineConfig
+    from ..engine._store import StoreError
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -127,8 +141,11 @@ def _serve(args: argparse.Namespace) -> int:
         sys.stderr.write(
             f"minapp-async serve: --functions {str(args.functions)!r} is not a folder\n"
         )
-        return 2
+        return EXIT_USAGE
     overrides = {} if args.client_secret is None else {"client_secret": args.client_secret}
+    state = args.state
+    if state is None:
+        state = str(args.functions.resolve() / STATE_FOLDER / STATE_FILE)
     try:
         config = EngineConfig(
             functions_dir=args.functions.resolve(),
@@ -140,19 +157,36 @@ def _serve(args: argparse.Namespace) -> int:
             async_time_limit=args.async_time_limit,
             concurrency=args.concurrency,
             memory_limit_mb=args.memory_limit_mb,
+            state=state,
+            max_queued_jobs=args.max_queued_jobs,
+            max_queued_bytes=args.max_queued_mb * 1024 * 1024,
+            max_idle_workers=args.max_idle_workers,
             **overrides,
         )
     except ValueError as exc:
         sys.stderr.write(f"minapp-async serve: {exc}\n")
-        return 2
+        return EXIT_USAGE
     try:
         asyncio.run(
             _serve_until_stopped(Engine(config), secret_given=args.client_secret is not None)
         )
+    except StoreError as exc:  # the state file is damaged, locked or not writable
+        sys.stderr.write(f"minapp-async serve: {exc}\n")
+        return EXIT_ERROR
     except OSError as exc:  # e.g. the port is taken
         sys.stderr.write(f"minapp-async serve: cannot serve on {args.host}:{args.port}: {exc}\n")
-        return 1
-    return 0
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
 
 
 async def _serve_until_stopped(engine: Engine, *, secret_given: bool) -> None:
@@ -170,7 +204,7 @@ async def _serve_until_stopped(engine: Engine, *, secret_given: bool) -> None:
 
 
 def _banner(engine: Engine, *, secret_given: bool) -> None:
-    from .engine import DEFAULT_CLIENT_SECRET
+    from ..engine import DEFAULT_CLIENT_SECRET
 
     config = engine.config
     # The default secret is public (documented); one given on the command line stays hidden.
@@ -186,6 +220,7 @@ def _banner(engine: Engine, *, secret_given: bool) -> None:
         f"  client id:     {engine.client_id}",
         f"  client secret: {secret}",
         f"  anonymous invoke: {anonymous}",
+        f"  state:         {_state_line(config.state)}",
         "point the SDK at it:",
         f"  minapp_async.Session({engine.client_id!r}, base_url={engine.url!r})",
         "press Ctrl-C to stop",
@@ -194,46 +229,13 @@ def _banner(engine: Engine, *, secret_given: bool) -> None:
     sys.stdout.flush()
 
 
+def _state_line(state: str) -> str:
+    if state == ":memory:":
+        return ":memory: (nothing is kept after the engine stops)"
+    return f"{state} (delete it to reset users, tokens and jobs)"
+
+
 SERVE: Final = Command(
-    name="serve",
-    help="run the local cloud engine",
     add_arguments=_serve_arguments,
     run=_serve,
 )
-
-#: The subcommands, in the order ``--help`` lists them.
-COMMANDS: list[Command] = [INVOKE, MAP, LOGIN, LOGOUT, SERVE]
-
-
-# ---------------------------------------------------------------- entry point
-
-
-def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="minapp-async",
-        description="Tools for 知晓云 (MinApp) cloud functions.",
-        epilog="Run 'minapp-async COMMAND --help' for a command's options and examples.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in commands:
-        sub_parser = sub.add_parser(
-            command.name,
-            help=command.help,
-            description=command.help,
-            epilog=command.epilog,
-            # No prefixes: "--password x" must not be taken for "--password-stdin".
-            allow_abbrev=False,
-            # Keeps the examples in the epilog as written.
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        command.add_arguments(sub_parser)
-        sub_parser.set_defaults(_run=command.run)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    run: Callable[[argparse.Namespace], int] = args._run
-    return run(args)

@@ -13,25 +13,26 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from ._cli_common import (
+from .._constants import ACK_DEADLINE, SYNC_DEADLINE
+from .._protocol import ASYNC_TIME_LIMIT
+from ._options import (
     EXIT_ERROR,
     EXIT_FUNCTION_FAILED,
     EXIT_OK,
     EXIT_USAGE,
     AppSettings,
     Command,
-    Style,
     UsageError,
     add_app_arguments,
-    positive_float,
+    parse_json,
+    positive_number,
     resolve_app,
-    run_async,
-    say,
 )
+from ._output import Style, is_tty, run_async, say
 
 if TYPE_CHECKING:
-    from ._errors import HError
-    from ._invoke import InvokeResult
+    from .._errors import HError
+    from .._invoke import InvokeResult
 
 __all__ = ["INVOKE", "read_params"]
 
@@ -61,19 +62,16 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="asynchronous",
         action="store_true",
         help="don't wait for the result: return once the job is accepted (the function "
-        "may then run for up to 300 s)",
+        f"may then run for up to {ASYNC_TIME_LIMIT:g} s)",
     )
     parser.add_argument(
         "--timeout",
-        type=positive_float,
+        type=positive_number,
         metavar="S",
-        help="seconds to wait for the reply (default: 10 with sync, 5 with --async)",
+        help=f"seconds to wait for the reply (default: {SYNC_DEADLINE:g} with sync, "
+        f"{ACK_DEADLINE:g} with --async)",
     )
     add_app_arguments(parser)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def read_params(text: str) -> Any:
@@ -87,13 +85,7 @@ def read_params(text: str) -> Any:
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise UsageError(f"{source}: cannot read {where!r}: {reason}") from None
-    try:
-        # NaN and Infinity are Python's extension, not JSON: the server could not read them.
-        return json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:  # JSONDecodeError too
-        raise UsageError(f"{source} is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise UsageError(f"{source} is nested too deeply") from None
+    return parse_json(text, source)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -126,8 +118,8 @@ async def _invoke(
     sync: bool,
     timeout: float | None,
 ) -> int:
-    from ._errors import FunctionError, HError, InvalidArgumentError
-    from ._types import NOT_GIVEN
+    from .._errors import FunctionError, HError, InvalidArgumentError
+    from .._types import NOT_GIVEN
 
     started = time.perf_counter()
     try:
@@ -164,7 +156,7 @@ _KEY_RE: Final = re.compile(r'^(\s*)("(?:[^"\\]|\\.)*")(: )', re.MULTILINE)
 def _print_result(result: InvokeResult) -> None:
     envelope = {"code": result.code, "data": result.data, "error": result.error}
     out = sys.stdout
-    if out.isatty():
+    if is_tty(out):
         text = json.dumps(envelope, ensure_ascii=False, indent=2)
         style = Style.for_stream(out)
         if style.enabled:
@@ -178,7 +170,7 @@ def _print_result(result: InvokeResult) -> None:
 
 def _status_line(name: str, result: InvokeResult, elapsed: float) -> None:
     """On a terminal: how it went, how long it took, and the server's request id."""
-    if not _is_tty(sys.stderr):
+    if not is_tty(sys.stderr):
         return
     style = Style.for_stream(sys.stderr)
     mark = style.green("ok") if result.ok else style.red(f"code {result.code}")
@@ -203,13 +195,6 @@ def _hint(err: HError, settings: AppSettings) -> None:
         say("hint", "to use a local engine, pass --base-url http://127.0.0.1:8000")
 
 
-def _is_tty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
 _FRAMES: Final = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 _SPINNER_DELAY: Final = 0.3  # a quick call finishes before anything flickers
 
@@ -218,7 +203,7 @@ _SPINNER_DELAY: Final = 0.3  # a quick call finishes before anything flickers
 async def _spinner(text: str) -> AsyncIterator[None]:
     """A spinner with the elapsed time on stderr while the body runs, on a terminal only."""
     err = sys.stderr
-    if not _is_tty(err):
+    if not is_tty(err):
         yield
         return
     encoding = (getattr(err, "encoding", "") or "").lower().replace("-", "")
@@ -248,8 +233,6 @@ async def _spinner(text: str) -> AsyncIterator[None]:
 
 
 INVOKE: Final = Command(
-    name="invoke",
-    help="invoke a cloud function and print its result as JSON",
     add_arguments=_add_arguments,
     run=_run,
     epilog=_EPILOG,

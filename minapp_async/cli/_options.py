@@ -1,5 +1,5 @@
-"""What the client subcommands share: the Command record, app and credential options, where
-the login is kept, exit statuses, and terminal output (colour only on a terminal).
+"""The options the commands share: the Command record, exit statuses, the argparse types for
+numbers and JSON, app and credential options, and where the login is kept.
 
 Credentials and app settings come from options first, then environment variables:
 
@@ -15,21 +15,22 @@ and, when neither a token nor a secret is given, the login stored by ``minapp-as
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
+import math
 import os
 import re
-import sys
-import warnings
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from .._protocol import ENV_ID_HEADER
+
 if TYPE_CHECKING:
-    # Imported lazily at run time: "--help" need not load aiohttp.
-    from ._options import Limits
-    from ._session import Session
+    # Imported when a command runs: "--help" and usage errors need not load the SDK.
+    from .._options import Limits
+    from .._session import Session
 
 __all__ = [
     "EXIT_ERROR",
@@ -39,14 +40,12 @@ __all__ = [
     "EXIT_USAGE",
     "AppSettings",
     "Command",
-    "Style",
     "UsageError",
     "add_app_arguments",
-    "out",
-    "positive_float",
+    "parse_json",
+    "positive_int",
+    "positive_number",
     "resolve_app",
-    "run_async",
-    "say",
     "session_file",
 ]
 
@@ -69,10 +68,9 @@ _CLIENT_ID_RE: Final = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 
 @attrs.frozen
 class Command:
-    """One subcommand: ``run`` gets the parsed arguments and returns the exit status."""
+    """One subcommand (its name and one-line help are listed in ``_main``): ``add_arguments``
+    fills its parser; ``run`` gets the parsed arguments and returns the exit status."""
 
-    name: str
-    help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     #: Shown after the options in ``--help``: examples, mostly.
@@ -83,15 +81,49 @@ class UsageError(Exception):
     """Options or input the command cannot use; exits with ``EXIT_USAGE``."""
 
 
-def positive_float(text: str) -> float:
-    """An argparse type: a number > 0."""
+def positive_number(text: str) -> float:
+    """An argparse type for every number option (seconds, rates): finite and > 0.
+
+    Infinity is refused, not taken as "no limit": each such option has a finite default or
+    means "unlimited" when left out, so ``inf`` is more likely a slip than a wish.
+    """
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
+    if math.isinf(value) and value > 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number > 0, got {text} (leave the option out for its default)"
+        )
+    if not value > 0:  # NaN too
         raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts (concurrency, megabytes): a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(text: str, where: str) -> Any:
+    """One JSON value given by the user; UsageError naming *where* it came from."""
+    try:
+        # NaN and Infinity are Python's extension, not JSON: the server could not read them.
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:  # JSONDecodeError too
+        raise UsageError(f"{where} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"{where} is nested too deeply") from None
 
 
 def add_app_arguments(parser: argparse.ArgumentParser, *, credentials: bool = True) -> None:
@@ -109,7 +141,7 @@ def add_app_arguments(parser: argparse.ArgumentParser, *, credentials: bool = Tr
         "--env",
         dest="env_id",
         metavar="ID",
-        help=f"a test environment's id, sent as X-Hydrogen-Env-ID (env {ENV_ENV_ID})",
+        help=f"a test environment's id, sent as {ENV_ID_HEADER} (env {ENV_ENV_ID})",
     )
     if not credentials:
         return
@@ -147,9 +179,9 @@ class AppSettings:
     def session(self, *, use_stored_login: bool = True, limits: Limits | None = None) -> Session:
         """A Session for these settings: server credentials, a token, or the stored login;
         *limits* sizes its pool (``map --concurrency`` above the default pool)."""
-        from ._options import DEFAULT_LIMITS
-        from ._session import Session
-        from ._tokens import FileTokenStore
+        from .._options import DEFAULT_LIMITS
+        from .._session import Session
+        from .._tokens import FileTokenStore
 
         pool = DEFAULT_LIMITS if limits is None else limits
         if self.client_secret is not None:
@@ -244,78 +276,3 @@ def session_file(client_id: str, environ: Mapping[str, str] = os.environ) -> Pat
         config = environ.get("XDG_CONFIG_HOME")
         folder = (Path(config) if config else Path.home() / ".config") / "minapp-async"
     return folder / f"{client_id}.json"
-
-
-@attrs.frozen
-class Style:
-    """ANSI colour for one stream, only when it is a terminal and NO_COLOR is not set."""
-
-    enabled: bool
-
-    @classmethod
-    def for_stream(cls, stream: IO[str], environ: Mapping[str, str] = os.environ) -> Style:
-        """Colour on a terminal; plain when piped or when NO_COLOR is set (no-color.org)."""
-        try:
-            tty = stream.isatty()
-        except (AttributeError, ValueError):  # a replaced or closed stream
-            tty = False
-        return cls(tty and not environ.get("NO_COLOR"))
-
-    def _paint(self, code: str, text: str) -> str:
-        return f"\x1b[{code}m{text}\x1b[0m" if self.enabled else text
-
-    def bold(self, text: str) -> str:
-        return self._paint("1", text)
-
-    def dim(self, text: str) -> str:
-        return self._paint("2", text)
-
-    def red(self, text: str) -> str:
-        return self._paint("31", text)
-
-    def green(self, text: str) -> str:
-        return self._paint("32", text)
-
-    def yellow(self, text: str) -> str:
-        return self._paint("33", text)
-
-    def cyan(self, text: str) -> str:
-        return self._paint("36", text)
-
-
-def out(text: str) -> None:
-    """A line for the user on stdout."""
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def say(kind: str, message: str, *, stream: IO[str] | None = None) -> None:
-    """Print ``<kind>: <message>`` to stderr, the kind coloured on a terminal."""
-    out = stream if stream is not None else sys.stderr
-    style = Style.for_stream(out)
-    paint = {"error": style.red, "warning": style.yellow, "hint": style.cyan}.get(kind, str)
-    out.write(f"{paint(kind + ':')} {message}\n")
-    out.flush()
-
-
-def run_async(main: Coroutine[Any, Any, int]) -> int:
-    """Run a subcommand's coroutine; Ctrl-C exits 130 after the Session has closed."""
-
-    def show(
-        message: Warning | str,
-        category: type[Warning],
-        filename: str,
-        lineno: int,
-        file: IO[str] | None = None,
-        line: str | None = None,
-    ) -> None:
-        say("warning", str(message))
-
-    with warnings.catch_warnings():
-        # The SDK's warnings (e.g. a plain-http base URL) as one readable line, no source.
-        warnings.showwarning = show
-        try:
-            return asyncio.run(main)
-        except KeyboardInterrupt:
-            say("error", "interrupted")
-            return EXIT_INTERRUPTED

@@ -21,7 +21,8 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import attrs
 
-from ._cli_common import (
+from .._constants import ACK_DEADLINE, SYNC_DEADLINE
+from ._options import (
     EXIT_ERROR,
     EXIT_FUNCTION_FAILED,
     EXIT_INTERRUPTED,
@@ -29,18 +30,18 @@ from ._cli_common import (
     EXIT_USAGE,
     AppSettings,
     Command,
-    Style,
     UsageError,
     add_app_arguments,
-    positive_float,
+    parse_json,
+    positive_int,
+    positive_number,
     resolve_app,
-    run_async,
-    say,
 )
+from ._output import Style, is_tty, run_async, say
 
 if TYPE_CHECKING:
-    from ._errors import HError
-    from ._fanout import Outcome
+    from .._errors import HError
+    from .._fanout import Outcome
 
 __all__ = ["MAP"]
 
@@ -69,16 +70,6 @@ _REDRAW: Final = 0.1  # seconds between progress redraws on a terminal
 _PLAIN_EVERY: Final = 10.0  # seconds between progress lines when stderr is not a terminal
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="the cloud function's name")
     parser.add_argument(
@@ -96,13 +87,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=16,
         metavar="N",
         help="calls in flight at most (default: %(default)s)",
     )
     parser.add_argument(
-        "--rate", type=positive_float, metavar="R", help="calls started per second at most"
+        "--rate", type=positive_number, metavar="R", help="calls started per second at most"
     )
     parser.add_argument(
         "--async",
@@ -112,9 +103,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=positive_float,
+        type=positive_number,
         metavar="S",
-        help="seconds each call may take (default: 10 with sync, 5 with --async)",
+        help=f"seconds each call may take (default: {SYNC_DEADLINE:g} with sync, "
+        f"{ACK_DEADLINE:g} with --async)",
     )
     parser.add_argument(
         "--ordered",
@@ -224,19 +216,6 @@ def _read_output(path: Path) -> tuple[_Indexes, _Tally]:
     return done, tally
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _parse_line(line: str, where: str) -> Any:
-    try:
-        return json.loads(line, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise UsageError(f"{where} is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise UsageError(f"{where} is nested too deeply") from None
-
-
 @contextlib.contextmanager
 def _open_input(name: str) -> Iterator[IO[str]]:
     """The input's lines; standard input is read but left open."""
@@ -259,7 +238,7 @@ def _count_input(name: str, done: _Indexes) -> int:
         try:
             for index, line in enumerate(lines):
                 if line.strip() and index not in done:
-                    _parse_line(line, f"--input {name!r} line {index + 1}")
+                    parse_json(line, f"--input {name!r} line {index + 1}")
                     remaining += 1
         except UnicodeDecodeError as exc:
             raise UsageError(f"--input {name!r} is not UTF-8 text: {exc}") from None
@@ -275,7 +254,7 @@ class _Display:
     def __init__(self, label: str, total: int | None, *, enabled: bool) -> None:
         self._label, self._total = label, total
         self._started = self._shown = time.perf_counter()
-        self._tty = enabled and _is_tty(sys.stderr)
+        self._tty = enabled and is_tty(sys.stderr)
         self._plain = enabled and not self._tty
         self._bar: Any = None
         self._done = 0
@@ -316,13 +295,6 @@ class _Display:
                 sys.stderr.flush()
 
 
-def _is_tty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -361,7 +333,7 @@ def _items(name: str, done: _Indexes, state: _Run) -> Iterator[Any]:
                 return
             if not line.strip() or index in done:
                 continue
-            params = _parse_line(line, f"--input {name!r} line {index + 1}")
+            params = parse_json(line, f"--input {name!r} line {index + 1}")
             state.lines[position] = index
             position += 1
             yield params
@@ -374,8 +346,8 @@ async def _map(
     before: _Tally,
     remaining: int | None,
 ) -> int:
-    from ._errors import HError, InvalidArgumentError
-    from ._options import DEFAULT_LIMITS, Limits
+    from .._errors import HError, InvalidArgumentError
+    from .._options import DEFAULT_LIMITS, Limits
 
     state = _Run()
     tally = _Tally()
@@ -427,11 +399,8 @@ async def _map(
     except asyncio.CancelledError:
         if not state.interrupted:
             raise
-    except UsageError as exc:  # a bad input line (standard input is checked as it is read)
-        display.close()
-        say("error", str(exc))
-        return EXIT_USAGE
-    except InvalidArgumentError as exc:
+    # A bad input line (standard input is checked as it is read), or an option the SDK refused.
+    except (UsageError, InvalidArgumentError) as exc:
         display.close()
         say("error", str(exc))
         return EXIT_USAGE
@@ -500,8 +469,6 @@ def _report(
 
 
 MAP: Final = Command(
-    name="map",
-    help="invoke a cloud function for every line of a JSONL file, resumably",
     add_arguments=_add_arguments,
     run=_run,
     epilog=_EPILOG,

@@ -16,24 +16,21 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from ._cli_common import (
+from ._options import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_USAGE,
     AppSettings,
     Command,
-    Style,
     UsageError,
     add_app_arguments,
-    out,
-    positive_float,
+    positive_number,
     resolve_app,
-    run_async,
-    say,
 )
+from ._output import Style, is_tty, out, run_async, say
 
 if TYPE_CHECKING:
-    from ._auth import CurrentUser
+    from .._auth import CurrentUser
 
 __all__ = ["LOGIN", "LOGOUT"]
 
@@ -76,14 +73,7 @@ def _login_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--register", action="store_true", help="create the user first, then log in as it"
     )
-    parser.add_argument(
-        "--timeout",
-        type=positive_float,
-        default=DEFAULT_LOGIN_TIMEOUT,
-        metavar="S",
-        help="seconds to wait for the server (default: %(default)g)",
-    )
-    add_app_arguments(parser, credentials=False)
+    _add_server_arguments(parser)
 
 
 class _RefusePassword(argparse.Action):
@@ -103,9 +93,14 @@ class _RefusePassword(argparse.Action):
 
 
 def _logout_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_server_arguments(parser)
+
+
+def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """What login and logout share: how long to wait, and which app on which server."""
     parser.add_argument(
         "--timeout",
-        type=positive_float,
+        type=positive_number,
         default=DEFAULT_LOGIN_TIMEOUT,
         metavar="S",
         help="seconds to wait for the server (default: %(default)g)",
@@ -117,7 +112,7 @@ def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         text = sys.stdin.readline()
         password = text.removesuffix("\n").removesuffix("\r")
-    elif sys.stdin.isatty():
+    elif is_tty(sys.stdin):
         password = getpass.getpass("password: ")
     else:
         raise UsageError(
@@ -156,7 +151,7 @@ async def _log_in(
     register: bool,
     deadline: float,
 ) -> int:
-    from ._errors import HError
+    from .._errors import HError
 
     # The folder holds sessions of every app: only its owner may list it.
     settings.session_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -209,7 +204,7 @@ def _logout(args: argparse.Namespace) -> int:
 
 
 async def _log_out(settings: AppSettings, *, deadline: float) -> int:
-    from ._errors import HError
+    from .._errors import HError
 
     if not settings.session_file.exists():
         out(f"not logged in to app {settings.client_id}")
@@ -235,16 +230,12 @@ async def _log_out(settings: AppSettings, *, deadline: float) -> int:
 
 
 LOGIN: Final = Command(
-    name="login",
-    help="log in as a user and keep the session for 'invoke'",
     add_arguments=_login_arguments,
     run=_login,
     epilog=_LOGIN_EPILOG,
 )
 
 LOGOUT: Final = Command(
-    name="logout",
-    help="end the stored session and delete it",
     add_arguments=_logout_arguments,
     run=_logout,
     epilog=_LOGOUT_EPILOG,
