@@ -893,23 +893,29 @@ class Store:
         assert self._loop is not None
         if not self._outbox:
             self._loop.call_soon(self._hand_over)
-        if not wait:
-            self._outbox.append((op, tuple(args), None))
-            return None
+        # Every request that took room carries a future (the writer counts room by them),
+        # also when nobody awaits it; a failure is then logged.
         future: asyncio.Future[Any] = self._loop.create_future()
         self._outbox.append((op, tuple(args), future))
+        if not wait:
+            future.add_done_callback(self._log_failure)
+            return None
         return await future
+
+    def _log_failure(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            logger.error("state store %s: a write failed: %s", self.path, future.exception())
 
     def _submit_nowait(
         self, op: str, args: Sequence[Any], before: Callable[[], None] | None
     ) -> None:
-        """Queue one request without waiting, for the rare synchronous caller: it takes
-        room even past the bound (such callers are few), and is not awaited."""
+        """Queue one request without waiting and without taking room (the callers' own
+        bounds limit these: jobs running, the Python API). A batch of only such requests
+        that all succeed costs no wake-up of the loop."""
         if self._closing:
             raise RuntimeError(f"the state store {self.path!r} is closed")
         if before is not None:
             before()
-        self._room.take()
         assert self._loop is not None
         if not self._outbox:
             self._loop.call_soon(self._hand_over)
@@ -993,7 +999,11 @@ class Store:
                 with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
                     conn.execute("ROLLBACK")
                 self._reload_counters(conn)
-            self._post(outcomes, len(outcomes))
+            # Room is counted by the requests that carry a future; a batch of only
+            # no-wait requests that all landed needs no word back to the loop.
+            counted = sum(1 for outcome in outcomes if outcome[0] is not None)
+            if counted or any(outcome[2] for outcome in outcomes):
+                self._post(outcomes, counted)
         conn.close()
         self._unlock()
         self._post([(stop, None, False, None)])
@@ -1347,10 +1357,6 @@ class _Room:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
             raise
-
-    def take(self) -> None:
-        """Take room now, even if there is none (it may go negative)."""
-        self._free -= 1
 
     def release(self, count: int = 1) -> None:
         self._free += count
