@@ -975,6 +975,7 @@ class Store:
                     batch += self._requests.get_nowait()
                 except queue.Empty:
                     break
+            self._linger(batch)
             outcomes: list[_Outcome] = []
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -1007,6 +1008,25 @@ class Store:
         conn.close()
         self._unlock()
         self._post([(stop, None, False, None)])
+
+    def _linger(self, batch: list[_Op]) -> None:
+        """A batch that nobody waits for (sync calls' records, job starts and ends) waits
+        up to ``_LINGER`` seconds for more, so a steady stream of sync calls costs one commit
+        per many calls, not one each; the first request someone awaits ends the wait."""
+        if any(future is not None for _, _, future in batch):
+            return
+        deadline = time.monotonic() + _LINGER
+        while len(batch) < self.bounds.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                more = self._requests.get(timeout=left)
+            except queue.Empty:
+                return
+            batch += more
+            if any(future is not None for _, _, future in more):
+                return
 
     def _lock(self) -> None:
         """Hold an flock on ``<file>.lock`` while open: one engine per state file. (SQLite's
@@ -1333,6 +1353,8 @@ class Store:
 
 
 _OPEN_TOKEN: Final = object()
+#: How long the writer holds a batch of no-wait writes for more (seconds).
+_LINGER: Final = 0.02
 
 
 class _Room:
