@@ -1225,6 +1225,7 @@ class Store:
             ).fetchone()
             return None if row is None else _job(row, bodies=True)
         elif op == "list":
+            self._prune_jobs(conn)  # a list sees the bounds kept, also mid-batch
             query, params, order, offset, limit, bodies = args
             total = conn.execute(f"SELECT count(*) FROM jobs{query}", params).fetchone()[0]
             columns = _JOB_COLUMNS + (_BODY_COLUMNS if bodies else "")

@@ -204,3 +204,25 @@ async def test_a_31_mib_result_is_read_whole(tmp_path: Path, filename: str) -> N
     assert outcome.result is not None
     data = outcome.result["data"]
     assert len(data) == BIG and data == "a" * BIG
+
+
+async def test_finished_records_are_bounded_by_count_and_bytes(tmp_path: Path) -> None:
+    """The engine keeps at most max_finished_jobs finished records, and no more bytes of
+    params, results and logs than max_finished_bytes; the newest stay."""
+    async with (
+        running_engine(FUNCTIONS, max_finished_jobs=30, max_finished_bytes=200_000) as engine,
+        aiohttp.ClientSession() as http,
+    ):
+        api = Api(engine, http)
+        token = await api.login()
+        for i in range(40):
+            assert (await api.invoke(token, "echo", {"i": i})).status == 200
+        kept = await engine.jobs("echo")
+        assert [j.result["data"]["data"]["i"] for j in kept if j.result] == list(range(10, 40))
+        # Each of these records holds ~2 x 20 kB (params, and the echoed event as result).
+        for i in range(10):
+            reply = await api.invoke(token, "echo", {"i": 100 + i, "pad": "x" * 20_000})
+            assert reply.status == 200
+        kept = await engine.jobs("echo")
+        assert 3 <= len(kept) < 30
+        assert kept[-1].result is not None and kept[-1].result["data"]["data"]["i"] == 109
