@@ -10,14 +10,16 @@ pytest users get the ``minapp_engine`` fixture by adding to their ``conftest.py`
     pytest_plugins = ["minapp_async.testing"]
 
 It serves the seed's ``helloWorld`` function; override the ``minapp_engine_functions``
-(a ``{filename: source}`` mapping or a folder) and ``minapp_engine_config`` (EngineConfig
-overrides) fixtures to change that.
+(a ``{filename: source}`` mapping or a folder), ``minapp_engine_config`` (EngineConfig
+overrides) and ``minapp_engine_tables`` (``{table: [rows]}`` seeded before the test) fixtures
+to change that. Inside a test, ``minapp_engine.tables`` seeds, reads and resets the data tables
+functions use, and ``minapp_engine.outbox.messages()`` lists the messages they sent.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
@@ -49,7 +51,10 @@ def _write_functions(root: Path, functions: Mapping[str, str]) -> None:
 
 @asynccontextmanager
 async def running_engine(
-    functions: Mapping[str, str] | Path | str | None = None, **config: Any
+    functions: Mapping[str, str] | Path | str | None = None,
+    *,
+    tables: Mapping[str, Iterable[Mapping[str, Any]]] | None = None,
+    **config: Any,
 ) -> AsyncIterator[Engine]:
     """A started :class:`~minapp_async.engine.Engine`, shut down on exit.
 
@@ -57,6 +62,7 @@ async def running_engine(
         functions: ``{filename: source}`` written to a temporary folder (e.g.
             ``{"echo.js": ..., "slow.py": ...}``), an existing folder, or None for an
             empty temporary folder.
+        tables: ``{table: [rows]}`` seeded into the data tables once the engine runs.
         **config: :class:`~minapp_async.engine.EngineConfig` fields (``port`` defaults to 0).
     """
     with tempfile.TemporaryDirectory(prefix="minapp-engine-") as tmp:
@@ -66,6 +72,8 @@ async def running_engine(
         else:
             functions_dir = Path(functions)
         async with Engine(functions_dir=functions_dir, **config) as engine:
+            for table, rows in (tables or {}).items():
+                engine.tables.seed(table, rows)
             yield engine
 
 
@@ -85,11 +93,19 @@ else:
         """EngineConfig overrides for ``minapp_engine``: none by default."""
         return {}
 
+    @pytest.fixture(name="minapp_engine_tables")
+    def _minapp_engine_tables() -> Mapping[str, Iterable[Mapping[str, Any]]]:
+        """Rows seeded into ``minapp_engine``'s data tables, ``{table: [rows]}``: none."""
+        return {}
+
     @pytest.fixture(name="minapp_engine")
     async def _minapp_engine(
         minapp_engine_functions: Mapping[str, str] | Path | str | None,
         minapp_engine_config: Mapping[str, Any],
+        minapp_engine_tables: Mapping[str, Iterable[Mapping[str, Any]]],
     ) -> AsyncIterator[Engine]:
         """A running local engine for one test (needs an anyio test: ``pytest.mark.anyio``)."""
-        async with running_engine(minapp_engine_functions, **minapp_engine_config) as engine:
+        async with running_engine(
+            minapp_engine_functions, tables=minapp_engine_tables, **minapp_engine_config
+        ) as engine:
             yield engine

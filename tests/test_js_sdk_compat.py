@@ -250,3 +250,61 @@ async def test_register_then_invoke(node: str, build: str) -> None:
         assert run.value("invoke") == HELLO_ALLEN
         (job,) = await engine.jobs("helloWorld")
         assert (job.status, job.user_id) == ("fulfilled", user["id"])
+
+
+# The platform's lottery example, cut down: the front-end (the official SDK) registers a user
+# and draws; the function queries the prizes in stock, takes one, records the win for
+# event.request.user and notifies the winner through the outbox.
+LOTTERY_JS = """
+exports.main = async function (event) {
+  const Prize = new BaaS.TableObject('prize')
+  const inStock = new BaaS.Query()
+  inStock.compare('stock', '>', 0)
+  const total = await Prize.setQuery(inStock).count()
+  if (total === 0) return { won: false }
+  const pick = Prize.limit(1).offset(event.data.seed % total).orderBy('created_at').getWithoutData(inStock)
+  pick.incrementBy('stock', -1)
+  const taken = await pick.update()
+  const prize = await Prize.get(taken.data.operation_result[0].success.id)
+  const user = event.request.user
+  await new BaaS.TableObject('lottery_record').create().set({ prize: prize.data.name, created_by: user.id }).save()
+  await BaaS.sendTemplateMessage({
+    recipient_type: 'user_id', user_id: user.id, template_id: 'tpl-win', submission_type: 'form_id',
+    keywords: { keyword1: { value: prize.data.name } }
+  })
+  return { won: true, prize: prize.data.name }
+}
+"""
+
+
+@BUILDS
+async def test_lottery_draw_driven_by_the_sdk(node: str, build: str) -> None:
+    """A registered user draws twice; the function's BaaS calls change the engine's tables."""
+    prizes = [
+        {"name": "mug", "stock": 1},
+        {"name": "pen", "stock": 0},
+        {"name": "book", "stock": 2},
+    ]
+    async with running_engine({"lottery.js": LOTTERY_JS}, tables={"prize": prizes}) as engine:
+        run = await run_sdk(node, engine, build, "lottery", USERNAME, PASSWORD)
+
+        user = run.value("register")
+        assert run.value("draw-0") == {
+            "code": 0,
+            "data": {"won": True, "prize": "mug"},
+            "error": {},
+        }
+        assert run.value("draw-1") == {
+            "code": 0,
+            "data": {"won": True, "prize": "book"},
+            "error": {},
+        }
+        stock = {row["name"]: row["stock"] for row in engine.tables.rows("prize")}
+        assert stock == {"mug": 0, "pen": 0, "book": 1}
+        records = engine.tables.rows("lottery_record")
+        assert [(r["prize"], r["created_by"]) for r in records] == [
+            ("mug", user["id"]),
+            ("book", user["id"]),
+        ]
+        sent = engine.outbox.messages("wechat.template_message")
+        assert [m["data"]["user_id"] for m in sent] == [user["id"], user["id"]]

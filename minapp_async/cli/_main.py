@@ -47,6 +47,10 @@ COMMANDS: Final = (
     Listing("login", "log in as a user and keep the session for 'invoke'", "_login", "LOGIN"),
     Listing("logout", "end the stored session and delete it", "_login", "LOGOUT"),
     Listing("serve", "run the local cloud engine", "_serve", "SERVE"),
+    Listing(
+        "tables", "list, import, export or reset the engine's data tables", "_tables", "TABLES"
+    ),
+    Listing("outbox", "print the messages functions sent (and clear them)", "_tables", "OUTBOX"),
 )
 
 

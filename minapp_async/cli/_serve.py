@@ -121,6 +121,12 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: twice --concurrency)",
     )
     parser.add_argument(
+        "--strict-tables",
+        action="store_true",
+        help="unknown data tables are a 404, as on the platform (default: a function's first "
+        "write creates them)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -161,6 +167,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_queued_jobs=args.max_queued_jobs,
             max_queued_bytes=args.max_queued_mb * 1024 * 1024,
             max_idle_workers=args.max_idle_workers,
+            strict_tables=args.strict_tables,
             **overrides,
         )
     except ValueError as exc:

@@ -7,6 +7,8 @@ and point the SDK at ``engine.url``.
 from __future__ import annotations
 
 from .._protocol import JobStatus as JobStatus
+from ._baas import EngineOutbox as EngineOutbox
+from ._baas import EngineTables as EngineTables
 from ._config import DEFAULT_CLIENT_ID as DEFAULT_CLIENT_ID
 from ._config import DEFAULT_CLIENT_SECRET as DEFAULT_CLIENT_SECRET
 from ._config import EngineConfig as EngineConfig
@@ -23,7 +25,9 @@ __all__ = [
     "DEFAULT_CLIENT_SECRET",
     "Engine",
     "EngineConfig",
+    "EngineOutbox",
     "EngineStats",
+    "EngineTables",
     "Fault",
     "FaultKind",
     "Faults",

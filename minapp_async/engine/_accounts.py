@@ -128,6 +128,8 @@ class Accounts:
         self.access_token_ttl = access_token_ttl
         self._clock = clock
         self._authorize_states: dict[str, tuple[int, float]] = {}  # cookie -> (step, expires)
+        #: Told about each new user (the engine mirrors users into the _userprofile table).
+        self.on_new_user: Callable[[User], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Accounts {self._store!r}>"
@@ -186,6 +188,7 @@ class Accounts:
             await self._store.add_user(user)
         except ValueError as exc:  # registered meanwhile, by a concurrent request
             raise AccountError(400, str(exc)) from None
+        self._told(user)
         return user
 
     def create_user_nowait(
@@ -202,7 +205,16 @@ class Accounts:
             self._store.add_user_nowait(user)
         except ValueError as exc:
             raise AccountError(400, str(exc)) from None
+        self._told(user)
         return user
+
+    def _told(self, user: User) -> None:
+        if self.on_new_user is not None:
+            self.on_new_user(user)
+
+    def users(self) -> list[User]:
+        """Every user, oldest first."""
+        return self._store.users()
 
     async def create_anonymous_user(self) -> User:
         user = User(
@@ -212,6 +224,7 @@ class Accounts:
             anonymous=True,
         )
         await self._store.add_user(user)
+        self._told(user)
         return user
 
     def login(self, kind: LoginKind, identifier: object, password: object) -> User:

@@ -40,7 +40,8 @@ from typing import Any, Final
 from ._tables import TableError, Tables
 
 #: invoke(name, params, sync) → the callee's `{code, data, error}` envelope (or `{status:'ok'}`
-#: for an async call). The lead wires it to the engine's job runner.
+#: for an async call). The engine answers `function.invoke` itself (engine/_baas.py), where
+#: the calling job is known; this hook serves standalone uses such as the bridge test.
 Invoker = Callable[[str, Any, bool], Awaitable[dict[str, Any]]]
 
 _OUTBOX_DDL: Final = """
@@ -154,8 +155,9 @@ def _obj(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 
 class BaasOps:
-    """Answers the ops `baas.cjs` sends. One instance per engine; ops run on the event loop
-    (each is a short SQLite transaction), so they are serialised and need no lock."""
+    """Answers the ops `baas.cjs` sends. One instance per engine; the engine runs `answer` on
+    its one tables thread (each op is a short SQLite transaction), so ops are serialised and
+    need no lock, and the event loop never waits on disk."""
 
     def __init__(self, tables: Tables, outbox: Outbox, *, invoke: Invoker | None = None) -> None:
         self.tables = tables
@@ -185,11 +187,21 @@ class BaasOps:
 
     async def handle(self, op: str, payload: Any) -> dict[str, Any]:
         """One op → `{status, data}` or `{error: {code, message}}`; never raises for bad input."""
+        if op == "function.invoke":
+            try:
+                if not isinstance(payload, dict):
+                    raise TableError(400, f"the payload of {op!r:.40} must be an object")
+                return await self._invoke(payload)
+            except TableError as exc:
+                return {"error": {"code": exc.status, "message": exc.message}}
+        return self.answer(op, payload)
+
+    def answer(self, op: str, payload: Any) -> dict[str, Any]:
+        """Any op but `function.invoke`, synchronously: the engine runs this on its tables
+        thread (the SQLite connection's only user), so the event loop never waits on disk."""
         try:
             if not isinstance(payload, dict):
                 raise TableError(400, f"the payload of {op!r:.40} must be an object")
-            if op == "function.invoke":
-                return await self._invoke(payload)
             handler = self._ops.get(op)
             if handler is None:
                 raise TableError(400, f"not supported by the local engine: op {op!r:.60}")

@@ -68,9 +68,9 @@ class EngineConfig:
         session_ttl, access_token_ttl: Lifetimes (s) of user tokens and Open API tokens.
         miniapp_id: ``event.miniappId``.
         node: Node.js executable; None looks ``node`` up on PATH.
-        state: The SQLite file keeping users, sessions, tokens and jobs across restarts, or
-            ``":memory:"`` (the default here) for a throw-away engine. ``minapp-async serve``
-            defaults to ``DIR/.minapp/state.sqlite3``.
+        state: The SQLite file keeping users, sessions, tokens, jobs, data tables and the
+            outbox across restarts, or ``":memory:"`` (the default here) for a throw-away
+            engine. ``minapp-async serve`` defaults to ``DIR/.minapp/state.sqlite3``.
         max_queued_jobs, max_queued_bytes: Bounds of the async queue (jobs waiting for a
             slot, and the bytes of their params); beyond them an async invoke gets 503 with
             ``Retry-After``.
@@ -78,6 +78,9 @@ class EngineConfig:
             are retired first. None: twice ``concurrency``.
         max_finished_jobs, max_finished_bytes: Finished job records kept (count, and bytes
             of params, results and logs); the oldest go first.
+        strict_tables: Unknown tables are a 404 (and unknown fields a 400), as on the
+            platform, where tables are made in the console. By default a function's first
+            write to an unknown table creates it.
     """
 
     functions_dir: Path = attrs.field(converter=Path)
@@ -104,6 +107,7 @@ class EngineConfig:
     max_idle_workers: int | None = attrs.field(default=None)
     max_finished_jobs: int = attrs.field(default=10_000, validator=_positive)
     max_finished_bytes: int = attrs.field(default=256 * MiB, validator=_positive)
+    strict_tables: bool = False
 
     @max_idle_workers.validator
     def _check_idle(self, attribute: attrs.Attribute[Any], value: int | None) -> None:

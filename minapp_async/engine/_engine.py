@@ -14,7 +14,8 @@ import anyio
 import attrs
 from aiohttp import web
 
-from ._accounts import AccountError, Accounts
+from ._accounts import AccountError, Accounts, public_user
+from ._baas import BaasService, EngineOutbox, EngineTables
 from ._config import EngineConfig
 from ._faults import Faults
 from ._jobs import EngineStats, Job, JobBoard
@@ -59,6 +60,7 @@ class Engine:
         self._store: Store | None = None
         self._accounts: Accounts | None = None
         self._runtime: Runtime | None = None
+        self._baas: BaasService | None = None
         self._board: JobBoard | None = None
         self._app_state: AppState | None = None
         self._runner: web.AppRunner | None = None
@@ -118,11 +120,20 @@ class Engine:
                 session_ttl=config.session_ttl,
                 access_token_ttl=config.access_token_ttl,
             )
+            # The data tables share the state file (their own connection; the store holds
+            # the file's engine lock).
+            self._baas = BaasService(config.state, strict_tables=config.strict_tables)
+            self._baas.load_schema_file(functions_dir)
+            baas = self._baas
+            for user in self._accounts.users():  # kept from an earlier run of the engine
+                baas.add_user(public_user(user))
+            self._accounts.on_new_user = lambda user: baas.add_user(public_user(user))
             self._runtime = Runtime(
                 functions_dir,
                 memory_limit_mb=config.memory_limit_mb,
                 node=config.node or shutil.which("node"),
                 max_idle=config.idle_workers_bound,
+                baas=self._baas.handle,
             )
             self._board = JobBoard(
                 self._runtime,
@@ -133,6 +144,12 @@ class Engine:
                 async_time_limit=config.async_time_limit,
                 max_queued_jobs=config.max_queued_jobs,
                 max_queued_bytes=config.max_queued_bytes,
+            )
+            self._baas.bind(
+                self._board,
+                self._runtime.locate,
+                miniapp_id=config.miniapp_id,
+                memory_limit_mb=config.memory_limit_mb,
             )
             await self._resume_jobs()
             self._serve_task = asyncio.get_running_loop().create_task(
@@ -182,6 +199,10 @@ class Engine:
                 await self._runtime.aclose()
             if self._runner is not None:
                 await self._runner.cleanup()
+            if self._baas is not None:
+                # After the workers: no call is in flight any more. Off the loop: the thread
+                # may be finishing a statement.
+                await anyio.to_thread.run_sync(self._baas.close)
             if self._store is not None:
                 await self._store.aclose()  # after every job record was handed to it
 
@@ -253,6 +274,24 @@ class Engine:
         if self._accounts is None:
             raise RuntimeError("the engine has not been started")
         self._accounts.expire_all()
+
+    # ---- data tables and the outbox ----
+
+    @property
+    def tables(self) -> EngineTables:
+        """The data tables functions use: seed, read and reset them from tests
+        (``engine.tables.seed("orders", rows)``, ``.rows("orders")``, ``.reset()`` …)."""
+        return EngineTables(self._need_baas())
+
+    @property
+    def outbox(self) -> EngineOutbox:
+        """Messages functions sent (``engine.outbox.messages("wechat.template_message")``)."""
+        return EngineOutbox(self._need_baas())
+
+    def _need_baas(self) -> BaasService:
+        if self._baas is None or self._state is not _State.OPEN:
+            raise RuntimeError("the engine is not serving: start it first")
+        return self._baas
 
     # ---- jobs ----
 

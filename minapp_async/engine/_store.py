@@ -708,6 +708,10 @@ class Store:
     def user(self, user_id: int) -> UserRecord | None:
         return self._users.get(user_id)
 
+    def users(self) -> list[UserRecord]:
+        """Every user, in id order (the order they were made)."""
+        return [self._users[user_id] for user_id in sorted(self._users)]
+
     def user_by_login(self, kind: LoginKind, value: str) -> UserRecord | None:
         """The user registered with that (already normalised) username, email or phone."""
         user_id = self._by_login.get((kind, value))

@@ -121,6 +121,22 @@ async def test_serve_options_reach_the_engine(functions: Path) -> None:
         await stop(process, signal.SIGTERM)
 
 
+async def test_serve_strict_tables(functions: Path) -> None:
+    """--strict-tables: a function's write to an unknown table is a 404 HError."""
+    (functions / "write.js").write_text(
+        "exports.main = async () => new BaaS.TableObject('nope').create().set({ a: 1 }).save()"
+        "\n  .then(() => 'saved', (err) => err.code)\n"
+    )
+    async with serve(
+        "--functions", str(functions), "--port", "0", "--allow-anonymous", "--strict-tables"
+    ) as (process, url, _lines):  # fmt: skip
+        async with aiohttp.ClientSession() as http:
+            api = Api(_Remote(url), http)  # type: ignore[arg-type]
+            reply = await api.invoke(await api.anonymous_token(), "write", {})
+            assert reply.body == {"code": 0, "data": 404, "error": {}}
+        await stop(process, signal.SIGTERM)
+
+
 def test_serve_refuses_a_missing_folder(tmp_path: Path) -> None:
     """A --functions path that is not a folder exits 2 with a message."""
     result = subprocess.run(

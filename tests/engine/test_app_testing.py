@@ -109,6 +109,44 @@ def test_minapp_engine_fixture_in_a_users_project(tmp_path: Path) -> None:
                 async def test_overrides(self, minapp_engine):
                     assert minapp_engine.config.allow_anonymous
                     assert (minapp_engine.config.functions_dir / "shout.py").exists()
+
+
+            TOTAL = (
+                "async def main(event):\\n"
+                "    rows = await BaaS.table('order').find()\\n"
+                "    await BaaS.send_email({'recipient': 'a@b.c', 'subject': 's', 'body': 'b'})\\n"
+                "    return sum(r['price'] for r in rows['objects'])\\n"
+            )
+
+
+            class TestTables:
+                @pytest.fixture
+                def minapp_engine_functions(self):
+                    return {"total.py": TOTAL}
+
+                @pytest.fixture
+                def minapp_engine_tables(self):
+                    return {"order": [{"price": 2}, {"price": 5}]}
+
+                async def test_seeded(self, minapp_engine):
+                    assert [r["price"] for r in minapp_engine.tables.rows("order")] == [2, 5]
+                    minapp_engine.create_user(username="u", password="p")
+                    headers = {"X-Hydrogen-Client-ID": minapp_engine.client_id}
+                    async with aiohttp.ClientSession(minapp_engine.url) as http:
+                        async with http.post(
+                            "/hserve/v2.1/login/username/",
+                            json={"username": "u", "password": "p"},
+                            headers=headers,
+                        ) as r:
+                            token = (await r.json())["token"]
+                        headers["Authorization"] = "Hydrogen-r1 " + token
+                        async with http.post(
+                            "/hserve/v1/cloud-function/job/",
+                            json={"function_name": "total"},
+                            headers=headers,
+                        ) as r:
+                            assert await r.json() == {"code": 0, "data": 7, "error": {}}
+                    assert [m["kind"] for m in minapp_engine.outbox.messages()] == ["email"]
             """
         )
     )
@@ -121,4 +159,4 @@ def test_minapp_engine_fixture_in_a_users_project(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 passed" in result.stdout
+    assert "3 passed" in result.stdout

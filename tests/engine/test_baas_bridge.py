@@ -22,7 +22,7 @@ pytestmark = [
 ]
 
 HOST = Path(__file__).with_name("baas_host.cjs")
-BAAS = Path(__file__).parents[2] / "minapp_async" / "engine" / "baas.cjs"
+BAAS = Path(__file__).parents[2] / "minapp_async" / "engine" / "runtime" / "baas.cjs"
 
 
 class Bridge:

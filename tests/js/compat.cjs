@@ -4,7 +4,9 @@
 //   node tests/js/compat.cjs <engine url> <client id> <web|wechat> <scenario> [username password]
 //
 // Scenarios: anonymous (anonymousLogin, then invoke), login (username login, then invoke in
-// every form, then logout and invoke again), register (BaaS.auth.register, then invoke).
+// every form, then logout and invoke again), register (BaaS.auth.register, then invoke),
+// lottery (BaaS.auth.register, then two draws of a `lottery` function that uses the
+// in-function BaaS: the draws' results as steps draw-0 and draw-1).
 //
 // stdout carries one JSON object per line: {"step", "ok": true, "value"} for a resolved step,
 // {"step", "ok": false, "error": {...}} for a rejected one, {"wire": {...}} for each HTTP
@@ -21,7 +23,7 @@ const STEP_TIMEOUT_MS = 15000
 
 function usage (message) {
   process.stderr.write(`compat.cjs: ${message}\n` +
-    'usage: node compat.cjs <engine url> <client id> <web|wechat> <anonymous|login|register> [username password]\n')
+    'usage: node compat.cjs <engine url> <client id> <web|wechat> <anonymous|login|register|lottery> [username password]\n')
   process.exit(2)
 }
 
@@ -29,7 +31,7 @@ const [url, clientId, build, scenario, username, password] = process.argv.slice(
 if (!url || !/^http:\/\/127\.0\.0\.1:\d+\/?$/.test(url)) usage(`the engine url must be http://127.0.0.1:<port>, got ${JSON.stringify(url)}`)
 if (!clientId) usage('the client id is missing')
 if (build !== 'web' && build !== 'wechat') usage(`the build must be web or wechat, got ${JSON.stringify(build)}`)
-if (!['anonymous', 'login', 'register'].includes(scenario)) usage(`unknown scenario ${JSON.stringify(scenario)}`)
+if (!['anonymous', 'login', 'register', 'lottery'].includes(scenario)) usage(`unknown scenario ${JSON.stringify(scenario)}`)
 if (scenario !== 'anonymous' && !(username && password)) usage(`scenario ${scenario} needs a username and a password`)
 
 function emit (record) {
@@ -104,6 +106,10 @@ async function main () {
   if (scenario === 'anonymous') {
     await step('anonymousLogin', () => BaaS.auth.anonymousLogin(), currentUser)
     await step('invoke', () => BaaS.invoke('helloWorld', hello))
+  } else if (scenario === 'lottery') {
+    await step('register', () => BaaS.auth.register({ username, password }), currentUser)
+    await step('draw-0', () => BaaS.invoke('lottery', { seed: 0 }))
+    await step('draw-1', () => BaaS.invoke('lottery', { seed: 1 }))
   } else if (scenario === 'register') {
     await step('register', () => BaaS.auth.register({ username, password }), currentUser)
     await step('invoke', () => BaaS.invoke('helloWorld', hello))

@@ -46,7 +46,9 @@ from minapp_async.engine import (
     DEFAULT_CLIENT_ID,
     Engine,
     EngineConfig,
+    EngineOutbox,
     EngineStats,
+    EngineTables,
     FunctionStats,
     Job,
     JobStatus,
@@ -293,6 +295,14 @@ async def local_engine() -> None:
         assert_type(stats, EngineStats)
         assert_type(stats.functions["helloWorld"], FunctionStats)
         assert_type(engine.executions("helloWorld"), int)
+        assert_type(engine.tables, EngineTables)
+        assert_type(engine.tables.seed("prize", [{"name": "mug"}]), int)
+        assert_type(engine.tables.rows("prize"), list[dict[str, Any]])
+        engine.tables.reset("prize", drop=True)
+        engine.tables.reset(1)  # a table id
+        engine.tables.seed("prize", "not rows")  # type: ignore[arg-type]
+        assert_type(engine.outbox, EngineOutbox)
+        assert_type(engine.outbox.messages("email"), list[dict[str, Any]])
     client_id: str = DEFAULT_CLIENT_ID  # a documented constant, usable as a default
     del client_id
 
@@ -301,4 +311,6 @@ async def testing_helper() -> None:
     async with running_engine({"helloWorld.js": HELLO_WORLD_JS}, allow_anonymous=True) as engine:
         assert_type(engine, Engine)
     async with running_engine("examples/functions") as engine:
+        assert_type(engine, Engine)
+    async with running_engine(None, tables={"prize": [{"name": "mug"}]}) as engine:
         assert_type(engine, Engine)

@@ -7,9 +7,10 @@ files found next to this package at run time, never imported by the engine).
 
 from __future__ import annotations
 
+from ._runtime import BaasHandler as BaasHandler
 from ._runtime import FunctionFile as FunctionFile
 from ._runtime import RunOutcome as RunOutcome
 from ._runtime import Runtime as Runtime
 from ._runtime import timed_out_message as timed_out_message
 
-__all__ = ["FunctionFile", "RunOutcome", "Runtime", "timed_out_message"]
+__all__ = ["BaasHandler", "FunctionFile", "RunOutcome", "Runtime", "timed_out_message"]

@@ -1,20 +1,24 @@
 'use strict'
 // Node.js worker for the local engine: runs one cloud function, one job at a time.
 //
-// argv: <message fd> <function file> <function name>
-// Protocol: the engine writes one JSON line per job to stdin: {"j": <job id>, "e": <event>}.
-// The worker writes JSON lines to the message fd (a private pipe, so nothing the user prints
-// can corrupt it): {"t":"ready"}, {"t":"log","j":id,"s":"<line>"},
-// {"t":"result","j":id,"r":envelope[,"recycle":true]}, {"t":"recycle"}.
+// argv: <message fd> <jobs fd> <function file> <function name>
+// Two private pipes, never stdin/stdout (stdin is /dev/null), so user code can neither read a
+// job request nor corrupt a reply. The engine writes JSON lines to the jobs fd:
+// {"t":"job","j":<job id>,"e":<event>} and answers to BaaS calls {"t":"baas","id":n,"a":answer}.
+// The worker writes JSON lines to the message fd: {"t":"ready"}, {"t":"log","j":id,"s":"<line>"},
+// {"t":"result","j":id,"r":envelope[,"recycle":true]}, {"t":"recycle"} and BaaS calls
+// {"t":"baas","j":<job id>,"id":n,"op":"table.find","p":payload}.
 // `.cjs` so that a package.json with "type": "module" above us cannot turn this into ESM.
 
 const fs = require('fs')
+const net = require('net')
 const util = require('util')
 const { AsyncLocalStorage } = require('async_hooks')
 
 const MSG_FD = Number(process.argv[2])
-const FILE = process.argv[3]
-const NAME = process.argv[4]
+const JOBS_FD = Number(process.argv[3])
+const FILE = process.argv[4]
+const NAME = process.argv[5]
 const MAX_LOG_MESSAGE = 1024 * 1024 // the engine caps the whole log at 1 MiB anyway
 
 const jobContext = new AsyncLocalStorage()
@@ -171,16 +175,52 @@ function failCurrent (err) {
 process.on('uncaughtException', failCurrent)
 process.on('unhandledRejection', failCurrent)
 
+// -- the BaaS global: each call is a message to the engine, answered on the jobs pipe ---------
+
+const pendingCalls = new Map() // call id -> resolve
+let lastCallId = 0
+
+function baasCall (op, payload) {
+  return new Promise((resolve) => {
+    const id = ++lastCallId
+    let line
+    try {
+      line = JSON.stringify({ t: 'baas', j: jobId(), id, op, p: payload })
+    } catch (e) { // a BigInt or a cycle in what the function passed
+      resolve({ error: { code: 605, message: 'invalid argument: ' + op + ' payload is not JSON: ' + e.message } })
+      return
+    }
+    pendingCalls.set(id, resolve)
+    writeLine(line)
+  })
+}
+
+global.BaaS = require('./baas.cjs').createBaaS(baasCall)
+
+function onMessage (message) {
+  if (message.t === 'baas') {
+    const resolve = pendingCalls.get(message.id)
+    if (resolve !== undefined) {
+      pendingCalls.delete(message.id)
+      resolve(message.a)
+    }
+  } else {
+    runJob(message)
+  }
+}
+
 let input = ''
-process.stdin.setEncoding('utf8')
-process.stdin.on('data', (chunk) => {
+const jobs = new net.Socket({ fd: JOBS_FD, readable: true, writable: false })
+jobs.setEncoding('utf8')
+jobs.on('data', (chunk) => {
   input += chunk
   let nl
   while ((nl = input.indexOf('\n')) !== -1) {
     const line = input.slice(0, nl)
     input = input.slice(nl + 1)
-    if (line !== '') runJob(JSON.parse(line))
+    if (line !== '') onMessage(JSON.parse(line))
   }
 })
-process.stdin.on('end', () => process.exit(0)) // the engine went away
+jobs.on('end', () => process.exit(0)) // the engine went away
+jobs.on('error', () => process.exit(0))
 send({ t: 'ready' })

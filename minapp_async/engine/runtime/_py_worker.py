@@ -1,27 +1,37 @@
 """Python worker for the local engine: runs one cloud function, one job at a time.
 
-Run as a script (``python -I -B _py_worker.py <message fd> <file> <name> <memory limit MB>``),
-never imported by the engine. The protocol is the Node worker's: one JSON line per job on stdin
-(``{"j": id, "e": event}``), JSON lines back on a private pipe (``ready``, ``log``, ``result``,
-``oom``), so nothing the function prints can corrupt it.
+Run as a script (``python -I -B _py_worker.py <message fd> <jobs fd> <file> <name> <memory
+limit MB>``), never imported by the engine. The protocol is the Node worker's, over two private
+pipes (stdin is /dev/null): jobs ``{"t":"job","j":id,"e":event}`` and BaaS answers
+``{"t":"baas","id":n,"a":answer}`` come in on the jobs fd; ``ready``, ``log``, ``result``,
+``oom`` and BaaS calls ``{"t":"baas","j":id,"id":n,"op":op,"p":payload}`` go out on the message
+fd, so nothing the function prints or reads can corrupt it.
+
+The function sees a ``BaaS`` builtin (our extension, the Python counterpart of the Node global):
+``await BaaS.table("orders").find(where=..., limit=10)``, ``await BaaS.invoke("fn", params)``,
+… — see :class:`_BaaS`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
+import concurrent.futures
 import contextvars
 import datetime
 import importlib.util
 import inspect
 import io
+import itertools
 import json
 import logging
 import os
+import queue
 import resource
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from types import ModuleType
 from typing import Any, TextIO, cast
 
@@ -145,9 +155,289 @@ def _takes_callback(main: Callable[..., Any]) -> bool:
     return len(positional) >= 2 or any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
 
 
-class _Worker:
-    def __init__(self, channel: _Channel, file: str, name: str) -> None:
+class _Inbox:
+    """Reads the jobs pipe on a thread: jobs queue up for the main thread; BaaS answers go
+    straight to the call waiting for them (its job is running on the main thread meanwhile)."""
+
+    def __init__(self, fd: int) -> None:
+        self._file = open(fd, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+        self.jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._pending: dict[int, Callable[[Any], None]] = {}
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, name="minapp-jobs", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for line in self._file:
+                if not line.strip():
+                    continue
+                message = json.loads(line)
+                if message.get("t") == "baas":
+                    with self._lock:
+                        deliver = self._pending.pop(message.get("id"), None)
+                    if deliver is not None:
+                        deliver(message.get("a"))
+                else:
+                    self.jobs.put(message)
+        finally:
+            self.jobs.put(None)  # the engine went away
+
+    def expect(self, call_id: int, deliver: Callable[[Any], None]) -> None:
+        with self._lock:
+            self._pending[call_id] = deliver
+
+    def forget(self, call_id: int) -> None:
+        with self._lock:
+            self._pending.pop(call_id, None)
+
+
+class BaaSError(Exception):
+    """A failed BaaS call: ``code`` is the platform's HTTP-like status (400, 404, …)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class Reply:
+    """One BaaS call, sent when it was made: ``await reply`` in an ``async def main``, or
+    ``reply.result()`` in a plain ``def main`` (it blocks until the engine answers, which it
+    always does before the job's time limit). Either gives the answer's data or raises
+    ``BaaS.Error``."""
+
+    def __init__(
+        self, op: str, answer: concurrent.futures.Future[Any], shape: Callable[[Any], Any]
+    ) -> None:
+        self._op = op
+        self._answer = answer
+        self._shape = shape
+
+    def _unwrap(self, answer: Any) -> Any:
+        if not isinstance(answer, dict):
+            raise BaaSError(500, f"no answer from the engine for {self._op}")
+        error = answer.get("error")
+        if isinstance(error, dict):
+            raise BaaSError(int(error.get("code") or 500), str(error.get("message") or "error"))
+        return self._shape(answer.get("data"))
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._unwrap(self._answer.result(timeout))
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> Any:
+        return self._unwrap(await asyncio.wrap_future(self._answer))
+
+
+def _same(data: Any) -> Any:
+    return data
+
+
+class _Calls:
+    """Sends BaaS calls on the message pipe; the inbox thread resolves their answers."""
+
+    def __init__(self, channel: _Channel, inbox: _Inbox) -> None:
         self._channel = channel
+        self._inbox = inbox
+        self._ids = itertools.count(1)
+
+    def call(self, op: str, payload: dict[str, Any], shape: Callable[[Any], Any] = _same) -> Reply:
+        call_id = next(self._ids)
+        job = self._channel.job_var.get()
+        try:
+            line = json.dumps(
+                {
+                    "t": "baas",
+                    "j": self._channel.current_job if job is None else job,
+                    "id": call_id,
+                    "op": op,
+                    "p": payload,
+                },
+                allow_nan=False,
+            )
+        except (TypeError, ValueError) as exc:
+            raise BaaSError(605, f"invalid argument: {op} payload is not JSON: {exc}") from None
+        answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._inbox.expect(call_id, answer.set_result)  # set on the inbox thread
+        self._channel.send_raw(line)
+        return Reply(op, answer, shape)
+
+
+class _Table:
+    """One data table. Records are dicts; ``where`` is the platform's JSON query
+    (``{"status": {"$eq": "pending"}}``); ``update`` is its update document (a plain value sets
+    a field, ``{"$incr_by": 1}``, ``{"$append": [...]}``, ``{"$unset": ""}`` … are atomic)."""
+
+    def __init__(self, calls: _Calls, table: str | int) -> None:
+        self._calls = calls
+        self.name = table
+
+    def _op(self, op: str, **payload: Any) -> Reply:
+        return self._calls.call(op, {"table": self.name, **payload})
+
+    def create(self, record: dict[str, Any]) -> Reply:
+        """The stored row (with ``id``, ``created_at`` …)."""
+        return self._op("table.create", data=record)
+
+    def create_many(self, records: list[dict[str, Any]], *, enable_trigger: bool = True) -> Reply:
+        return self._op("table.create_many", items=records, enable_trigger=enable_trigger)
+
+    def get(self, record_id: str | int, *, select: Any = None, expand: Any = None) -> Reply:
+        return self._op("table.get", id=record_id, select=select, expand=expand)
+
+    def find(
+        self,
+        where: dict[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        order_by: str | list[str] | None = None,
+        select: Any = None,
+        expand: Any = None,
+        with_count: bool = False,
+    ) -> Reply:
+        """``{"meta": {...}, "objects": [...]}``."""
+        return self._op(
+            "table.find",
+            where=where,
+            limit=limit,
+            offset=offset,
+            order_by=order_by,
+            select=select,
+            expand=expand,
+            with_count=with_count,
+        )
+
+    def count(self, where: dict[str, Any] | None = None) -> Reply:
+        return self._op("table.count", where=where)
+
+    def update(
+        self, record_id: str | int, update: dict[str, Any], *, enable_trigger: bool = True
+    ) -> Reply:
+        """The whole updated row."""
+        return self._op("table.update", id=record_id, update=update, enable_trigger=enable_trigger)
+
+    def update_many(
+        self,
+        where: dict[str, Any] | None,
+        update: dict[str, Any],
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        order_by: str | list[str] | None = None,
+        enable_trigger: bool = True,
+    ) -> Reply:
+        return self._op(
+            "table.update_many",
+            where=where,
+            update=update,
+            limit=limit,
+            offset=offset,
+            order_by=order_by,
+            enable_trigger=enable_trigger,
+        )
+
+    def delete(self, record_id: str | int, *, enable_trigger: bool = True) -> Reply:
+        return self._calls.call(
+            "table.delete",
+            {"table": self.name, "id": record_id, "enable_trigger": enable_trigger},
+            lambda _data: None,
+        )
+
+    def delete_many(
+        self,
+        where: dict[str, Any] | None,
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        enable_trigger: bool = True,
+    ) -> Reply:
+        return self._op(
+            "table.delete_many",
+            where=where,
+            limit=limit,
+            offset=offset,
+            enable_trigger=enable_trigger,
+        )
+
+
+class _BaaS:
+    """The ``BaaS`` builtin of Python functions (our extension): the same engine calls as the
+    Node ``BaaS`` global. Each call returns a :class:`Reply`: ``await`` it (``async def
+    main``) or call ``.result()`` (plain ``def main``) for the reply's data; it raises
+    ``BaaS.Error`` (code + message) where Node's SDK rejects with an HError."""
+
+    Error = BaaSError
+
+    def __init__(self, calls: _Calls) -> None:
+        self._calls = calls
+        self.users = _Table(calls, "_userprofile")
+
+    def table(self, table: str | int) -> _Table:
+        """A data table by name or id."""
+        if isinstance(table, bool) or not isinstance(table, (str, int)) or table == "":
+            raise BaaSError(605, "invalid argument: a table is a name or an integer id")
+        return _Table(self._calls, table)
+
+    def invoke(self, name: str, params: Any = None, sync: bool = True) -> Reply:
+        """Run another cloud function: its ``{code, data, error}`` envelope (``{"status":
+        "ok"}`` for sync=False). A failing callee does not raise; a missing one does (404)."""
+        if not isinstance(name, str) or not name:
+            raise BaaSError(605, "invalid argument: function name must be a non-empty string")
+        return self._calls.call(
+            "function.invoke", {"name": name, "params": params, "sync": bool(sync)}
+        )
+
+    def create_table(self, name: str, fields: list[dict[str, Any]] | None = None) -> Reply:
+        """Create a table (``BaaS.TableSchema().createSchema`` in Node)."""
+        return self._calls.call("schema.create", {"name": name, "schema": {"fields": fields or []}})
+
+    def _send(self, kind: str, data: dict[str, Any]) -> Reply:
+        return self._calls.call("message.send", {"kind": kind, "data": data})
+
+    def send_template_message(self, data: dict[str, Any]) -> Reply:
+        return self._send("wechat.template_message", data)
+
+    def send_subscribe_message(self, data: dict[str, Any]) -> Reply:
+        return self._send("wechat.subscribe_message", data)
+
+    def send_sms_message(self, data: dict[str, Any]) -> Reply:
+        return self._send("sms_message", data)
+
+    def send_email(self, data: dict[str, Any]) -> Reply:
+        return self._send("email", data)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Unsupported(f"BaaS.{name}")
+
+
+class _Unsupported:
+    """What the engine does not provide: reading it is fine (feature checks), calling it or
+    anything reached through it raises ``BaaS.Error`` 501 naming it, as in Node."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Unsupported(f"{self._name}.{name}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise BaaSError(501, f"not supported by the local engine: {self._name}")
+
+    def __repr__(self) -> str:
+        return f"<not supported by the local engine: {self._name}>"
+
+
+class _Worker:
+    def __init__(self, channel: _Channel, inbox: _Inbox, file: str, name: str) -> None:
+        self._channel = channel
+        self._inbox = inbox
         self._file = file
         self._name = name
         self._module: ModuleType | None = None
@@ -155,6 +445,7 @@ class _Worker:
         self._loop.set_exception_handler(self._loop_exception)
         self._stdout = _LogStream(channel, "LOG", "<stdout>")
         self._stderr = _LogStream(channel, "ERROR", "<stderr>")
+        builtins.BaaS = _BaaS(_Calls(channel, inbox))  # type: ignore[attr-defined]
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
@@ -254,7 +545,7 @@ class _Worker:
             line = json.dumps(message)
         self._channel.send_raw(line)
 
-    def serve(self, requests: TextIO) -> None:
+    def serve(self) -> None:
         sys.stdout = cast(TextIO, self._stdout)
         sys.stderr = cast(TextIO, self._stderr)
         root = logging.getLogger()
@@ -263,11 +554,9 @@ class _Worker:
         root.setLevel(logging.INFO)
         threading.excepthook = self._thread_exception
         self._channel.send({"t": "ready"})
-        for line in requests:
-            if line.strip():
-                request = json.loads(line)
-                self.run_job(request["j"], request["e"])
-        # stdin closed: the engine went away.
+        while (request := self._inbox.jobs.get()) is not None:
+            self.run_job(request["j"], request["e"])
+        # The jobs pipe closed: the engine went away.
 
     def _thread_exception(self, args: threading.ExceptHookArgs) -> None:
         text = "".join(
@@ -287,8 +576,10 @@ class _CallbackError(Exception):
 
 
 def _main() -> None:
-    msg_fd, file, name, limit_mb = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
-    os.set_inheritable(msg_fd, False)  # programs the function runs must not hold the protocol
+    msg_fd, jobs_fd = int(sys.argv[1]), int(sys.argv[2])
+    file, name, limit_mb = sys.argv[3], sys.argv[4], int(sys.argv[5])
+    for fd in (msg_fd, jobs_fd):  # programs the function runs must not hold the protocol
+        os.set_inheritable(fd, False)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     # The engine's RSS watchdog enforces the limit; this backstop turns one huge allocation
     # into a MemoryError (reported as the limit) before it can take the machine's memory.
@@ -297,15 +588,9 @@ def _main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard == resource.RLIM_INFINITY or hard > backstop:
         resource.setrlimit(resource.RLIMIT_AS, (backstop, hard))
-    # Keep the protocol off fd 0 so user code reading stdin cannot steal a request.
-    request_fd = os.dup(0)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
     sys.path.insert(0, os.path.dirname(file))
     channel = _Channel(msg_fd)
-    with open(request_fd, encoding="utf-8") as requests:
-        _Worker(channel, file, name).serve(requests)
+    _Worker(channel, _Inbox(jobs_fd), file, name).serve()
 
 
 if __name__ == "__main__":

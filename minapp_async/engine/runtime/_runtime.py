@@ -21,16 +21,36 @@ import stat
 import sys
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import attrs
 
+from ..._logs import get_logger
 from ..._protocol import JobStatus
-from ._worker_process import FD_PLACEHOLDER, Run, WorkerProcess, WorkerStartError, iso_now
+from ._worker_process import (
+    FD_PLACEHOLDER,
+    JOBS_FD_PLACEHOLDER,
+    Run,
+    WorkerProcess,
+    WorkerStartError,
+    iso_now,
+)
 
-__all__ = ["FunctionFile", "RunOutcome", "Runtime", "timed_out_message"]
+_logger = get_logger("minapp_async.engine")
+
+__all__ = ["BaasHandler", "FunctionFile", "RunOutcome", "Runtime", "timed_out_message"]
+
+#: handler(context, op, payload) -> answer: the engine's side of a function's BaaS call, where
+#: context is what run() was given for the calling job (by default its event's jobId). The answer is ``{"status", "data"}``
+#: or ``{"error": {"code", "message"}}``; the handler must not raise for bad input.
+BaasHandler = Callable[[Any, str, Any], Awaitable[dict[str, Any]]]
+#: BaaS calls one job may have in flight; the platform advises fewer than 50 concurrent
+#: requests. More wait their turn, up to MAX_QUEUED_CALLS, beyond which calls fail with 429.
+MAX_CONCURRENT_CALLS: Final = 50
+MAX_QUEUED_CALLS: Final = 1000
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}", re.ASCII)
 _HERE = Path(__file__).resolve().parent
@@ -97,6 +117,7 @@ class Runtime:
         max_idle_per_function: int = 10,
         max_idle: int = 20,
         idle_timeout: float = 60.0,
+        baas: BaasHandler | None = None,
     ) -> None:
         if memory_limit_mb < 16:
             raise ValueError(f"memory_limit_mb must be at least 16, got {memory_limit_mb!r}")
@@ -127,6 +148,8 @@ class Runtime:
         self._housekeeper: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._watching_busy = False  # the watchdog polls often, no need to wake it
+        self._baas = baas
+        self._calls: set[asyncio.Task[None]] = set()  # BaaS calls being answered, all jobs
         self._closed = False
 
     def __repr__(self) -> str:
@@ -182,9 +205,11 @@ class Runtime:
         *,
         time_limit: float,
         data_json: str | None = None,
+        context: object = None,
     ) -> RunOutcome:
         """Run one job of a function: a :class:`FunctionFile` found by :meth:`locate`, or a name
-        to look up (LookupError when there is no such function).
+        to look up (LookupError when there is no such function). *context* is passed to the
+        BaaS handler with each call the job makes; by default the event's ``jobId``.
 
         *data_json*, when given, is ``event.data`` already encoded as JSON (as the engine keeps
         it): it is spliced into the request as it is, not parsed and encoded again."""
@@ -202,7 +227,7 @@ class Runtime:
         name = function.name
         run_id = next(self._run_ids)
         try:
-            line = json.dumps({"j": run_id, "e": event}, allow_nan=False)
+            line = json.dumps({"t": "job", "j": run_id, "e": event}, allow_nan=False)
             if data_json is not None:  # '..."e": {...}}' -> '..."e": {...,"data":<json>}}'
                 line = f'{line[:-2]}{"," if event else ""}"data":{data_json}}}}}'
             request = (line + "\n").encode()
@@ -218,7 +243,15 @@ class Runtime:
             except WorkerStartError as exc:
                 return _failed(f"cloud function {name!r} could not run: {exc.message}", exc.log)
         return await self._run_on(
-            worker, name, Run(run_id, asyncio.get_running_loop()), request, time_limit
+            worker,
+            name,
+            Run(
+                run_id,
+                asyncio.get_running_loop(),
+                event.get("jobId") if context is None else context,
+            ),
+            request,
+            time_limit,
         )
 
     async def _run_on(
@@ -248,10 +281,12 @@ class Runtime:
                 worker.kill("timeout")
         except BaseException:
             # Cancelled (or worse) mid-job: the worker's state is unknown, so it goes.
+            _cancel_calls(run)
             worker.kill("cancelled")
             with anyio.CancelScope(shield=True):
                 await self._discard(worker)
             raise
+        _cancel_calls(run)  # nobody is left to read their answers
         with anyio.CancelScope(shield=True):
             await self._discard(worker)  # reaped, and its last stderr lines are in the log
         worker.end()
@@ -291,6 +326,58 @@ class Runtime:
             )
         return "node was not found on PATH: install Node.js to run .js cloud functions"
 
+    # -- BaaS calls from functions --------------------------------------------------------
+
+    def _on_baas(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        call_id, op, payload = message["id"], message["op"], message.get("p")
+        run = worker.current_run
+        if run is None or message.get("j") != run.id:
+            # Work a finished job left running (a stray timer): it has no caller any more.
+            error = {"code": 400, "message": f"{op}: the job that made this call has finished"}
+            worker.answer(call_id, {"error": error})
+            return
+        if self._baas is None or self._closed:
+            error = {"code": 501, "message": f"not supported by the local engine: {op}"}
+            worker.answer(call_id, {"error": error})
+            return
+        if len(run.calls) >= MAX_QUEUED_CALLS:
+            text = (
+                f"{op}: too many BaaS calls in flight ({MAX_QUEUED_CALLS}); the platform "
+                f"advises fewer than {MAX_CONCURRENT_CALLS} at once"
+            )
+            worker.answer(call_id, {"error": {"code": 429, "message": text}})
+            return
+        if run.call_slots is None:
+            run.call_slots = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
+        task = asyncio.get_running_loop().create_task(
+            self._answer(worker, run, run.call_slots, call_id, op, payload),
+            name=f"minapp BaaS {op}",
+        )
+        # A nested invoke is a job of its own, bounded by its own limit: it outlives a caller
+        # that dies or times out (only the engine's shutdown cancels it).
+        owners = (self._calls,) if op == "function.invoke" else (run.calls, self._calls)
+        for tasks in owners:
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    async def _answer(
+        self,
+        worker: WorkerProcess,
+        run: Run,
+        slots: asyncio.Semaphore,
+        call_id: object,
+        op: str,
+        payload: Any,
+    ) -> None:
+        assert self._baas is not None
+        try:
+            async with slots:
+                answer = await self._baas(run.context, op, payload)
+        except Exception as exc:  # a bug in the handler: the call still gets an answer
+            _logger.exception("BaaS call %s failed inside the engine", op)
+            answer = {"error": {"code": 500, "message": f"{op}: the engine failed: {exc}"}}
+        worker.answer(call_id, answer)
+
     # -- the worker pool -------------------------------------------------------------------
 
     async def _take_idle(self, path: Path, key: tuple[Path, int, int, int]) -> WorkerProcess | None:
@@ -319,6 +406,7 @@ class Runtime:
                 f"--max-old-space-size={self._memory_limit_mb}",
                 str(_NODE_WORKER),
                 FD_PLACEHOLDER,
+                JOBS_FD_PLACEHOLDER,
                 str(path),
                 name,
             ]
@@ -333,6 +421,7 @@ class Runtime:
                 "utf8",
                 str(_PY_WORKER),
                 FD_PLACEHOLDER,
+                JOBS_FD_PLACEHOLDER,
                 str(path),
                 name,
                 str(self._memory_limit_mb),
@@ -355,6 +444,7 @@ class Runtime:
             if is_node and isinstance(exc, (FileNotFoundError, PermissionError)):
                 raise WorkerStartError(self._node_missing_message()) from None
             raise WorkerStartError(f"its worker could not be started: {exc}") from None
+        worker.on_baas = self._on_baas
         self._workers.add(worker)
         self._pgids.add(worker.pid)
         if self._closed:  # aclose() ran while this worker was starting
@@ -466,6 +556,11 @@ class Runtime:
         with anyio.CancelScope(shield=True):
             for worker in list(self._workers):
                 worker.kill("shutdown")
+            calls = list(self._calls)
+            for task in calls:
+                task.cancel()
+            if calls:
+                await asyncio.wait(calls)
             if self._housekeeper is not None:
                 self._housekeeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -482,6 +577,11 @@ class Runtime:
 def timed_out_message(name: str, time_limit: float) -> str:
     """What a job stopped at its time limit reports."""
     return f"cloud function {name!r} timed out after {time_limit * 1000:.0f} ms"
+
+
+def _cancel_calls(run: Run) -> None:
+    for task in list(run.calls):
+        task.cancel()
 
 
 def _failed(message: str, log: str = "") -> RunOutcome:

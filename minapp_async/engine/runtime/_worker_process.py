@@ -1,9 +1,13 @@
 """One worker subprocess (Node.js or Python): spawning, its pipes, one job at a time, reaping.
 
-The worker talks JSON lines: requests on its stdin, replies on a private pipe whose fd number is
-passed in argv, so user output on stdout/stderr can never corrupt the protocol. Whatever still
-reaches the real stdout/stderr (child processes, native code, Node's fatal errors) is captured
-line by line into the running job's log.
+The worker talks JSON lines over two private pipes whose fd numbers are passed in argv, never
+over stdin/stdout, so user code can neither read a job request nor corrupt a reply; its stdin is
+/dev/null. To the worker (the "jobs" pipe): ``{"t":"job","j":<run id>,"e":<event>}`` and the
+answers to its BaaS calls, ``{"t":"baas","id":<call id>,"a":<answer>}``. From the worker (the
+"messages" pipe): ``ready``, ``log``, ``result``, ``recycle``, ``oom`` and BaaS calls,
+``{"t":"baas","j":<run id>,"id":<call id>,"op":<op>,"p":<payload>}``. Whatever still reaches the
+real stdout/stderr (child processes, native code, Node's fatal errors) is captured line by line
+into the running job's log.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ _REAP_TIMEOUT = 5.0  # a SIGKILLed process exits at once; this only bounds the p
 _PIPE_EOF_TIMEOUT = 1.0  # after the process died, how long its pipes may take to report EOF
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 FD_PLACEHOLDER = "{fd}"  # in argv, replaced by the number of the worker's message pipe
+JOBS_FD_PLACEHOLDER = "{jobs_fd}"  # in argv, replaced by the number of the worker's jobs pipe
+#: on_baas(worker, message): a BaaS call the worker made (``message`` as sent, already parsed).
+BaasCallback = Callable[["WorkerProcess", dict[str, Any]], None]
 
 
 def iso_now() -> str:
@@ -83,9 +90,14 @@ class Run:
     worker's side of executing it once.
     """
 
-    def __init__(self, run_id: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, run_id: int, loop: asyncio.AbstractEventLoop, context: object = None
+    ) -> None:
         self.id = run_id
+        self.context = context  # what the runtime's BaaS handler is told about the caller
         self.log = RunLog()
+        self.calls: set[asyncio.Task[None]] = set()  # its BaaS calls being answered
+        self.call_slots: asyncio.Semaphore | None = None  # made at its first BaaS call
         # The result envelope, or None when the worker died first.
         self.finished: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         self.peak_rss = 0
@@ -147,7 +159,7 @@ class _LineReader(asyncio.Protocol):
 
 
 class _Sink(asyncio.Protocol):
-    """Protocol for the stdin write pipe: nothing to read."""
+    """Protocol for the jobs write pipe: nothing to read."""
 
 
 class _ProcStats:
@@ -236,7 +248,8 @@ class WorkerProcess:
         self._close_done = asyncio.Event()
         self._readers: list[_LineReader] = []
         self._transports: list[asyncio.BaseTransport] = []
-        self._stdin: asyncio.WriteTransport | None = None
+        self._jobs: asyncio.WriteTransport | None = None
+        self.on_baas: BaasCallback | None = None  # None: BaaS calls are answered "unsupported"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -254,26 +267,34 @@ class WorkerProcess:
     ) -> WorkerProcess:
         """Spawn a worker and wait until it says it is ready; raises WorkerStartError."""
         msg_read, msg_write = os.pipe()
+        jobs_read, jobs_write = os.pipe()
+        fds = {FD_PLACEHOLDER: str(msg_write), JOBS_FD_PLACEHOLDER: str(jobs_read)}
         try:
             popen = subprocess.Popen(  # noqa: ASYNC220 - fork/exec is quick; the wait is async
-                [str(msg_write) if arg == FD_PLACEHOLDER else arg for arg in argv],
-                stdin=subprocess.PIPE,
+                [fds.get(arg, arg) for arg in argv],
+                # Issue 12: user code that reads (or pauses) stdin sees an empty stream, never
+                # the engine's job requests.
+                stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                pass_fds=(msg_write,),
+                pass_fds=(msg_write, jobs_read),
                 cwd=cwd,
                 env=dict(env),
                 start_new_session=True,  # its own process group: a kill takes its children too
             )
         except BaseException:
             os.close(msg_read)
+            os.close(jobs_write)
             raise
         finally:
             os.close(msg_write)
+            os.close(jobs_read)
         worker = cls(popen, path, key, name)
         try:
             with anyio.CancelScope(shield=True):
-                await worker._connect(os.fdopen(msg_read, "rb", buffering=0))
+                await worker._connect(
+                    os.fdopen(msg_read, "rb", buffering=0), os.fdopen(jobs_write, "wb", buffering=0)
+                )
             with anyio.move_on_after(startup_timeout):
                 await worker._ready.wait()
         except BaseException:
@@ -292,9 +313,9 @@ class WorkerProcess:
             raise WorkerStartError(f"its worker {reason}", worker._startup_log.text())
         return worker
 
-    async def _connect(self, msg_pipe: IO[bytes]) -> None:
+    async def _connect(self, msg_pipe: IO[bytes], jobs_pipe: IO[bytes]) -> None:
         loop = asyncio.get_running_loop()
-        assert self._popen.stdin and self._popen.stdout and self._popen.stderr
+        assert self._popen.stdout and self._popen.stderr
         pipes: list[tuple[IO[bytes], _LineReader]] = [
             (
                 msg_pipe,
@@ -310,16 +331,16 @@ class WorkerProcess:
                 transport, _ = await loop.connect_read_pipe(lambda r=reader: r, pipe)  # type: ignore[misc]
                 self._transports.append(transport)
                 self._readers.append(reader)
-            stdin, _ = await loop.connect_write_pipe(_Sink, self._popen.stdin)
-            self._stdin = stdin
-            self._transports.append(stdin)
+            jobs, _ = await loop.connect_write_pipe(_Sink, jobs_pipe)
+            self._jobs = jobs
+            self._transports.append(jobs)
         finally:
             # Pipes that were never handed to a transport are closed here, not leaked.
             for pipe, reader in pipes:
                 if reader not in self._readers:
                     pipe.close()
-            if self._stdin is None:
-                self._popen.stdin.close()
+            if self._jobs is None:
+                jobs_pipe.close()
         if self._pidfd is not None:
             loop.add_reader(self._pidfd, self._on_process_exit)
 
@@ -380,8 +401,8 @@ class WorkerProcess:
         # any of them lives, so this kill cannot hit a stranger.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
-        if self._stdin is not None and not self._stdin.is_closing():
-            self._stdin.abort()  # (it closes itself when it sees the worker's end go away)
+        if self._jobs is not None and not self._jobs.is_closing():
+            self._jobs.abort()  # (it closes itself when it sees the worker's end go away)
         with anyio.move_on_after(_PIPE_EOF_TIMEOUT):
             for reader in self._readers:
                 await reader.closed.wait()
@@ -441,12 +462,23 @@ class WorkerProcess:
 
     def begin(self, run: Run, request: bytes) -> None:
         """Hand the worker a job (one JSON line, already encoded)."""
-        assert self.current_run is None and self._stdin is not None
+        assert self.current_run is None and self._jobs is not None
         self.current_run = run
         self._stats.reset_peak()
-        self._stdin.write(request)
+        self._jobs.write(request)
         if self._exited:  # died while idle, after the caller checked
             run.settle(None)
+
+    def answer(self, call_id: object, answer: dict[str, Any]) -> None:
+        """Send the answer to a BaaS call; dropped when the worker is gone."""
+        if self._jobs is None or self._jobs.is_closing() or not self.alive:
+            return
+        try:
+            line = json.dumps({"t": "baas", "id": call_id, "a": answer}, allow_nan=False)
+        except (TypeError, ValueError) as exc:  # an engine bug; the caller still gets an answer
+            error = {"code": 500, "message": f"the engine's answer is not JSON: {exc}"}
+            line = json.dumps({"t": "baas", "id": call_id, "a": {"error": error}})
+        self._jobs.write(line.encode() + b"\n")
 
     def end(self) -> None:
         self.current_run = None
@@ -474,6 +506,12 @@ class WorkerProcess:
                 self.recycle = True
             if run is not None and message.get("j") == run.id:
                 run.settle(message["r"])
+        elif kind == "baas":
+            if self.on_baas is not None:
+                self.on_baas(self, message)
+            else:
+                error = {"code": 501, "message": "not supported by the local engine: BaaS"}
+                self.answer(message["id"], {"error": error})
         elif kind == "ready":
             self._is_ready = True
             self._ready.set()
