@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+import attrs
+
 from .._protocol import ASYNC_TIME_LIMIT, SYNC_TIME_LIMIT
 from .._version import __version__
 from ._options import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Command, positive_int, positive_number
@@ -30,8 +32,9 @@ STATE_FILE: Final = "state.sqlite3"
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..engine import DEFAULT_CLIENT_ID
+    from ..engine import EngineConfig
 
+    defaults = {field.name: field.default for field in attrs.fields(EngineConfig)}
     parser.add_argument(
         "--functions",
         required=True,
@@ -80,9 +83,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--client-id",
-        default=DEFAULT_CLIENT_ID,
+        default=None,
         metavar="ID",
-        help="the app's client id (default: %(default)s)",
+        help="serve only this client id (default: any id the app sends)",
     )
     parser.add_argument(
         "--client-secret",
@@ -127,6 +130,35 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         "write creates them)",
     )
     parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this Host name (repeatable; '*' for any). By default "
+        "only loopback names and the bound address are served, against DNS rebinding",
+    )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also let web pages from this origin call the engine, e.g. "
+        "https://dev.example.com (repeatable; '*' for any; loopback pages always may)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=positive_number,
+        default=defaults["idle_timeout"],
+        metavar="S",
+        help="close connections with no complete request for S seconds: idle keep-alive or "
+        "headers arriving too slowly (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="do not print each job and its function's log lines",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -159,6 +191,9 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             client_id=args.client_id,
             allow_anonymous=args.allow_anonymous,
+            allowed_hosts=args.allow_host,
+            cors_origins=args.cors_origin,
+            idle_timeout=args.idle_timeout,
             sync_time_limit=args.sync_time_limit,
             async_time_limit=args.async_time_limit,
             concurrency=args.concurrency,
@@ -175,7 +210,11 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         asyncio.run(
-            _serve_until_stopped(Engine(config), secret_given=args.client_secret is not None)
+            _serve_until_stopped(
+                Engine(config, job_output=None if args.quiet else sys.stdout),
+                secret_given=args.client_secret is not None,
+                quiet=args.quiet,
+            )
         )
     except StoreError as exc:  # the state file is damaged, locked or not writable
         sys.stderr.write(f"minapp-async serve: {exc}\n")
@@ -196,7 +235,7 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-async def _serve_until_stopped(engine: Engine, *, secret_given: bool) -> None:
+async def _serve_until_stopped(engine: Engine, *, secret_given: bool, quiet: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -204,13 +243,13 @@ async def _serve_until_stopped(engine: Engine, *, secret_given: bool) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
     async with engine:
-        _banner(engine, secret_given=secret_given)
+        _banner(engine, secret_given=secret_given, quiet=quiet)
         await stop.wait()
         sys.stdout.write("shutting down\n")
         sys.stdout.flush()
 
 
-def _banner(engine: Engine, *, secret_given: bool) -> None:
+def _banner(engine: Engine, *, secret_given: bool, quiet: bool) -> None:
     from ..engine import DEFAULT_CLIENT_SECRET
 
     config = engine.config
@@ -221,13 +260,22 @@ def _banner(engine: Engine, *, secret_given: bool) -> None:
         else (f"{DEFAULT_CLIENT_SECRET} (the documented local default)")
     )
     anonymous = "allowed" if config.allow_anonymous else "not allowed (--allow-anonymous)"
+    client_id = (
+        f"{config.client_id} (pinned with --client-id)"
+        if config.client_id is not None
+        else "any (the app's own; pin one with --client-id)"
+    )
+    names = engine.function_names()
+    found = ", ".join(names) if names else "none yet (add name.js, name/index.js or name.py)"
     lines = [
         f"minapp-async engine {__version__} serving {engine.url}",
         f"  functions:     {config.functions_dir}",
-        f"  client id:     {engine.client_id}",
+        f"    found {len(names)}: {found}",
+        f"  client id:     {client_id}",
         f"  client secret: {secret}",
         f"  anonymous invoke: {anonymous}",
         f"  state:         {_state_line(config.state)}",
+        f"  job logs:      {'hidden (--quiet)' if quiet else 'shown here as they happen (--quiet hides them)'}",
         "point the SDK at it:",
         f"  minapp_async.Session({engine.client_id!r}, base_url={engine.url!r})",
         "press Ctrl-C to stop",

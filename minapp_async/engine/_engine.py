@@ -8,7 +8,7 @@ import enum
 import shutil
 import warnings
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import anyio
 import attrs
@@ -16,11 +16,12 @@ from aiohttp import web
 
 from ._accounts import AccountError, Accounts, public_user
 from ._baas import BaasService, EngineOutbox, EngineTables
-from ._config import EngineConfig
+from ._config import DEFAULT_CLIENT_ID, EngineConfig
+from ._console import JobConsole
 from ._faults import Faults
 from ._jobs import EngineStats, Job, JobBoard
 from ._store import Store, StoreBounds
-from .http import AppState, create_app
+from .http import AppState, EngineSite, create_app
 from .http._invoking import build_event
 from .runtime import Runtime
 
@@ -49,9 +50,18 @@ class Engine:
     Args:
         config: An :class:`EngineConfig`; keyword *overrides* replace its fields (or build one
             from scratch when *config* is omitted, e.g. ``Engine(functions_dir=...)``).
+        job_output: A text stream that gets each job's log lines as they arrive and a line
+            when it ends (function, request id, status, duration); ``serve`` passes stdout.
     """
 
-    def __init__(self, config: EngineConfig | None = None, /, **overrides: Any) -> None:
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        /,
+        *,
+        job_output: TextIO | None = None,
+        **overrides: Any,
+    ) -> None:
         self.config = (
             EngineConfig(**overrides) if config is None else attrs.evolve(config, **overrides)
         )
@@ -59,12 +69,13 @@ class Engine:
         self.faults = Faults()
         self._store: Store | None = None
         self._accounts: Accounts | None = None
+        self._console = JobConsole(job_output) if job_output is not None else None
         self._runtime: Runtime | None = None
         self._baas: BaasService | None = None
         self._board: JobBoard | None = None
         self._app_state: AppState | None = None
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: EngineSite | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._url: str | None = None
 
@@ -144,6 +155,7 @@ class Engine:
                 async_time_limit=config.async_time_limit,
                 max_queued_jobs=config.max_queued_jobs,
                 max_queued_bytes=config.max_queued_bytes,
+                console=self._console,
             )
             self._baas.bind(
                 self._board,
@@ -162,6 +174,7 @@ class Engine:
                 store=self._store,
                 locate_function=self._runtime.locate,
                 faults=self.faults,
+                function_names=self._runtime.names,
             )
             self._runner = web.AppRunner(
                 create_app(self._app_state),
@@ -169,7 +182,12 @@ class Engine:
                 shutdown_timeout=SHUTDOWN_GRACE,
             )
             await self._runner.setup()
-            self._site = web.TCPSite(self._runner, self.config.host, self.config.port)
+            self._site = EngineSite(
+                self._runner,
+                self.config.host,
+                self.config.port,
+                idle_timeout=self.config.idle_timeout,
+            )
             await self._site.start()
             port = self._runner.addresses[0][1]
         except BaseException:
@@ -242,11 +260,18 @@ class Engine:
 
     @property
     def client_id(self) -> str:
-        return self.config.client_id
+        """The pinned client id, or the documented default (any id works unless pinned)."""
+        return self.config.client_id or DEFAULT_CLIENT_ID
 
     @property
     def client_secret(self) -> str:
         return self.config.client_secret
+
+    def function_names(self) -> list[str]:
+        """The functions in the folder now, sorted."""
+        if self._runtime is None:
+            raise RuntimeError("the engine has not been started")
+        return self._runtime.names()
 
     # ---- accounts ----
 

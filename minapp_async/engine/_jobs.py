@@ -13,8 +13,8 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Mapping
-from typing import Any, Final, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Literal, Protocol
 
 import anyio
 import attrs
@@ -124,6 +124,16 @@ class QueueFull(Exception):
     """The async queue is at its bound; the message says which one."""
 
 
+class JobWatcher(Protocol):
+    """Told of job activity as it happens (``serve``'s terminal output is one)."""
+
+    def log_line(self, job: Job, line: str) -> None:
+        """One line of *job*'s log, as the worker wrote it, the moment it arrives."""
+
+    def job_finished(self, job: Job) -> None:
+        """*job* has its final status."""
+
+
 class _Slots:
     """``concurrency`` execution slots; a freed slot goes to a waiting sync job first.
 
@@ -179,9 +189,11 @@ class JobBoard:
         async_time_limit: float,
         max_queued_jobs: int = 10_000,
         max_queued_bytes: int = 64 * 1024 * 1024,
+        console: JobWatcher | None = None,
     ) -> None:
         self._runner = runner
         self._store = store
+        self._console = console
         self._concurrency = concurrency
         self._schedule_wait = schedule_wait
         self.sync_time_limit = sync_time_limit
@@ -562,7 +574,11 @@ class JobBoard:
         try:
             with anyio.move_on_after(limit + RUNTIME_GRACE) as backstop:
                 outcome = await self._runner.run(
-                    function, event, time_limit=limit, data_json=data_json
+                    function,
+                    event,
+                    time_limit=limit,
+                    data_json=data_json,
+                    on_log=self._echo(job_id),
                 )
             if backstop.cancelled_caught:
                 logger.error("the runtime did not stop job %s of %r at its limit", job_id, name)
@@ -618,19 +634,21 @@ class JobBoard:
         job runs again) and forget it from memory."""
         job = self._inflight[job_id]
         ended = time.time()
-        if final is not None:
-            final.append(
-                attrs.evolve(
-                    job,
-                    status=status,
-                    finished_at=ended,
-                    result=result,
-                    log=log,
-                    mem_usage=mem_usage,
-                    execution_time_ms=execution_time_ms,
-                    error_msg=error_msg,
-                )
+        if final is not None or self._console is not None:
+            ended_job = attrs.evolve(
+                job,
+                status=status,
+                finished_at=ended,
+                result=result,
+                log=log,
+                mem_usage=mem_usage,
+                execution_time_ms=execution_time_ms,
+                error_msg=error_msg,
             )
+            if final is not None:
+                final.append(ended_job)
+            if self._console is not None:
+                self._console.job_finished(ended_job)
         fields: dict[str, Any] = {
             "status": status,
             "result": result,
@@ -660,6 +678,13 @@ class JobBoard:
         except (RuntimeError, KeyError) as exc:  # the store closed under a stuck job
             logger.error("could not record the end of job %s: %s", job_id, exc)
         self._forget(job_id)
+
+    def _echo(self, job_id: str) -> Callable[[str], None] | None:
+        console = self._console
+        if console is None:
+            return None
+        job = self._inflight[job_id]
+        return lambda line: console.log_line(job, line)
 
     def _forget(self, job_id: str) -> None:
         self._inflight.pop(job_id, None)

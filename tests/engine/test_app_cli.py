@@ -82,7 +82,9 @@ async def test_serve_answers_requests_and_stops_cleanly(signum: int) -> None:
         banner = "\n".join(lines)
         assert "state:         :memory:" in banner
         assert DEFAULT_CLIENT_ID in banner
+        assert "client id:     any" in banner
         assert f"base_url={url!r}" in banner
+        assert re.search(r"found \d+: .*\bhelloWorld\b", banner), banner
         assert url.startswith("http://127.0.0.1:")
         async with aiohttp.ClientSession() as http:
             # Api only needs .url and .client_id: point a stand-in Engine at the subprocess.
@@ -110,6 +112,8 @@ async def test_serve_options_reach_the_engine(functions: Path) -> None:
     ) as (process, url, lines):  # fmt: skip
         banner = "\n".join(lines)
         assert str(functions / ".minapp" / "state.sqlite3") in banner
+        assert "cli-client (pinned with --client-id)" in banner
+        assert "found 1: helloWorld" in banner
         assert "cli-secret-value" not in banner
         assert DEFAULT_CLIENT_SECRET not in banner
         async with aiohttp.ClientSession() as http:

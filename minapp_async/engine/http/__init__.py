@@ -2,7 +2,8 @@
 
 ``_client_api`` (hserve) and ``_open_api`` (oserve and its OAuth flow) hold the routes;
 ``_invoking`` runs a function for either of them; ``_middleware`` (state, errors, request ids,
-faults, CORS) and ``_parsing`` (bodies and parameters) are what every route shares.
+faults, the Host check, CORS) and ``_parsing`` (bodies and parameters) are what every route
+shares; ``_server`` is the connection side (idle timeout, JSON replies to malformed HTTP).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from aiohttp import web
 from ._client_api import add_client_api_routes
 from ._middleware import STATE, AppState, add_request_id, serve_middleware
 from ._open_api import add_open_api_routes
+from ._server import EngineSite
 
-__all__ = ["AppState", "create_app"]
+__all__ = ["AppState", "EngineSite", "create_app"]
 
 
 def create_app(state: AppState) -> web.Application:
