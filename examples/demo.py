@@ -45,7 +45,7 @@ async def main() -> None:
             )
 
         await engine.drain(timeout=10)
-        job = engine.jobs("helloWorld")[1]  # the async one, run in the background
+        job = (await engine.jobs("helloWorld"))[1]  # the async one, run in the background
         print(f"{'job':<6} {job.id} {job.status}: {json.dumps(job.result)}")
 
 

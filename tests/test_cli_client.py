@@ -118,7 +118,7 @@ class TestInvoke:
         assert 0 == run.status, run.stderr
         assert {"status": "ok"} == json.loads(run.stdout)["data"]
         await engine.drain(timeout=30)
-        (job,) = engine.jobs("helloWorld")
+        (job,) = await engine.jobs("helloWorld")
         assert "hello bg" == job.result["data"]
 
     async def test_params_from_a_file_and_from_stdin(

@@ -170,7 +170,7 @@ async def test_anonymous_invoke_is_refused_by_default(node: str, build: str) -> 
             "own_keys": ["code", "message"],
         }
         assert "anonymous" in error["message"]
-        assert engine.jobs() == []
+        assert (await engine.jobs()) == []
         assert engine.executions("helloWorld") == 0
 
 
@@ -183,7 +183,7 @@ async def test_anonymous_invoke_succeeds_when_allowed(node: str, build: str) -> 
         user = run.value("anonymousLogin")
         assert user["anonymous"] is True
         assert run.value("invoke") == HELLO_ALLEN
-        (job,) = engine.jobs("helloWorld")
+        (job,) = await engine.jobs("helloWorld")
         assert (job.status, job.user_id, job.source) == ("fulfilled", user["id"], "sdk")
 
 
@@ -216,7 +216,7 @@ async def test_username_login_then_invoke_in_every_form(node: str, build: str) -
             assert exchange["status"] == 200
 
         # The async job ran in the background and is visible as fulfilled.
-        (batch,) = [job for job in engine.jobs("helloWorld") if job.service_type == "batch"]
+        (batch,) = [job for job in (await engine.jobs("helloWorld")) if job.service_type == "batch"]
         finished = await engine.wait_job(batch.id, timeout=JOB_TIMEOUT)
         assert finished.status == "fulfilled"
         assert finished.result == HELLO_ALLEN
@@ -252,7 +252,7 @@ async def test_register_then_invoke(node: str, build: str) -> None:
         (register,) = run.exchanges("/hserve/v2.1/register/username/")
         assert register["status"] == 201
         assert run.value("invoke") == HELLO_ALLEN
-        (job,) = engine.jobs("helloWorld")
+        (job,) = await engine.jobs("helloWorld")
         assert (job.status, job.user_id) == ("fulfilled", user["id"])
 
 

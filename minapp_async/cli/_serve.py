@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 __all__ = ["SERVE"]
 
+#: Where serve keeps its state by default, inside the functions folder (never a function name).
+STATE_FOLDER: Final = ".minapp"
+STATE_FILE: Final = "state.sqlite3"
+
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     from ..engine import EngineConfig
@@ -97,6 +101,36 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="the app's client secret for the Open API (default: a documented local value)",
     )
     parser.add_argument(
+        "--state",
+        default=None,
+        metavar="PATH",
+        help="SQLite file keeping users, tokens and jobs across restarts, or :memory: to keep "
+        f"nothing (default: DIR/{STATE_FOLDER}/{STATE_FILE}; delete it to reset)",
+    )
+    parser.add_argument(
+        "--max-queued-jobs",
+        type=positive_int,
+        default=10_000,
+        metavar="N",
+        help="async jobs that may wait for a slot; beyond, 503 + Retry-After "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-queued-mb",
+        type=positive_int,
+        default=64,
+        metavar="N",
+        help="megabytes of params the waiting async jobs may hold (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-idle-workers",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="warm workers kept across all functions, least recently used retired first "
+        "(default: twice --concurrency)",
+    )
+    parser.add_argument(
         "--strict-tables",
         action="store_true",
         help="unknown data tables are a 404, as on the platform (default: a function's first "
@@ -148,6 +182,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from ..engine import Engine, EngineConfig, TriggerFileError
+    from ..engine._store import StoreError
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -160,6 +195,9 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     overrides = {} if args.client_secret is None else {"client_secret": args.client_secret}
+    state = args.state
+    if state is None:
+        state = str(args.functions.resolve() / STATE_FOLDER / STATE_FILE)
     try:
         config = EngineConfig(
             functions_dir=args.functions.resolve(),
@@ -175,6 +213,10 @@ def _serve(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             memory_limit_mb=args.memory_limit_mb,
             contain_functions=args.contain,
+            state=state,
+            max_queued_jobs=args.max_queued_jobs,
+            max_queued_bytes=args.max_queued_mb * 1024 * 1024,
+            max_idle_workers=args.max_idle_workers,
             strict_tables=args.strict_tables,
             prestart=args.prestart,
             **overrides,
@@ -190,6 +232,9 @@ def _serve(args: argparse.Namespace) -> int:
                 quiet=args.quiet,
             )
         )
+    except StoreError as exc:  # the state file is damaged, locked or not writable
+        sys.stderr.write(f"minapp-async serve: {exc}\n")
+        return EXIT_ERROR
     except OSError as exc:  # e.g. the port is taken
         sys.stderr.write(f"minapp-async serve: cannot serve on {args.host}:{args.port}: {exc}\n")
         return EXIT_ERROR
@@ -197,6 +242,16 @@ def _serve(args: argparse.Namespace) -> int:
         sys.stderr.write(f"minapp-async serve: {exc}\n")
         return EXIT_USAGE
     return EXIT_OK
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
 
 
 async def _serve_until_stopped(engine: Engine, *, secret_given: bool, quiet: bool) -> None:
@@ -239,6 +294,7 @@ def _banner(engine: Engine, *, secret_given: bool, quiet: bool) -> None:
         f"  client secret: {secret}",
         f"  anonymous invoke: {anonymous}",
         f"  containment: {_containment(engine)}",
+        f"  state:         {_state_line(config.state)}",
         f"  job logs:      {'hidden (--quiet)' if quiet else 'shown here as they happen (--quiet hides them)'}",
         "point the SDK at it:",
         f"  minapp_async.Session({engine.client_id!r}, base_url={engine.url!r})",
@@ -255,6 +311,12 @@ def _containment(engine: Engine) -> str:
     if report.complete:
         return f"on (own pid, mount and network namespaces, cgroup {report.cgroup_version})"
     return "; ".join(report.missing)
+
+
+def _state_line(state: str) -> str:
+    if state == ":memory:":
+        return ":memory: (nothing is kept after the engine stops)"
+    return f"{state} (delete it to reset users, tokens and jobs)"
 
 
 SERVE: Final = Command(

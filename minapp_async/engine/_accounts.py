@@ -1,10 +1,10 @@
-"""Users, login sessions, and the Open API's OAuth codes and tokens, all in memory."""
+"""Users, login sessions, and the Open API's OAuth codes and tokens: the rules (hashing,
+validation, expiry) over the engine's durable :class:`Store`."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import itertools
 import re
 import secrets
 import string
@@ -15,6 +15,7 @@ from typing import Any, Final
 import attrs
 
 from .._protocol import SERVER_AUTH_SCHEME, LoginKind
+from ._store import Store, UserRecord
 
 INVALID_LOGIN: Final = "Invalid username/email or password."
 #: Lifetime of an OAuth authorization code (PROTOCOL.md §6.1: about 10 minutes).
@@ -54,42 +55,34 @@ def _hash_password(password: str, salt: bytes) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", _utf8(password), salt, _PBKDF2_ROUNDS)
 
 
-@attrs.define
-class User:
-    """One app user. Anonymous users have no identifiers and no password."""
+#: A user as the store keeps them (``salt`` and ``password_hash`` never reach a repr).
+User = UserRecord
 
-    id: int
-    created_at: int
-    anonymous: bool = False
-    username: str | None = None
-    email: str | None = None
-    phone: str | None = None
-    _salt: bytes = attrs.field(default=b"", repr=False)
-    _password_hash: bytes = attrs.field(default=b"", repr=False)
 
-    def check_password(self, password: str) -> bool:
-        if not self._password_hash:
-            return False
-        return hmac.compare_digest(self._password_hash, _hash_password(password, self._salt))
+def check_password(user: User, password: str) -> bool:
+    if not user.password_hash:
+        return False
+    return hmac.compare_digest(user.password_hash, _hash_password(password, user.salt))
 
-    def public(self) -> dict[str, Any]:
-        """The user object as ``/hserve/v2.5/user/info/`` and the logins return it."""
-        return {
-            "id": self.id,
-            "_username": self.username,
-            "_email": self.email,
-            "_email_verified": False,
-            "_phone": self.phone,
-            "_phone_verified": False,
-            "_provider": {},
-            "_anonymous": self.anonymous,
-            "nickname": self.username or "",
-            "avatar": "",
-            "is_authorized": not self.anonymous,
-            "created_at": self.created_at,
-            "created_by": self.id,
-            "updated_at": self.created_at,
-        }
+
+def public_user(user: User) -> dict[str, Any]:
+    """The user object as ``/hserve/v2.5/user/info/`` and the logins return it."""
+    return {
+        "id": user.id,
+        "_username": user.username,
+        "_email": user.email,
+        "_email_verified": False,
+        "_phone": user.phone,
+        "_phone_verified": False,
+        "_provider": {},
+        "_anonymous": user.anonymous,
+        "nickname": user.username or "",
+        "avatar": "",
+        "is_authorized": not user.anonymous,
+        "created_at": user.created_at,
+        "created_by": user.id,
+        "updated_at": user.created_at,
+    }
 
 
 @attrs.frozen
@@ -110,48 +103,40 @@ class TokenPair:
         }
 
 
-@attrs.define
-class _Grant:
-    expires_at: float
-    # For an access token: its refresh token (so a refresh can revoke both); and vice versa.
-    partner: str = attrs.field(repr=False)
-
-
 class Accounts:
-    """The engine's identity store. Not thread-safe: used from the event loop only."""
+    """Who may call: users, sessions and the Open API's grants, kept in the engine's
+    :class:`Store` (so they survive a restart), plus the short-lived authorize-flow states,
+    in memory. Hashing and validation live here. Used from the event loop only.
+
+    Times are epoch seconds (``time.time``), so expiries mean the same after a restart.
+    """
 
     def __init__(
         self,
+        store: Store,
         *,
         client_id: str | None,
         client_secret: str,
         session_ttl: int,
         access_token_ttl: int,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._store = store
         self._client_id = client_id
         self._client_secret = client_secret
         self.session_ttl = session_ttl
         self.access_token_ttl = access_token_ttl
         self._clock = clock
-        # Ids look like the platform's 14-digit user ids, but are predictable per engine.
-        self._ids = itertools.count(91464885772601)
-        self._users: dict[int, User] = {}
-        self._by_login: dict[tuple[LoginKind, str], int] = {}
-        self._sessions: dict[str, tuple[int, float]] = {}  # token -> (user id, expires_at)
         self._authorize_states: dict[str, tuple[int, float]] = {}  # cookie -> (step, expires)
-        self._codes: dict[str, float] = {}  # code -> expires_at
-        self._access: dict[str, _Grant] = {}
-        self._refresh: dict[str, _Grant] = {}
         #: Told about each new user (the engine mirrors users into the _userprofile table).
         self.on_new_user: Callable[[User], None] | None = None
 
     def __repr__(self) -> str:
-        return f"<Accounts users={len(self._users)} sessions={len(self._sessions)}>"
+        return f"<Accounts {self._store!r}>"
 
     # ---- users and sessions (hserve) ----
 
-    def create_user(
+    def _new_user(
         self,
         *,
         password: str,
@@ -159,7 +144,7 @@ class Accounts:
         email: str | None = None,
         phone: str | None = None,
     ) -> User:
-        """Register a user; raises AccountError(400) naming the bad or duplicate field."""
+        """Validate and build a user; AccountError(400) names the bad or duplicate field."""
         candidates: tuple[tuple[LoginKind, str | None], ...] = (
             ("username", username),
             ("email", email),
@@ -170,39 +155,76 @@ class Accounts:
             raise AccountError(400, "one of username, email or phone is required")
         if not isinstance(password, str) or not password:
             raise AccountError(400, "password must be a non-empty string")
-        keys: list[tuple[LoginKind, str]] = []
+        logins: dict[str, str] = {}
         for kind, value in given:
             assert value is not None
             key = _login_key(kind, value)
-            if key in self._by_login:
+            if self._store.user_by_login(kind, key[1]) is not None:
                 raise AccountError(400, f"{kind} {value!r} is already registered")
-            keys.append(key)
+            logins[kind] = key[1]
         salt = secrets.token_bytes(16)
-        user = User(
-            id=next(self._ids),
+        return User(
+            id=self._store.new_user_id(),
+            kind=given[0][0],
             created_at=int(time.time()),
-            username=username or None,
-            email=email.lower() if email else None,
-            phone=phone or None,
+            username=logins.get("username"),
+            email=logins.get("email"),
+            phone=logins.get("phone"),
             salt=salt,
             password_hash=_hash_password(password, salt),
         )
-        self._users[user.id] = user
-        for key in keys:
-            self._by_login[key] = user.id
+
+    async def create_user(
+        self,
+        *,
+        password: str,
+        username: str | None = None,
+        email: str | None = None,
+        phone: str | None = None,
+    ) -> User:
+        """Register a user, stored before this returns; AccountError(400) if refused."""
+        user = self._new_user(password=password, username=username, email=email, phone=phone)
+        try:
+            await self._store.add_user(user)
+        except ValueError as exc:  # registered meanwhile, by a concurrent request
+            raise AccountError(400, str(exc)) from None
+        self._told(user)
+        return user
+
+    def create_user_nowait(
+        self,
+        *,
+        password: str,
+        username: str | None = None,
+        email: str | None = None,
+        phone: str | None = None,
+    ) -> User:
+        """:meth:`create_user` for the synchronous Python API (committed moments later)."""
+        user = self._new_user(password=password, username=username, email=email, phone=phone)
+        try:
+            self._store.add_user_nowait(user)
+        except ValueError as exc:
+            raise AccountError(400, str(exc)) from None
+        self._told(user)
+        return user
+
+    def _told(self, user: User) -> None:
         if self.on_new_user is not None:
             self.on_new_user(user)
-        return user
 
     def users(self) -> list[User]:
         """Every user, oldest first."""
-        return list(self._users.values())
+        return self._store.users()
 
-    def create_anonymous_user(self) -> User:
-        user = User(id=next(self._ids), created_at=int(time.time()), anonymous=True)
-        self._users[user.id] = user
-        if self.on_new_user is not None:
-            self.on_new_user(user)
+    async def create_anonymous_user(self) -> User:
+        user = User(
+            id=self._store.new_user_id(),
+            kind="anonymous",
+            created_at=int(time.time()),
+            anonymous=True,
+        )
+        await self._store.add_user(user)
+        self._told(user)
         return user
 
     def login(self, kind: LoginKind, identifier: object, password: object) -> User:
@@ -215,39 +237,36 @@ class Accounts:
             key = _login_key(kind, identifier)
         except AccountError:
             raise AccountError(401, INVALID_LOGIN) from None
-        user_id = self._by_login.get(key)
-        user = self._users.get(user_id) if user_id is not None else None
-        if user is None or not user.check_password(password):
+        user = self._store.user_by_login(kind, key[1])
+        if user is None or not check_password(user, password):
             raise AccountError(401, INVALID_LOGIN)
         return user
 
-    def open_session(self, user: User) -> str:
+    async def open_session(self, user: User) -> str:
+        """A new session token, stored before this returns (it works after a restart)."""
         token = user_token()
-        self._sessions[token] = (user.id, self._clock() + self.session_ttl)
+        await self._store.add_session(token, user.id, self._clock() + self.session_ttl)
         return token
 
     def session_user(self, token: str) -> User | None:
         """The user a live session token belongs to; None if unknown, destroyed or expired."""
-        entry = self._sessions.get(token)
+        entry = self._store.session(token)
         if entry is None:
             return None
         user_id, expires_at = entry
         if self._clock() >= expires_at:
             return None
-        return self._users.get(user_id)
+        return self._store.user(user_id)
 
-    def destroy_session(self, token: str) -> None:
-        self._sessions.pop(token, None)
+    async def destroy_session(self, token: str) -> None:
+        await self._store.remove_session(token)
 
     def user(self, user_id: int) -> User | None:
-        return self._users.get(user_id)
+        return self._store.user(user_id)
 
     def expire_all(self) -> None:
         """Every issued session token and access token is expired from now on (for tests)."""
-        for token, (user_id, _) in self._sessions.items():
-            self._sessions[token] = (user_id, float("-inf"))
-        for grant in self._access.values():
-            grant.expires_at = float("-inf")
+        self._store.expire_all_nowait()
 
     # ---- Open API OAuth (oserve) ----
 
@@ -282,7 +301,7 @@ class Accounts:
         self._authorize_states[state] = (step + 1, entry[1])
         return True
 
-    def finish_authorization(self, state: str | None, step: int) -> str | None:
+    async def finish_authorization(self, state: str | None, step: int) -> str | None:
         """The authorization code, once per state; None if the state is not at *step*."""
         entry = self._authorize_states.get(state) if state else None
         if entry is None or entry[0] != step or self._clock() >= entry[1]:
@@ -290,48 +309,47 @@ class Accounts:
         assert state is not None
         del self._authorize_states[state]
         code = secrets.token_hex(20)
-        self._codes[code] = self._clock() + CODE_TTL
+        await self._store.add_code(code, self._clock() + CODE_TTL)
         return code
 
-    def exchange_code(self, code: object) -> TokenPair:
+    async def exchange_code(self, code: object) -> TokenPair:
         """Trade a code for tokens; a code works once and only until it expires."""
         if not isinstance(code, str) or not code:
             raise AccountError(400, "code is required for grant_type authorization_code")
-        expires_at = self._codes.pop(code, None)
+        expires_at = await self._store.take_code(code)
         if expires_at is None or self._clock() >= expires_at:
             raise AccountError(400, "the authorization code is invalid, used or expired")
-        return self._issue_pair()
+        return await self._issue_pair()
 
-    def refresh(self, refresh_token: object) -> TokenPair:
+    async def refresh(self, refresh_token: object) -> TokenPair:
         """New tokens for a refresh token; the old access and refresh tokens stop working."""
         if not isinstance(refresh_token, str) or not refresh_token:
             raise AccountError(400, "refresh_token is required for grant_type refresh_token")
-        grant = self._refresh.pop(refresh_token, None)
-        if grant is None or self._clock() >= grant.expires_at:
+        expires_at = await self._store.take_refresh(refresh_token)
+        if expires_at is None or self._clock() >= expires_at:
             raise AccountError(400, "the refresh token is invalid, used or expired")
-        self._access.pop(grant.partner, None)
-        return self._issue_pair()
+        return await self._issue_pair()
 
     def access_token_valid(self, token: str) -> bool:
-        grant = self._access.get(token)
-        return grant is not None and self._clock() < grant.expires_at
+        expires_at = self._store.access_expiry(token)
+        return expires_at is not None and self._clock() < expires_at
 
-    def _issue_pair(self) -> TokenPair:
+    async def _issue_pair(self) -> TokenPair:
         access, refresh = secrets.token_hex(20), secrets.token_hex(20)
         now = self._clock()
-        self._access[access] = _Grant(now + self.access_token_ttl, refresh)
-        self._refresh[refresh] = _Grant(
-            now + self.access_token_ttl * REFRESH_TOKEN_TTL_FACTOR, access
+        await self._store.add_token_pair(
+            access,
+            refresh,
+            access_expires_at=now + self.access_token_ttl,
+            refresh_expires_at=now + self.access_token_ttl * REFRESH_TOKEN_TTL_FACTOR,
         )
         return TokenPair(access, refresh, self.access_token_ttl)
 
     def _prune(self) -> None:
-        # Abandoned authorize flows and codes would otherwise pile up in a long-lived engine.
+        # Abandoned authorize flows would otherwise pile up in a long-lived engine.
         now = self._clock()
         for state in [s for s, (_, exp) in self._authorize_states.items() if now >= exp]:
             del self._authorize_states[state]
-        for code in [c for c, exp in self._codes.items() if now >= exp]:
-            del self._codes[code]
 
 
 def _login_key(kind: LoginKind, value: str) -> tuple[LoginKind, str]:

@@ -24,7 +24,8 @@ from typing import Any, Final, TypeVar
 
 from .._logs import get_logger
 from ._baas_ops import BaasOps, Outbox
-from ._jobs import Job, JobBoard
+from ._jobs import Job, JobBoard, QueueFull
+from ._store import StoreError
 from ._tables import USER_TABLE, TableError, Tables
 from .runtime import FunctionFile
 
@@ -182,9 +183,18 @@ class BaasService:
     ) -> Job | None:
         """Run a nested job (sync: the finished job) or queue it (async: None). The job
         board's calls are all here: its API is the engine's, not ours."""
+        # The job board keeps params as JSON text (queued async jobs stay small).
+        data_json = _to_json(params)
+        if not sync:
+            try:
+                board.admit(len(data_json))  # the async queue's bounds hold here too
+            except (QueueFull, RuntimeError) as exc:
+                raise TableError(503, str(exc)) from None
         try:
             job = board.create(function.name, sync=sync, source="cloud_function", request_id=caller)
         except RuntimeError as exc:  # shutting down
+            if not sync:
+                board.unadmit(len(data_json))
             raise TableError(503, str(exc)) from None
         self._depths[job.id] = depth  # before it runs: its own calls look it up
         while len(self._depths) > _MAX_DEPTHS:  # the oldest entries are long finished
@@ -193,15 +203,17 @@ class BaasService:
         # caller's user propagates); eventType is "cloud_function" as documented.
         event = _event(
             job,
-            params,
             time_limit=board.time_limit(sync=sync),
             miniapp_id=self._miniapp_id,
             memory_limit_mb=self._memory_limit_mb,
         )
         if not sync:
-            board.submit(job.id, function, event)
+            try:
+                await board.accept(job, function, event, data_json)  # committed, then queued
+            except (StoreError, RuntimeError) as exc:
+                raise TableError(503, str(exc)) from None
             return None
-        return await board.run_sync(job.id, function, event)
+        return await board.run_sync(job.id, function, event, data_json)
 
     # -- the schema file -----------------------------------------------------------------
 
@@ -249,12 +261,10 @@ _USER_FIELDS: Final = [
 ]
 
 
-def _event(
-    job: Job, data: Any, *, time_limit: float, miniapp_id: int, memory_limit_mb: int
-) -> dict[str, Any]:
-    """A nested job's ``event``: the fields of PROTOCOL.md §7.2, ``eventType`` its source."""
+def _event(job: Job, *, time_limit: float, miniapp_id: int, memory_limit_mb: int) -> dict[str, Any]:
+    """A nested job's ``event``: the fields of PROTOCOL.md §7.2, ``eventType`` its source;
+    its ``data`` is spliced in by the runtime from the job's JSON text."""
     return {
-        "data": data,
         "eventType": job.source,
         "jobId": job.id,
         "miniappId": miniapp_id,
@@ -264,6 +274,9 @@ def _event(
         "timezone": "Asia/Shanghai",
         "debug": False,
     }
+
+
+_to_json: Final = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _ensure_user_table(tables: Tables) -> None:

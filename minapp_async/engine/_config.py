@@ -97,8 +97,16 @@ class EngineConfig:
             namespaces, private /tmp, its whole process tree under one memory limit). Where
             the OS cannot, the engine runs functions anyway and logs once what is not
             enforced; False turns containment off (``serve --no-contain``).
-        state: The engine's SQLite state file (data tables and the outbox live there), or
-            ``":memory:"`` (the default) to keep nothing after the engine stops.
+        state: The SQLite file keeping users, sessions, tokens, jobs, data tables and the
+            outbox across restarts, or ``":memory:"`` (the default here) for a throw-away
+            engine. ``minapp-async serve`` defaults to ``DIR/.minapp/state.sqlite3``.
+        max_queued_jobs, max_queued_bytes: Bounds of the async queue (jobs waiting for a
+            slot, and the bytes of their params); beyond them an async invoke gets 503 with
+            ``Retry-After``.
+        max_idle_workers: Warm workers kept across all functions; the least recently used
+            are retired first. None: twice ``concurrency``.
+        max_finished_jobs, max_finished_bytes: Finished job records kept (count, and bytes
+            of params, results and logs); the oldest go first.
         strict_tables: Unknown tables are a 404 (and unknown fields a 400), as on the
             platform, where tables are made in the console. By default a function's first
             write to an unknown table creates it.
@@ -127,8 +135,23 @@ class EngineConfig:
     node: str | None = None
     contain_functions: bool = True
     state: str = attrs.field(default=":memory:", converter=str, validator=_non_empty)
+    max_queued_jobs: int = attrs.field(default=10_000, validator=_positive)
+    max_queued_bytes: int = attrs.field(default=64 * MiB, validator=_positive)
+    max_idle_workers: int | None = attrs.field(default=None)
+    max_finished_jobs: int = attrs.field(default=10_000, validator=_positive)
+    max_finished_bytes: int = attrs.field(default=256 * MiB, validator=_positive)
     strict_tables: bool = False
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_names)
     cors_origins: tuple[str, ...] = attrs.field(default=(), converter=_names)
     idle_timeout: float = attrs.field(default=30.0, validator=_positive)
     prestart: bool = False
+
+    @max_idle_workers.validator
+    def _check_idle(self, attribute: attrs.Attribute[Any], value: int | None) -> None:
+        if value is not None and value < 0:
+            raise ValueError(f"max_idle_workers must be >= 0, got {value!r}")
+
+    @property
+    def idle_workers_bound(self) -> int:
+        """``max_idle_workers``, or its default: twice the concurrency."""
+        return 2 * self.concurrency if self.max_idle_workers is None else self.max_idle_workers

@@ -15,7 +15,7 @@ import anyio
 import attrs
 from aiohttp import web
 
-from ._accounts import AccountError, Accounts
+from ._accounts import AccountError, Accounts, public_user
 from ._baas import BaasService, EngineOutbox, EngineTables
 from ._config import DEFAULT_CLIENT_ID, EngineConfig
 from ._console import JobConsole
@@ -23,8 +23,10 @@ from ._faults import Faults
 from ._jobs import EngineStats, Job, JobBoard
 from ._sandbox import Containment
 from ._schedule import TimerStatus, TriggerRunner, platform_now
+from ._store import Store, StoreBounds
 from ._trigger_file import load as load_triggers
 from .http import TRIGGERS, AppState, EngineSite, create_app
+from .http._invoking import build_event
 from .runtime import Runtime
 
 #: In-flight HTTP handlers get this long to finish at shutdown before they are cancelled.
@@ -69,12 +71,8 @@ class Engine:
         )
         self._state = _State.UNOPENED
         self.faults = Faults()
-        self._accounts = Accounts(
-            client_id=self.config.client_id,
-            client_secret=self.config.client_secret,
-            session_ttl=self.config.session_ttl,
-            access_token_ttl=self.config.access_token_ttl,
-        )
+        self._store: Store | None = None
+        self._accounts: Accounts | None = None
         self._console = JobConsole(job_output) if job_output is not None else None
         self._runtime: Runtime | None = None
         self._baas: BaasService | None = None
@@ -125,18 +123,36 @@ class Engine:
         # A bad triggers file stops the start, naming the file and line (TriggerFileError).
         triggers = load_triggers(functions_dir)
         self._state = _State.OPEN
+        config = self.config
         try:
-            self._baas = BaasService(self.config.state, strict_tables=self.config.strict_tables)
+            self._store = await Store.open(
+                config.state,
+                bounds=StoreBounds(
+                    max_finished=config.max_finished_jobs,
+                    max_finished_bytes=config.max_finished_bytes,
+                ),
+            )
+            self._accounts = Accounts(
+                self._store,
+                client_id=config.client_id,
+                client_secret=config.client_secret,
+                session_ttl=config.session_ttl,
+                access_token_ttl=config.access_token_ttl,
+            )
+            # The data tables share the state file (their own connection; the store holds
+            # the file's engine lock).
+            self._baas = BaasService(config.state, strict_tables=config.strict_tables)
             self._baas.load_schema_file(functions_dir)
             baas = self._baas
-            for user in self._accounts.users():  # made with create_user() before start()
-                baas.add_user(user.public())
-            self._accounts.on_new_user = lambda user: baas.add_user(user.public())
+            for user in self._accounts.users():  # kept from an earlier run of the engine
+                baas.add_user(public_user(user))
+            self._accounts.on_new_user = lambda user: baas.add_user(public_user(user))
             self._runtime = Runtime(
                 functions_dir,
-                memory_limit_mb=self.config.memory_limit_mb,
-                node=self.config.node or shutil.which("node"),
-                contain=self.config.contain_functions,
+                memory_limit_mb=config.memory_limit_mb,
+                node=config.node or shutil.which("node"),
+                max_idle=config.idle_workers_bound,
+                contain=config.contain_functions,
                 # The engine's state folder (when it lives there): hidden from functions.
                 hidden_dirs=[functions_dir / ".minapp"],
                 baas=self._baas.handle,
@@ -144,18 +160,22 @@ class Engine:
             await self._runtime.start()  # decides containment and logs what it cannot enforce
             self._board = JobBoard(
                 self._runtime,
-                concurrency=self.config.concurrency,
-                schedule_wait=self.config.schedule_wait,
-                sync_time_limit=self.config.sync_time_limit,
-                async_time_limit=self.config.async_time_limit,
+                self._store,
+                concurrency=config.concurrency,
+                schedule_wait=config.schedule_wait,
+                sync_time_limit=config.sync_time_limit,
+                async_time_limit=config.async_time_limit,
+                max_queued_jobs=config.max_queued_jobs,
+                max_queued_bytes=config.max_queued_bytes,
                 console=self._console,
             )
             self._baas.bind(
                 self._board,
                 self._runtime.locate,
-                miniapp_id=self.config.miniapp_id,
-                memory_limit_mb=self.config.memory_limit_mb,
+                miniapp_id=config.miniapp_id,
+                memory_limit_mb=config.memory_limit_mb,
             )
+            await self._resume_jobs()
             self._serve_task = asyncio.get_running_loop().create_task(
                 self._board.serve(), name="minapp-engine-async-jobs"
             )
@@ -165,6 +185,7 @@ class Engine:
                 config=self.config,
                 accounts=self._accounts,
                 board=self._board,
+                store=self._store,
                 locate_function=self._runtime.locate,
                 faults=self.faults,
                 function_names=self._runtime.names,
@@ -216,7 +237,7 @@ class Engine:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._serve_task
             if self._board is not None:
-                self._board.close_queue()
+                await self._board.aclose()
             if self._runtime is not None:
                 await self._runtime.aclose()
             if self._runner is not None:
@@ -225,6 +246,24 @@ class Engine:
                 # After the workers: no call is in flight any more. Off the loop: the thread
                 # may be finishing a statement.
                 await anyio.to_thread.run_sync(self._baas.close)
+            if self._store is not None:
+                await self._store.aclose()  # after every job record was handed to it
+
+    async def _resume_jobs(self) -> None:
+        """Queue again the async jobs an earlier run of the engine accepted but did not
+        finish (those cut off mid-run are marked ``rerun``), before serving requests."""
+        assert self._store is not None and self._board is not None
+        assert self._runtime is not None and self._accounts is not None
+        for record in await self._store.recover():
+            user = self._accounts.user(record.user_id) if record.user_id is not None else None
+            job = Job.from_record(record)
+            event = build_event(
+                self.config,
+                job,
+                time_limit=self._board.async_time_limit,
+                user=user,
+            )
+            self._board.resume(record, self._runtime.locate(record.function_name), event)
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if getattr(self, "_state", None) is _State.OPEN:
@@ -276,8 +315,11 @@ class Engine:
         password: str,
     ) -> int:
         """Register a user who can then log in; returns the user id."""
+        accounts = self._accounts
+        if accounts is None:
+            raise RuntimeError("the engine has not been started")
         try:
-            return self._accounts.create_user(
+            return accounts.create_user_nowait(
                 username=username, email=email, phone=phone, password=password
             ).id
         except AccountError as exc:
@@ -285,6 +327,8 @@ class Engine:
 
     def expire_sessions(self) -> None:
         """Expire every user token and access token issued so far (refresh tokens still work)."""
+        if self._accounts is None:
+            raise RuntimeError("the engine has not been started")
         self._accounts.expire_all()
 
     # ---- data tables and the outbox ----
@@ -307,13 +351,17 @@ class Engine:
 
     # ---- jobs ----
 
-    def jobs(self, function_name: str | None = None) -> list[Job]:
-        """Every job (or one function's) in the order they were created."""
-        return self._need_board().jobs(function_name)
+    async def jobs(self, function_name: str | None = None) -> list[Job]:
+        """Every job kept (or one function's) in the order they were created: those in
+        flight, and the finished records the state keeps (see ``max_finished_jobs``)."""
+        return await self._need_board().jobs(function_name)
 
-    def job(self, job_id: str) -> Job:
+    async def job(self, job_id: str) -> Job:
         """One job's current state; KeyError if there is no such job."""
-        return self._need_board().job(job_id)
+        job = await self._need_board().get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        return job
 
     # The public API takes a timeout, like asyncio.wait_for: a job wait must always be bounded.
     async def wait_job(self, job_id: str, timeout: float) -> Job:  # noqa: ASYNC109
@@ -337,6 +385,9 @@ class Engine:
             requests_served=state.requests_served,
             requests_in_flight=state.requests_in_flight,
             peak_concurrent_requests=state.peak_concurrent_requests,
+            queued_jobs=board.queued_jobs,
+            queued_bytes=board.queued_bytes,
+            idle_workers=self._runtime.idle_workers if self._runtime is not None else 0,
         )
 
     # ---- timers ----
@@ -349,14 +400,14 @@ class Engine:
         """Run timer *name*'s function now, as its schedule would (an async job with the
         timer's event); returns the job (wait for it with :meth:`wait_job`). LookupError for
         an unknown timer or a function that is not in the folder."""
-        return self._need_triggers().fire_timer(name)
+        return await self._need_triggers().fire_timer(name)
 
     async def tick_timers(self, now: datetime.datetime) -> list[Job]:
         """Fire every timer due at *now* (an aware datetime), as the scheduler does when its
         clock reads *now*; the jobs started. For tests: no need to wait for a real minute."""
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware (e.g. in Asia/Shanghai, UTC+8)")
-        return self._need_triggers().tick(now)
+        return await self._need_triggers().tick(now)
 
     def _need_triggers(self) -> TriggerRunner:
         if self._triggers is None or self._state is not _State.OPEN:

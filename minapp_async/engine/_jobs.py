@@ -1,9 +1,16 @@
-"""Job records, the concurrency slots jobs are scheduled on, and per-function counters."""
+"""Jobs: the in-flight ones in memory, every record in the :class:`Store`, the bounded async
+queue, the concurrency slots jobs are scheduled on, and per-function counters.
+
+An async job is in the store (committed) before it is queued, so it survives any stop of the
+engine: at the next start :meth:`JobBoard.resume` queues it again. A sync job lives only in
+memory while its caller waits, and is recorded in one write once it ends. Bookkeeping is O(1)
+per job: memory holds only the jobs in flight; finished records are the store's to bound.
+"""
 
 from __future__ import annotations
 
-import math
-import secrets
+import asyncio
+import json
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -15,6 +22,7 @@ from anyio.abc import TaskStatus
 
 from .._logs import get_logger
 from .._protocol import FINISHED_STATUSES, SCHEDULE_FAILED, JobStatus
+from ._store import JobRecord, RawJSON, Store, new_job_id
 from .runtime import FunctionFile, Runtime, timed_out_message
 
 logger = get_logger("minapp_async.engine")
@@ -22,8 +30,8 @@ logger = get_logger("minapp_async.engine")
 ServiceType = Literal["time_sensitive", "batch"]
 #: The runtime enforces time limits itself; this backstop only catches a runtime that hangs.
 RUNTIME_GRACE: Final = 5.0
-#: Finished jobs kept for the job list and Engine.jobs(); the oldest are forgotten first.
-MAX_JOB_RECORDS: Final = 10_000
+#: Seconds a refused async invoke is told to wait (``Retry-After``) when the queue is full.
+QUEUE_FULL_RETRY_AFTER: Final = 1
 
 
 @attrs.frozen
@@ -33,7 +41,8 @@ class Job:
     ``service_type`` is ``time_sensitive`` for sync calls and ``batch`` for async ones;
     ``source`` is the trigger (``sdk`` for hserve, ``open_api`` for oserve). Times are epoch
     seconds. ``result`` is the ``{"code", "data", "error"}`` envelope, or None when the job
-    never ran, timed out or its worker died (then ``error_msg`` says why).
+    never ran, timed out or its worker died (then ``error_msg`` says why). ``attempts``
+    counts its starts; ``rerun`` says an engine stop cut it off mid-run and it ran again.
     """
 
     id: str
@@ -51,10 +60,39 @@ class Job:
     mem_usage: int = 0
     execution_time_ms: float = 0.0
     error_msg: str | None = None
+    attempts: int = 0
+    rerun: bool = False
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+    @property
+    def sync(self) -> bool:
+        return self.service_type == "time_sensitive"
+
+    @classmethod
+    def from_record(cls, record: JobRecord) -> Job:
+        status: Any = record.status
+        return cls(
+            id=record.id,
+            function_name=record.function_name,
+            status=status,
+            service_type=record.service_type,  # type: ignore[arg-type]
+            source=record.source,
+            created_at=record.created_at,
+            request_id=record.request_id,
+            user_id=record.user_id,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            result=record.result,
+            log=record.log,
+            mem_usage=record.mem_usage,
+            execution_time_ms=record.execution_time_ms,
+            error_msg=record.error_msg,
+            attempts=record.attempts,
+            rerun=record.rerun,
+        )
 
 
 @attrs.frozen
@@ -68,12 +106,22 @@ class FunctionStats:
 
 @attrs.frozen
 class EngineStats:
-    """A snapshot of the engine's counters (server-side gauges, for tests and benchmarks)."""
+    """A snapshot of the engine's counters (server-side gauges, for tests and benchmarks).
+
+    ``queued_jobs`` and ``queued_bytes`` are the async jobs waiting for a slot (and the bytes
+    of their params); ``idle_workers`` the warm workers kept across all functions."""
 
     functions: Mapping[str, FunctionStats]
     requests_served: int
     requests_in_flight: int
     peak_concurrent_requests: int
+    queued_jobs: int = 0
+    queued_bytes: int = 0
+    idle_workers: int = 0
+
+
+class QueueFull(Exception):
+    """The async queue is at its bound; the message says which one."""
 
 
 class JobWatcher(Protocol):
@@ -121,36 +169,51 @@ class _Slots:
         self._free += 1
 
 
+# What the async queue holds per job: its id, function, event (without data) and data as
+# JSON text: compact, and never parsed again before the worker gets it.
+_Queued = tuple[str, FunctionFile, dict[str, Any], str]
+
+
 class JobBoard:
-    """Creates job records and runs them through the runtime within the concurrency limit."""
+    """Creates jobs, runs them through the runtime within the concurrency limit, and keeps
+    their records in the store."""
 
     def __init__(
         self,
         runner: Runtime,
+        store: Store,
         *,
         concurrency: int,
         schedule_wait: float,
         sync_time_limit: float,
         async_time_limit: float,
+        max_queued_jobs: int = 10_000,
+        max_queued_bytes: int = 64 * 1024 * 1024,
         console: JobWatcher | None = None,
     ) -> None:
         self._runner = runner
+        self._store = store
         self._console = console
         self._concurrency = concurrency
         self._schedule_wait = schedule_wait
         self.sync_time_limit = sync_time_limit
         self.async_time_limit = async_time_limit
+        self.max_queued_jobs = max_queued_jobs
+        self.max_queued_bytes = max_queued_bytes
         self._slots = _Slots(concurrency)
-        self._jobs: dict[str, Job] = {}
+        self._inflight: dict[str, Job] = {}  # waiting or executing
         self._done: dict[str, anyio.Event] = {}
+        self._queued_size: dict[str, int] = {}  # async jobs not started yet -> bytes
+        self.queued_jobs = 0  # reserved by admit() or queued
+        self.queued_bytes = 0
         self._stats: dict[str, FunctionStats] = {}
-        self._active = 0
         self._idle = anyio.Event()
         self._idle.set()
         self._sync_scopes: set[anyio.CancelScope] = set()
-        self._queue_send, self._queue_receive = anyio.create_memory_object_stream[
-            tuple[str, FunctionFile, dict[str, Any]]
-        ](math.inf)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._queue_send, self._queue_receive = anyio.create_memory_object_stream[_Queued](
+            float("inf")  # bounded by admit(), in count and bytes
+        )
         self._closed = False
 
     def time_limit(self, *, sync: bool) -> float:
@@ -167,35 +230,68 @@ class JobBoard:
         source: str,
         request_id: str,
         user_id: int | None = None,
+        job_id: str | None = None,
+        created_at: float | None = None,
+        attempts: int = 0,
+        rerun: bool = False,
     ) -> Job:
-        """A new job, status ``waiting``. Raises RuntimeError once the board is closed."""
+        """A new in-flight job, status ``waiting`` (not yet in the store: a sync job is
+        recorded when it ends; an async one is accepted by :meth:`accept`). Raises
+        RuntimeError once the board is closed."""
         if self._closed:
             raise RuntimeError("the engine is shutting down")
         job = Job(
-            id=secrets.token_hex(16),
+            id=new_job_id() if job_id is None else job_id,
             function_name=function_name,
             status="waiting",
             service_type="time_sensitive" if sync else "batch",
             source=source,
-            created_at=time.time(),
+            created_at=time.time() if created_at is None else created_at,
             request_id=request_id,
             user_id=user_id,
+            attempts=attempts,
+            rerun=rerun,
         )
-        self._jobs[job.id] = job
+        self._inflight[job.id] = job
         self._done[job.id] = anyio.Event()
-        if self._active == 0:
+        if len(self._inflight) == 1:
             self._idle = anyio.Event()
-        self._active += 1
-        self._forget_old_jobs()
         return job
 
-    def job(self, job_id: str) -> Job:
-        """The job's latest snapshot; KeyError if there is no such job."""
-        return self._jobs[job_id]
+    async def get(self, job_id: str) -> Job | None:
+        """The job's latest snapshot; None if there is no such job (or it was pruned)."""
+        job = self._inflight.get(job_id)
+        if job is not None:
+            return job
+        record = await self._store.get(job_id)
+        return None if record is None else Job.from_record(record)
 
-    def jobs(self, function_name: str | None = None) -> list[Job]:
-        """Jobs in creation order, optionally only one function's."""
-        return [j for j in self._jobs.values() if function_name in (None, j.function_name)]
+    def in_flight(self, function_name: str | None = None, *, sync: bool | None = None) -> list[Job]:
+        """Jobs waiting or executing, in creation order."""
+        return [
+            j
+            for j in self._inflight.values()
+            if function_name in (None, j.function_name) and sync in (None, j.sync)
+        ]
+
+    async def jobs(self, function_name: str | None = None) -> list[Job]:
+        """Every job kept (or one function's) in creation order: the store's records, with
+        the in-flight ones as they are now."""
+        live = self.in_flight(function_name)
+        page = await self._store.list_jobs(
+            function_name=function_name,
+            newest_first=False,
+            limit=self._store.bounds.max_finished
+            + self._store.stats.waiting
+            + self._store.stats.executing
+            + len(live),
+            bodies=True,
+        )
+        current: dict[str, Job | None] = {j.id: j for j in live}
+        jobs = [current.pop(r.id, None) or Job.from_record(r) for r in page.jobs]
+        jobs.extend(j for j in current.values() if j is not None)  # sync ones in flight
+        jobs.sort(key=lambda j: j.created_at)
+        return jobs
 
     def executions(self, function_name: str) -> int:
         return self._stats.get(function_name, FunctionStats()).executions
@@ -204,45 +300,158 @@ class JobBoard:
         return dict(self._stats)
 
     async def wait(self, job_id: str, timeout: float) -> Job:  # noqa: ASYNC109
-        """The job once it has finished; TimeoutError after *timeout* seconds."""
+        """The job once it has finished; TimeoutError after *timeout* seconds, KeyError for
+        an unknown id."""
         done = self._done.get(job_id)
-        if done is None:
-            return self.job(job_id)  # raises KeyError for an unknown id, or it is long done
-        with anyio.fail_after(timeout):
-            await done.wait()
-        return self._jobs[job_id]
+        if done is not None:
+            with anyio.fail_after(timeout):
+                await done.wait()
+        job = await self.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        return job
 
     async def drain(self, timeout: float) -> None:  # noqa: ASYNC109
         """Return once no job is waiting or executing; TimeoutError after *timeout* s."""
         with anyio.fail_after(timeout):
-            while self._active:
+            while self._inflight:
                 await self._idle.wait()
+
+    # ---- the async queue ----
+
+    def admit(self, size: int) -> None:
+        """Reserve room in the async queue for one job whose params are *size* bytes;
+        QueueFull past a bound. Follow with :meth:`accept` or :meth:`unadmit`."""
+        if self._closed:
+            raise RuntimeError("the engine is shutting down")
+        if self.queued_jobs >= self.max_queued_jobs:
+            raise QueueFull(
+                f"the async job queue is full ({self.max_queued_jobs} jobs waiting): "
+                f"retry after {QUEUE_FULL_RETRY_AFTER} s"
+            )
+        if self.queued_jobs and self.queued_bytes + size > self.max_queued_bytes:
+            raise QueueFull(
+                f"the async job queue is full ({self.queued_bytes} bytes of params waiting, "
+                f"at most {self.max_queued_bytes}): retry after {QUEUE_FULL_RETRY_AFTER} s"
+            )
+        self.queued_jobs += 1
+        self.queued_bytes += size
+
+    def unadmit(self, size: int) -> None:
+        self.queued_jobs -= 1
+        self.queued_bytes -= size
+
+    async def accept(
+        self,
+        job: Job,
+        function: FunctionFile,
+        event: dict[str, Any],
+        data_json: str,
+    ) -> None:
+        """Store an admitted async job (committed when this returns) and queue it. Runs to
+        its end even if the caller is cancelled meanwhile: a stored job is always queued."""
+        task = asyncio.ensure_future(self._accept(job, function, event, data_json))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(task)
+
+    async def _accept(
+        self, job: Job, function: FunctionFile, event: dict[str, Any], data_json: str
+    ) -> None:
+        size = len(data_json)
+        try:
+            await self._store.accept(
+                job.id,
+                job.function_name,
+                sync=False,
+                source=job.source,
+                request_id=job.request_id,
+                params=RawJSON(data_json),
+                user_id=job.user_id,
+                created_at=job.created_at,
+                wait=True,
+            )
+        except BaseException:
+            self.unadmit(size)
+            self._forget(job.id)
+            raise
+        self._enqueue(job.id, function, event, data_json)
+
+    def resume(
+        self, record: JobRecord, function: FunctionFile | None, event: dict[str, Any]
+    ) -> None:
+        """Queue again an async job the store still had waiting (at start-up)."""
+        job = self.create(
+            record.function_name,
+            sync=False,
+            source=record.source,
+            request_id=record.request_id,
+            user_id=record.user_id,
+            job_id=record.id,
+            created_at=record.created_at,
+            attempts=record.attempts,
+            rerun=record.rerun,
+        )
+        if function is None:
+            self._finish(
+                job.id,
+                status="execution_failed",
+                error_msg=f"cloud function {record.function_name!r} was not found when the "
+                "engine started again",
+            )
+            return
+        data_json = _to_json(record.params)
+        self.queued_jobs += 1  # recovered jobs are never refused, even past the bound
+        self.queued_bytes += len(data_json)
+        self._enqueue(job.id, function, event, data_json)
+
+    def _enqueue(
+        self, job_id: str, function: FunctionFile, event: dict[str, Any], data_json: str
+    ) -> None:
+        self._queued_size[job_id] = len(data_json)
+        try:
+            self._queue_send.send_nowait((job_id, function, event, data_json))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            # Shutting down: the job is stored and runs at the next start.
+            self._dequeued(job_id)
+            self._forget(job_id)
+
+    def _dequeued(self, job_id: str) -> None:
+        size = self._queued_size.pop(job_id, None)
+        if size is not None:
+            self.unadmit(size)
 
     # ---- running ----
 
-    async def run_sync(self, job_id: str, function: FunctionFile, event: dict[str, Any]) -> Job:
-        """Run a sync job now: wait at most ``schedule_wait`` for a slot, then run it."""
+    async def run_sync(
+        self, job_id: str, function: FunctionFile, event: dict[str, Any], data_json: str
+    ) -> Job:
+        """Run a sync job now: wait at most ``schedule_wait`` for a slot, then run it; its
+        record is written once it ended."""
+        final: list[Job] = []
         with anyio.CancelScope() as scope:
             self._sync_scopes.add(scope)
             try:
                 await self._schedule_and_run(
-                    job_id, function, event, schedule_wait=self._schedule_wait, urgent=True
+                    job_id,
+                    function,
+                    event,
+                    data_json,
+                    schedule_wait=self._schedule_wait,
+                    urgent=True,
+                    final=final,
                 )
             finally:
                 self._sync_scopes.discard(scope)
-        return self._jobs[job_id]
-
-    def submit(self, job_id: str, function: FunctionFile, event: dict[str, Any]) -> None:
-        """Queue an async job; it runs in the background (see :meth:`serve`)."""
-        self._queue_send.send_nowait((job_id, function, event))
+        return final[0]
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run queued async jobs until cancelled; cancelling cancels them all."""
         async with anyio.create_task_group() as tg:
             task_status.started()
             async with self._queue_receive:
-                async for job_id, function, event in self._queue_receive:
-                    tg.start_soon(self._run_async, job_id, function, event)
+                async for job_id, function, event, data_json in self._queue_receive:
+                    tg.start_soon(self._run_async, job_id, function, event, data_json)
 
     def close(self) -> None:
         """Refuse new jobs and cancel running sync jobs (async ones stop with :meth:`serve`)."""
@@ -251,30 +460,38 @@ class JobBoard:
         for scope in list(self._sync_scopes):
             scope.cancel()
 
-    def close_queue(self) -> None:
-        """After :meth:`serve` has stopped: reject the async jobs it never picked up."""
+    async def aclose(self) -> None:
+        """After :meth:`serve` has stopped: let accepts under way land, and drop the async
+        jobs still queued from memory. They stay waiting in the store and run at the next
+        start; so do those cut off mid-run."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         with self._queue_receive:
             while True:
                 try:
-                    job_id, _, _ = self._queue_receive.receive_nowait()
+                    job_id, _, _, _ = self._queue_receive.receive_nowait()
                 except (anyio.EndOfStream, anyio.WouldBlock, anyio.ClosedResourceError):
                     break
-                self._finish(
-                    job_id,
-                    status="execution_rejected",
-                    error_msg="the engine shut down before the job started",
-                )
+                self._dequeued(job_id)
+                self._forget(job_id)
 
-    async def _run_async(self, job_id: str, function: FunctionFile, event: dict[str, Any]) -> None:
+    async def _run_async(
+        self, job_id: str, function: FunctionFile, event: dict[str, Any], data_json: str
+    ) -> None:
         try:
             # The platform retries an async job's scheduling for about as long as it may run.
             await self._schedule_and_run(
-                job_id, function, event, schedule_wait=self.async_time_limit, urgent=False
+                job_id,
+                function,
+                event,
+                data_json,
+                schedule_wait=self.async_time_limit,
+                urgent=False,
             )
         except Exception:
             # A bug here must not take down serve()'s task group and every queued job with it.
             logger.exception("async job %s failed inside the engine", job_id)
-            if not self._jobs[job_id].finished:
+            if job_id in self._inflight:
                 self._finish(
                     job_id, status="execution_failed", error_msg="the engine failed to run the job"
                 )
@@ -284,11 +501,13 @@ class JobBoard:
         job_id: str,
         function: FunctionFile,
         event: dict[str, Any],
+        data_json: str,
         *,
         schedule_wait: float,
         urgent: bool,
+        final: list[Job] | None = None,
     ) -> None:
-        name = self._jobs[job_id].function_name
+        name = function.name
         try:
             with anyio.move_on_after(schedule_wait) as waited:
                 await self._slots.acquire(urgent=urgent)
@@ -300,29 +519,53 @@ class JobBoard:
                         f"cloud function {name!r} could not be scheduled: all "
                         f"{self._concurrency} execution slots stayed busy for {schedule_wait:g} s"
                     ),
+                    data_json=data_json,
+                    final=final,
                 )
                 return
             try:
-                await self._execute(job_id, function, event)
+                await self._execute(job_id, function, event, data_json, final)
             finally:
                 self._slots.release()
         except anyio.get_cancelled_exc_class():
-            # Only the engine's shutdown cancels jobs; record it so no job stays "executing".
-            if not self._jobs[job_id].finished:
-                self._finish(
-                    job_id,
-                    status="execution_rejected"
-                    if self._jobs[job_id].status == "waiting"
-                    else "execution_failed",
-                    error_msg="the engine shut down before the job finished",
-                )
+            # Only the engine's shutdown cancels jobs.
+            job = self._inflight.get(job_id)
+            if job is not None:
+                if job.sync:
+                    self._finish(
+                        job_id,
+                        status="execution_rejected"
+                        if job.status == "waiting"
+                        else "execution_failed",
+                        error_msg="the engine shut down before the job finished",
+                        data_json=data_json,
+                        final=final,
+                    )
+                else:
+                    # Stored as waiting or executing: it runs (again) at the next start.
+                    self._dequeued(job_id)
+                    self._forget(job_id)
             raise
 
-    async def _execute(self, job_id: str, function: FunctionFile, event: dict[str, Any]) -> None:
-        job = self._jobs[job_id]
+    async def _execute(
+        self,
+        job_id: str,
+        function: FunctionFile,
+        event: dict[str, Any],
+        data_json: str,
+        final: list[Job] | None,
+    ) -> None:
+        job = self._inflight[job_id]
         name = job.function_name
-        limit = self.time_limit(sync=job.service_type == "time_sensitive")
-        self._jobs[job_id] = attrs.evolve(job, status="executing", started_at=time.time())
+        sync = job.sync
+        limit = self.time_limit(sync=sync)
+        started = time.time()
+        self._inflight[job_id] = attrs.evolve(
+            job, status="executing", started_at=started, attempts=job.attempts + 1
+        )
+        if not sync:
+            self._dequeued(job_id)
+            self._store.start_nowait(job_id, started_at=started)
         stats = self._stats.get(name, FunctionStats())
         in_flight = stats.in_flight + 1
         self._stats[name] = FunctionStats(
@@ -331,7 +574,11 @@ class JobBoard:
         try:
             with anyio.move_on_after(limit + RUNTIME_GRACE) as backstop:
                 outcome = await self._runner.run(
-                    function, event, time_limit=limit, on_log=self._echo(job_id)
+                    function,
+                    event,
+                    time_limit=limit,
+                    data_json=data_json,
+                    on_log=self._echo(job_id),
                 )
             if backstop.cancelled_caught:
                 logger.error("the runtime did not stop job %s of %r at its limit", job_id, name)
@@ -339,6 +586,8 @@ class JobBoard:
                     job_id,
                     status="deadline_exceeded",
                     error_msg=timed_out_message(name, limit),
+                    data_json=data_json,
+                    final=final,
                 )
                 return
         except Exception:
@@ -347,6 +596,8 @@ class JobBoard:
                 job_id,
                 status="execution_failed",
                 error_msg=f"the engine failed to run cloud function {name!r} (see its log)",
+                data_json=data_json,
+                final=final,
             )
             return
         finally:
@@ -362,38 +613,86 @@ class JobBoard:
             mem_usage=outcome.mem_usage,
             execution_time_ms=outcome.execution_time_ms,
             error_msg=outcome.error_msg,
+            data_json=data_json,
+            final=final,
         )
+
+    def _finish(
+        self,
+        job_id: str,
+        *,
+        status: JobStatus,
+        result: dict[str, Any] | None = None,
+        log: str = "",
+        mem_usage: int = 0,
+        execution_time_ms: float = 0.0,
+        error_msg: str | None = None,
+        data_json: str = "null",
+        final: list[Job] | None = None,
+    ) -> None:
+        """Record the job's end (not waiting for the commit: a lost finish only means the
+        job runs again) and forget it from memory."""
+        job = self._inflight[job_id]
+        ended = time.time()
+        if final is not None or self._console is not None:
+            ended_job = attrs.evolve(
+                job,
+                status=status,
+                finished_at=ended,
+                result=result,
+                log=log,
+                mem_usage=mem_usage,
+                execution_time_ms=execution_time_ms,
+                error_msg=error_msg,
+            )
+            if final is not None:
+                final.append(ended_job)
+            if self._console is not None:
+                self._console.job_finished(ended_job)
+        fields: dict[str, Any] = {
+            "status": status,
+            "result": result,
+            "log": log,
+            "error_msg": error_msg,
+            "execution_time_ms": execution_time_ms,
+            "mem_usage": mem_usage,
+            "finished_at": ended,
+        }
+        try:
+            if job.sync:
+                self._store.record_nowait(
+                    job_id,
+                    job.function_name,
+                    sync=True,
+                    source=job.source,
+                    request_id=job.request_id,
+                    params=RawJSON(data_json),
+                    created_at=job.created_at,
+                    started_at=job.started_at,
+                    user_id=job.user_id,
+                    **fields,
+                )
+            else:
+                self._dequeued(job_id)
+                self._store.finish_nowait(job_id, **fields)
+        except (RuntimeError, KeyError) as exc:  # the store closed under a stuck job
+            logger.error("could not record the end of job %s: %s", job_id, exc)
+        self._forget(job_id)
 
     def _echo(self, job_id: str) -> Callable[[str], None] | None:
         console = self._console
         if console is None:
             return None
-        job = self._jobs[job_id]
+        job = self._inflight[job_id]
         return lambda line: console.log_line(job, line)
 
-    def _finish(self, job_id: str, *, status: JobStatus, **fields: Any) -> None:
-        self._jobs[job_id] = attrs.evolve(
-            self._jobs[job_id], status=status, finished_at=time.time(), **fields
-        )
-        if self._console is not None:
-            self._console.job_finished(self._jobs[job_id])
+    def _forget(self, job_id: str) -> None:
+        self._inflight.pop(job_id, None)
         done = self._done.pop(job_id, None)
         if done is not None:
             done.set()
-            self._active -= 1
-            if self._active == 0:
-                self._idle.set()
+        if not self._inflight:
+            self._idle.set()
 
-    def _forget_old_jobs(self) -> None:
-        excess = len(self._jobs) - MAX_JOB_RECORDS
-        if excess <= 0:
-            return
-        # Oldest first; those are nearly always finished, so this stops after a step or two.
-        forget: list[str] = []
-        for job in self._jobs.values():
-            if len(forget) == excess:
-                break
-            if job.finished:
-                forget.append(job.id)
-        for job_id in forget:
-            del self._jobs[job_id]
+
+_to_json: Final = json.JSONEncoder(separators=(",", ":")).encode

@@ -9,6 +9,7 @@ its clock jumped, are not caught up (BAAS.md §4 leaves catch-up open; the engin
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 from collections.abc import Callable
 from typing import Any, Final
@@ -18,7 +19,8 @@ import attrs
 
 from .._logs import get_logger
 from ._config import EngineConfig
-from ._jobs import Job, JobBoard
+from ._jobs import Job, JobBoard, QueueFull
+from ._store import StoreError
 from ._trigger_file import IncomingWebhook, Timer, Triggers
 from .runtime import FunctionFile
 
@@ -65,22 +67,36 @@ class TriggerRunner:
 
     # ---- starting jobs ----
 
-    def start_job(self, function_name: str, data: Any, *, source: str) -> Job:
-        """Queue an async job of *function_name* with ``event.data = data``; LookupError when
-        there is no such function, RuntimeError when the engine is shutting down."""
+    async def start_job(self, function_name: str, data: Any, *, source: str) -> Job:
+        """Store and queue an async job of *function_name* with ``event.data = data``;
+        LookupError when there is no such function, RuntimeError when the engine is shutting
+        down or the async queue is full (QueueFull)."""
         function = self._locate(function_name)
         if function is None:
             raise LookupError(f"cloud function {function_name!r} not found")
-        job = self._board.create(
-            function.name, sync=False, source=source, request_id=secrets.token_hex(16)
-        )
-        self._board.submit(job.id, function, self._event(job, data))
+        data_json = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        try:
+            self._board.admit(len(data_json))
+        except QueueFull as exc:
+            raise RuntimeError(str(exc)) from None
+        try:
+            job = self._board.create(
+                function.name, sync=False, source=source, request_id=secrets.token_hex(16)
+            )
+        except BaseException:
+            self._board.unadmit(len(data_json))
+            raise
+        # Like every async job: committed to the state store, then queued.
+        try:
+            await self._board.accept(job, function, self._event(job), data_json)
+        except StoreError as exc:  # the state file cannot be written
+            raise RuntimeError(str(exc)) from None
         return job
 
-    def _event(self, job: Job, data: Any) -> dict[str, Any]:
-        """A trigger's event (PROTOCOL.md §7.2): no ``request``, the trigger as eventType."""
+    def _event(self, job: Job) -> dict[str, Any]:
+        """A trigger's event (PROTOCOL.md §7.2): no ``request``, the trigger as eventType; the
+        job board adds ``data`` from its JSON text."""
         return {
-            "data": data,
             "eventType": job.source,
             "jobId": job.id,
             "miniappId": self._config.miniapp_id,
@@ -100,11 +116,11 @@ class TriggerRunner:
             known = ", ".join(sorted(self.triggers.timers)) or "none configured"
             raise LookupError(f"no timer named {name!r} (timers: {known})") from None
 
-    def fire_timer(self, name: str) -> Job:
+    async def fire_timer(self, name: str) -> Job:
         """Run timer *name*'s function now (its schedule is unchanged)."""
         timer = self.timer(name)
         # A timer's event.data: the entry's params ({} by default; the platform's is empty).
-        return self.start_job(timer.function, timer.params, source="timer")
+        return await self.start_job(timer.function, timer.params, source="timer")
 
     def statuses(self) -> list[TimerStatus]:
         return [
@@ -112,7 +128,7 @@ class TriggerRunner:
             for t in self.triggers.timers.values()
         ]
 
-    def tick(self, now: dt.datetime) -> list[Job]:
+    async def tick(self, now: dt.datetime) -> list[Job]:
         """Fire every timer due at *now* (once each) and schedule its next run after *now*."""
         jobs = []
         for name, due in list(self._next.items()):
@@ -121,7 +137,7 @@ class TriggerRunner:
             timer = self.triggers.timers[name]
             self._next[name] = timer.cron.next_after(now)
             try:
-                jobs.append(self.fire_timer(name))
+                jobs.append(await self.fire_timer(name))
             except (LookupError, RuntimeError) as exc:  # no such function; shutting down
                 logger.error("timer %r (line %d) did not fire: %s", name, timer.line, exc)
         return jobs
@@ -136,7 +152,7 @@ class TriggerRunner:
         if not self._next:
             return
         while True:
-            self.tick(clock())
+            await self.tick(clock())
             # Past the minute boundary by a hair, so the tick after the sleep finds it due.
             await anyio.sleep(self.seconds_to_next(clock()) + 0.001)
 

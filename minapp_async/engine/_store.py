@@ -9,8 +9,10 @@ per commit for that case too (one per batch, thanks to group commit).
 Concurrency: one writer thread owns the only connection. The event loop hands it requests
 through a bounded queue; it runs whatever has piled up in one transaction (group commit) and
 resolves the waiting futures with one ``call_soon_threadsafe`` per batch, so the loop never
-blocks on disk. The file is opened in exclusive locking mode: a second engine on the same file
-gets a clear error instead of a silent share.
+blocks on disk. SQLite's locking is the normal one, so other connections of this process (the
+data tables, see :attr:`Store.path` and :meth:`Store.connect_options`) share the file; a second
+engine is kept out by an ``flock`` on ``<file>.lock``, held while the store is open, and gets a
+clear error instead of a silent share.
 
 What the hot path reads (sessions, tokens, users) is served from memory, kept in step with the
 file; job records are read through the writer, so a read sees every write made before it.
@@ -22,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import json
+import os
 import queue
 import secrets
 import sqlite3
@@ -267,6 +271,10 @@ class Store:
             raise TypeError("use `await Store.open(path)`")
         self.path = path
         self.bounds = StoreBounds()
+        #: How long a connection waits for another one's write lock (seconds); another
+        #: connection to :attr:`path` (the data tables) should use the same.
+        self.busy_timeout = 5.0
+        self._lock_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Requests made during one turn of the loop go to the writer together: one wake-up.
         self._requests: queue.SimpleQueue[list[_Op]] = queue.SimpleQueue()
@@ -312,6 +320,7 @@ class Store:
         if durability not in ("normal", "full"):
             raise ValueError("durability must be 'normal' or 'full'")
         store = cls(str(path), _token=_OPEN_TOKEN)
+        store.busy_timeout = busy_timeout
         if bounds is not None:
             store.bounds = bounds
             store._room = _Room(bounds.max_pending)
@@ -336,6 +345,11 @@ class Store:
         if ready.exception() is None:
             self._closing = True
             self._requests.put([(_STOP, (), None)])
+
+    @property
+    def in_memory(self) -> bool:
+        """True for a throw-away store (``":memory:"``): no other connection can see it."""
+        return self.path == ":memory:"
 
     async def __aenter__(self) -> Self:
         return self
@@ -404,6 +418,15 @@ class Store:
         self, job_id: str, *, started_at: float | None = None, wait: bool = False
     ) -> None:
         """Mark a waiting job executing and count the attempt."""
+        await self._submit(*self._start_request(job_id, started_at), wait=wait)
+
+    def start_nowait(self, job_id: str, *, started_at: float | None = None) -> None:
+        """:meth:`start` without waiting, for the event loop's hot path."""
+        self._submit_nowait(*self._start_request(job_id, started_at))
+
+    def _start_request(
+        self, job_id: str, started_at: float | None
+    ) -> tuple[str, tuple[Any, ...], Callable[[], None]]:
         started = time.time() if started_at is None else started_at
 
         def record() -> None:
@@ -413,7 +436,7 @@ class Store:
             self._active[job_id] = (EXECUTING, entry[1])
             self._executing += 1
 
-        await self._submit("start", (job_id, started), wait=wait, before=record)
+        return "start", (job_id, started), record
 
     async def finish(
         self,
@@ -430,6 +453,42 @@ class Store:
     ) -> None:
         """Record a job's end. Not waiting for the commit is safe: a job whose end was lost
         with the process is still waiting or executing in the file, so it runs again."""
+        request = self._finish_request(
+            job_id, status, result, log, error_msg, execution_time_ms, mem_usage, finished_at
+        )
+        await self._submit(*request, wait=wait)
+
+    def finish_nowait(
+        self,
+        job_id: str,
+        *,
+        status: str,
+        result: Any = None,
+        log: str = "",
+        error_msg: str | None = None,
+        execution_time_ms: float = 0.0,
+        mem_usage: int = 0,
+        finished_at: float | None = None,
+    ) -> None:
+        """:meth:`finish` without waiting, for the event loop's hot path: it takes room in
+        the writer's queue even past its bound (finishes are bounded by the jobs run)."""
+        self._submit_nowait(
+            *self._finish_request(
+                job_id, status, result, log, error_msg, execution_time_ms, mem_usage, finished_at
+            )
+        )
+
+    def _finish_request(
+        self,
+        job_id: str,
+        status: str,
+        result: Any,
+        log: str,
+        error_msg: str | None,
+        execution_time_ms: float,
+        mem_usage: int,
+        finished_at: float | None,
+    ) -> tuple[str, list[Any], Callable[[], None]]:
         if status not in FINISHED_STATUSES:
             raise ValueError(f"status must be one of {sorted(FINISHED_STATUSES)}")
         result_json = None if result is None else _json(result)
@@ -445,7 +504,7 @@ class Store:
                 self._executing -= 1
             row.extend((ended, entry[1] + len(result_json or "") + len(log_bytes)))
 
-        await self._submit("finish", row, wait=wait, before=record)
+        return "finish", row, record
 
     async def record(
         self,
@@ -471,6 +530,90 @@ class Store:
         """Record a job that has already ended, in one write: for a sync call, whose whole
         life happened while its caller waited (accept + start + finish cost three writes).
         Such a job is not in the file while it runs, so a crash cannot leave it behind."""
+        await self._submit(
+            "record",
+            self._record_row(
+                job_id,
+                function_name,
+                sync,
+                source,
+                request_id,
+                params,
+                status,
+                created_at,
+                started_at,
+                finished_at,
+                user_id,
+                result,
+                log,
+                error_msg,
+                execution_time_ms,
+                mem_usage,
+            ),
+            wait=wait,
+        )
+
+    def record_nowait(
+        self,
+        job_id: str,
+        function_name: str,
+        *,
+        sync: bool,
+        source: str,
+        request_id: str,
+        params: Any,
+        status: str,
+        created_at: float,
+        started_at: float | None,
+        finished_at: float | None = None,
+        user_id: int | None = None,
+        result: Any = None,
+        log: str = "",
+        error_msg: str | None = None,
+        execution_time_ms: float = 0.0,
+        mem_usage: int = 0,
+    ) -> None:
+        """:meth:`record` without waiting, for the event loop's hot path (sync calls are
+        bounded by the engine's concurrency, so they may take room past the bound)."""
+        row = self._record_row(
+            job_id,
+            function_name,
+            sync,
+            source,
+            request_id,
+            params,
+            status,
+            created_at,
+            started_at,
+            finished_at,
+            user_id,
+            result,
+            log,
+            error_msg,
+            execution_time_ms,
+            mem_usage,
+        )
+        self._submit_nowait("record", row, None)
+
+    @staticmethod
+    def _record_row(
+        job_id: str,
+        function_name: str,
+        sync: bool,
+        source: str,
+        request_id: str,
+        params: Any,
+        status: str,
+        created_at: float,
+        started_at: float | None,
+        finished_at: float | None,
+        user_id: int | None,
+        result: Any,
+        log: str,
+        error_msg: str | None,
+        execution_time_ms: float,
+        mem_usage: int,
+    ) -> tuple[Any, ...]:
         if status not in FINISHED_STATUSES:
             raise ValueError(f"status must be one of {sorted(FINISHED_STATUSES)}")
         params_json = _json(params)
@@ -496,7 +639,7 @@ class Store:
             mem_usage,
             len(params_json) + len(result_json or "") + len(log_bytes),
         )
-        await self._submit("record", row, wait=wait)
+        return row
 
     async def get(self, job_id: str) -> JobRecord | None:
         """One job with its params, result and log; None if unknown or pruned."""
@@ -565,6 +708,10 @@ class Store:
     def user(self, user_id: int) -> UserRecord | None:
         return self._users.get(user_id)
 
+    def users(self) -> list[UserRecord]:
+        """Every user, in id order (the order they were made)."""
+        return [self._users[user_id] for user_id in sorted(self._users)]
+
     def user_by_login(self, kind: LoginKind, value: str) -> UserRecord | None:
         """The user registered with that (already normalised) username, email or phone."""
         user_id = self._by_login.get((kind, value))
@@ -579,6 +726,14 @@ class Store:
     async def add_user(self, user: UserRecord) -> None:
         """Store a new user, committed before this returns. ValueError if the id or a login
         is taken (checked before anything is written)."""
+        await self._submit("add_user", (user,), wait=True, before=self._user_adder(user))
+
+    def add_user_nowait(self, user: UserRecord) -> None:
+        """:meth:`add_user` for synchronous callers (the Python API): in memory at once,
+        committed on the next turn of the loop."""
+        self._submit_nowait("add_user", (user,), self._user_adder(user))
+
+    def _user_adder(self, user: UserRecord) -> Callable[[], None]:
         logins = [(k, v) for k, v in _logins(user) if v is not None]
 
         def record() -> None:
@@ -592,7 +747,7 @@ class Store:
                 self._by_login[key] = user.id
             self._next_user_id = max(self._next_user_id, user.id + 1)
 
-        await self._submit("add_user", (user,), wait=True, before=record)
+        return record
 
     async def update_profile(self, user_id: int, profile: Mapping[str, Any]) -> None:
         """Replace a user's profile (KeyError for an unknown user)."""
@@ -684,7 +839,13 @@ class Store:
 
     async def expire_all(self, *, at: float = float("-inf")) -> None:
         """Every session and access token expires at *at* (for tests)."""
+        await self._submit("expire_all", (at,), wait=True, before=self._expirer(at))
 
+    def expire_all_nowait(self, *, at: float = float("-inf")) -> None:
+        """:meth:`expire_all` for synchronous callers: in memory at once, committed soon."""
+        self._submit_nowait("expire_all", (at,), self._expirer(at))
+
+    def _expirer(self, at: float) -> Callable[[], None]:
         def record() -> None:
             self._sessions = {d: (uid, min(exp, at)) for d, (uid, exp) in self._sessions.items()}
             self._tokens = {
@@ -692,7 +853,7 @@ class Store:
                 for d, (kind, partner, exp) in self._tokens.items()
             }
 
-        await self._submit("expire_all", (at,), wait=True, before=record)
+        return record
 
     async def prune_expired(self, now: float | None = None) -> None:
         """Forget sessions, codes and tokens that expired before *now* (epoch seconds).
@@ -712,9 +873,9 @@ class Store:
         self,
         op: str,
         args: Sequence[Any],
+        before: Callable[[], None] | None = None,
         *,
         wait: bool,
-        before: Callable[[], None] | None = None,
     ) -> Any:
         """Queue one request once there is room. *before* runs just before it is queued,
         with no await in between, so memory changes only for requests really queued (not
@@ -736,12 +897,33 @@ class Store:
         assert self._loop is not None
         if not self._outbox:
             self._loop.call_soon(self._hand_over)
-        if not wait:
-            self._outbox.append((op, tuple(args), None))
-            return None
+        # Every request that took room carries a future (the writer counts room by them),
+        # also when nobody awaits it; a failure is then logged.
         future: asyncio.Future[Any] = self._loop.create_future()
         self._outbox.append((op, tuple(args), future))
+        if not wait:
+            future.add_done_callback(self._log_failure)
+            return None
         return await future
+
+    def _log_failure(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            logger.error("state store %s: a write failed: %s", self.path, future.exception())
+
+    def _submit_nowait(
+        self, op: str, args: Sequence[Any], before: Callable[[], None] | None
+    ) -> None:
+        """Queue one request without waiting and without taking room (the callers' own
+        bounds limit these: jobs running, the Python API). A batch of only such requests
+        that all succeed costs no wake-up of the loop."""
+        if self._closing:
+            raise RuntimeError(f"the state store {self.path!r} is closed")
+        if before is not None:
+            before()
+        assert self._loop is not None
+        if not self._outbox:
+            self._loop.call_soon(self._hand_over)
+        self._outbox.append((op, tuple(args), None))
 
     def _hand_over(self) -> None:
         if self._outbox:
@@ -783,6 +965,7 @@ class Store:
             conn = self._connect(durability, busy_timeout)
             self._load(conn)
         except BaseException as exc:  # noqa: BLE001 - handed to the opener
+            self._unlock()
             self._post([(ready, exc, True, None)])
             return
         if on_statement is not None:
@@ -796,6 +979,7 @@ class Store:
                     batch += self._requests.get_nowait()
                 except queue.Empty:
                     break
+            self._linger(batch)
             outcomes: list[_Outcome] = []
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -820,9 +1004,60 @@ class Store:
                 with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
                     conn.execute("ROLLBACK")
                 self._reload_counters(conn)
-            self._post(outcomes, len(outcomes))
+            # Room is counted by the requests that carry a future; a batch of only
+            # no-wait requests that all landed needs no word back to the loop.
+            counted = sum(1 for outcome in outcomes if outcome[0] is not None)
+            if counted or any(outcome[2] for outcome in outcomes):
+                self._post(outcomes, counted)
         conn.close()
+        self._unlock()
         self._post([(stop, None, False, None)])
+
+    def _linger(self, batch: list[_Op]) -> None:
+        """A batch that nobody waits for (sync calls' records, job starts and ends) waits
+        up to ``_LINGER`` seconds for more, so a steady stream of sync calls costs one commit
+        per many calls, not one each; the first request someone awaits ends the wait."""
+        if any(future is not None for _, _, future in batch):
+            return
+        deadline = time.monotonic() + _LINGER
+        while len(batch) < self.bounds.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                more = self._requests.get(timeout=left)
+            except queue.Empty:
+                return
+            batch += more
+            if any(future is not None for _, _, future in more):
+                return
+
+    def _lock(self) -> None:
+        """Hold an flock on ``<file>.lock`` while open: one engine per state file. (SQLite's
+        own locks cannot say this: the data tables open a second connection to the file.)"""
+        lock_path = self.path + ".lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open the state file's lock {lock_path!r} ({exc.strerror}); check that "
+                "its folder is writable, or choose another file with --state PATH"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"state file {self.path!r} is in use by another engine (its lock "
+                f"{lock_path!r} is held); stop that engine or choose another file with "
+                "--state PATH"
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def _connect(self, durability: Durability, busy_timeout: float) -> sqlite3.Connection:
         where = self.path
@@ -834,20 +1069,21 @@ class Store:
                     f"cannot create the folder for the state file {where!r} ({exc.strerror}); "
                     "choose another place with --state PATH, or --state :memory:"
                 ) from None
+            self._lock()
         try:
             conn = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(self._advice(exc)) from None
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            # Exclusive: one engine per file; also spares WAL its shared-memory index.
-            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode not in ("wal", "memory"):
                 raise StoreError(f"state file {where!r}: cannot switch it to WAL mode ({mode})")
             conn.execute(f"PRAGMA synchronous = {durability.upper()}")
             conn.execute("PRAGMA foreign_keys = OFF")
-            conn.execute("PRAGMA cache_size = -65536")  # KiB: the indexes stay in memory
+            # KiB: the indexes of 100,000 jobs stay in memory, yet bodies written (params,
+            # results) do not pile up in the engine's memory.
+            conn.execute("PRAGMA cache_size = -16384")
             conn.execute("BEGIN IMMEDIATE")  # takes the exclusive lock now, not at first write
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -993,6 +1229,7 @@ class Store:
             ).fetchone()
             return None if row is None else _job(row, bodies=True)
         elif op == "list":
+            self._prune_jobs(conn)  # a list sees the bounds kept, also mid-batch
             query, params, order, offset, limit, bodies = args
             total = conn.execute(f"SELECT count(*) FROM jobs{query}", params).fetchone()[0]
             columns = _JOB_COLUMNS + (_BODY_COLUMNS if bodies else "")
@@ -1121,6 +1358,8 @@ class Store:
 
 
 _OPEN_TOKEN: Final = object()
+#: How long the writer holds a batch of no-wait writes for more (seconds).
+_LINGER: Final = 0.02
 
 
 class _Room:

@@ -75,12 +75,12 @@ EXAMPLE_FUNCTIONS = Path(__file__).resolve().parents[2] / "examples" / "function
 async def test_serve_answers_requests_and_stops_cleanly(signum: int) -> None:
     """Serving examples/functions runs the seed's helloWorld; SIGTERM or Ctrl-C shuts the
     engine down with status 0."""
-    async with serve("--functions", str(EXAMPLE_FUNCTIONS), "--port", "0") as (
-        process,
-        url,
-        lines,
-    ):
+    # :memory: keeps the checkout clean (the default state is DIR/.minapp/state.sqlite3).
+    async with serve(
+        "--functions", str(EXAMPLE_FUNCTIONS), "--port", "0", "--state", ":memory:"
+    ) as (process, url, lines):  # fmt: skip
         banner = "\n".join(lines)
+        assert "state:         :memory:" in banner
         assert DEFAULT_CLIENT_ID in banner
         assert "client id:     any" in banner
         assert f"base_url={url!r}" in banner
@@ -108,8 +108,10 @@ async def test_serve_options_reach_the_engine(functions: Path) -> None:
         "--functions", str(functions), "--port", "0", "--allow-anonymous",
         "--client-id", "cli-client", "--client-secret", "cli-secret-value",
         "--sync-time-limit", "1", "--concurrency", "2", "--memory-limit-mb", "128",
+        "--max-queued-jobs", "5", "--max-queued-mb", "1", "--max-idle-workers", "0",
     ) as (process, url, lines):  # fmt: skip
         banner = "\n".join(lines)
+        assert str(functions / ".minapp" / "state.sqlite3") in banner
         assert "cli-client (pinned with --client-id)" in banner
         assert "found 1: helloWorld" in banner
         assert "cli-secret-value" not in banner

@@ -64,7 +64,7 @@ async def test_slow_after_runs_the_function_before_the_delay(api: Api) -> None:
     with pytest.raises(asyncio.TimeoutError):  # TimeoutError on 3.11+; its own class on 3.10
         await raw_invoke(api, token, timeout=aiohttp.ClientTimeout(total=0.2))
     await api.engine.drain(timeout=10)
-    (job,) = api.engine.jobs("helloWorld")
+    (job,) = await api.engine.jobs("helloWorld")
     assert job.status == "fulfilled"
     assert api.engine.executions("helloWorld") == 1
 
@@ -109,7 +109,7 @@ async def test_status_after_runs_the_function_then_fails(api: Api) -> None:
     api.engine.faults.add("status", status=502, when="after")
     reply = await api.invoke(token, "helloWorld", {"name": "f"})
     assert reply.status == 502
-    (job,) = api.engine.jobs("helloWorld")
+    (job,) = await api.engine.jobs("helloWorld")
     assert job.status == "fulfilled"
     assert api.engine.executions("helloWorld") == 1
 

@@ -159,7 +159,9 @@ async def test_invoke_async_answers_ok_and_the_job_finishes(api: Api) -> None:
     reply = await api.invoke(token, "echo", {"n": 1}, sync=False)
     assert reply.status == 200
     assert reply.body == {"status": "ok"}
-    (job,) = [j for j in api.engine.jobs("echo") if j.request_id == reply.headers["X-Request-Id"]]
+    (job,) = [
+        j for j in (await api.engine.jobs("echo")) if j.request_id == reply.headers["X-Request-Id"]
+    ]
     assert job.service_type == "batch"
     finished = await api.engine.wait_job(job.id, timeout=30)
     assert finished.status == "fulfilled"
@@ -187,7 +189,7 @@ async def test_event_fields_and_no_token_in_event(api: Api) -> None:
     assert event["request"]["meta"] == {"ip_address": "127.0.0.1", "user_agent": "tests/1"}
     assert event["request"]["user"]["nickname"] == "eve"
     assert token not in str(reply.body)
-    job = api.engine.job(event["jobId"])
+    job = await api.engine.job(event["jobId"])
     assert job.request_id == reply.headers["X-Request-Id"]
     assert job.user_id == event["request"]["user"]["id"]
 

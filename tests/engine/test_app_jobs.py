@@ -41,13 +41,13 @@ async def test_sync_job_fails_to_schedule_when_all_slots_are_busy() -> None:
         assert refused.status == 400
         assert "could not be scheduled" in refused.error_msg
         assert refused.body["job_status"] == "schedule_failed"
-        (job,) = engine.jobs("echo")
+        (job,) = await engine.jobs("echo")
         assert job.status == "schedule_failed"
         assert job.started_at is None
         assert engine.executions("echo") == 0
         release.touch()
         await engine.drain(timeout=30)
-        assert [j.status for j in engine.jobs("gate")] == ["fulfilled", "fulfilled"]
+        assert [j.status for j in (await engine.jobs("gate"))] == ["fulfilled", "fulfilled"]
         assert (await api.invoke(token, "echo", {})).status == 200
 
 
@@ -64,11 +64,11 @@ async def test_async_jobs_queue_and_run_when_a_slot_frees() -> None:
         await wait_until(lambda: in_flight(engine, "gate") == 1, within=20)
         for i in range(3):
             assert (await api.invoke(token, "echo", {"i": i}, sync=False)).status == 200
-        assert [j.status for j in engine.jobs("echo")] == ["waiting"] * 3
+        assert [j.status for j in (await engine.jobs("echo"))] == ["waiting"] * 3
         release.touch()
         await engine.drain(timeout=30)
-        (gate,) = engine.jobs("gate")
-        echoes = engine.jobs("echo")
+        (gate,) = await engine.jobs("gate")
+        echoes = await engine.jobs("echo")
         assert [j.status for j in echoes] == ["fulfilled"] * 3
         assert gate.finished_at is not None
         assert all(j.started_at is not None and j.started_at >= gate.finished_at for j in echoes)
@@ -95,15 +95,18 @@ async def test_a_freed_slot_goes_to_a_waiting_sync_call_first() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(sync_call)
-            await wait_until(lambda: len(engine.jobs("helloWorld")) == 1, within=20)
+            with anyio.fail_after(20):
+                # The job board lives in the server: poll it until the sync call waits.
+                while len(await engine.jobs("helloWorld")) != 1:  # noqa: ASYNC110
+                    await anyio.sleep(0.005)
             release.touch()
         assert replies[0].body["data"] == "hello first"
         await engine.drain(timeout=30)
-        (sync_job,) = engine.jobs("helloWorld")
+        (sync_job,) = await engine.jobs("helloWorld")
         assert sync_job.started_at is not None
         assert all(
             j.started_at is not None and j.started_at >= sync_job.started_at
-            for j in engine.jobs("echo")
+            for j in (await engine.jobs("echo"))
         )
 
 
@@ -129,7 +132,7 @@ async def test_sync_time_limit_kills_the_job_while_others_succeed() -> None:
         assert results["slow"].status == 400
         assert results["slow"].error_msg == "cloud function 'sleepy' timed out after 500 ms"
         assert results["slow"].body["job_status"] == "deadline_exceeded"
-        (job,) = engine.jobs("sleepy")
+        (job,) = await engine.jobs("sleepy")
         assert job.status == "deadline_exceeded"
         assert job.result is None
         # The function's worker was replaced: it runs again at once.
@@ -147,7 +150,7 @@ async def test_async_time_limit_kills_the_job() -> None:
         token = await api.login()
         reply = await api.invoke(token, "sleepy", {"seconds": 60}, sync=False)
         assert reply.body == {"status": "ok"}
-        (job,) = engine.jobs("sleepy")
+        (job,) = await engine.jobs("sleepy")
         assert job.service_type == "batch"
         assert (await api.invoke(token, "helloWorld", {"name": "x"})).status == 200
         finished = await engine.wait_job(job.id, timeout=10)
@@ -160,7 +163,7 @@ async def test_worker_crash_is_400_and_the_engine_keeps_serving(api: Api) -> Non
     token = await api.login()
     reply = await api.invoke(token, "crash", {})
     assert reply.status == 400
-    (job,) = api.engine.jobs("crash")
+    (job,) = await api.engine.jobs("crash")
     assert job.status == "execution_failed"
     assert job.error_msg == reply.error_msg
     assert reply.body["job_status"] == "execution_failed"
@@ -209,7 +212,7 @@ async def test_wait_job_times_out_and_knows_no_unknown_ids(api: Api) -> None:
     release = api.engine.config.functions_dir / "release"  # (a function has its own /tmp)
     token = await api.login()
     await api.invoke(token, "gate", {"release": str(release)}, sync=False)
-    (job,) = api.engine.jobs("gate")
+    (job,) = await api.engine.jobs("gate")
     with pytest.raises(TimeoutError):
         await api.engine.wait_job(job.id, timeout=0.1)
     with pytest.raises(TimeoutError):
@@ -220,14 +223,18 @@ async def test_wait_job_times_out_and_knows_no_unknown_ids(api: Api) -> None:
     assert (await api.engine.wait_job(job.id, timeout=30)).status == "fulfilled"
 
 
-async def test_shutdown_cancels_running_and_queued_jobs(tmp_path: Path) -> None:
-    """aclose() ends quickly, marking the running job failed and the queued one rejected."""
-    release = tmp_path / "never-created"
+async def test_shutdown_keeps_running_and_queued_async_jobs_for_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """aclose() ends quickly; the async job cut off mid-run and the queued one stay in the
+    state file, and the next engine on it runs both (the first marked as a rerun)."""
+    release = tmp_path / "release"
     functions = tmp_path / "functions"
     functions.mkdir()
     for filename, source in FUNCTIONS.items():
         (functions / filename).write_text(source)
-    engine = Engine(functions_dir=functions, concurrency=1)
+    state = tmp_path / "state.sqlite3"
+    engine = Engine(functions_dir=functions, concurrency=1, state=state)
     await engine.start()
     try:
         async with aiohttp.ClientSession() as http:
@@ -235,26 +242,31 @@ async def test_shutdown_cancels_running_and_queued_jobs(tmp_path: Path) -> None:
             token = await api.login()
             await api.invoke(token, "gate", {"release": str(release)}, sync=False)
             await wait_until(lambda: in_flight(engine, "gate") == 1, within=20)
-            await api.invoke(token, "echo", {}, sync=False)
+            await api.invoke(token, "echo", {"i": 1}, sync=False)
     finally:
         started = time.monotonic()
         await engine.aclose()
         assert time.monotonic() - started < 10
-    (running,) = engine.jobs("gate")
-    (queued,) = engine.jobs("echo")
-    assert running.status == "execution_failed"
-    assert queued.status == "execution_rejected"
-    assert running.error_msg is not None and "shut down" in running.error_msg
     await engine.aclose()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         await engine.start()
+    release.touch()
+    async with Engine(functions_dir=functions, concurrency=1, state=state) as again:
+        await again.drain(timeout=30)
+        (running,) = await again.jobs("gate")
+        (queued,) = await again.jobs("echo")
+    assert (running.status, running.rerun, running.attempts) == ("fulfilled", True, 2)
+    assert (queued.status, queued.rerun, queued.attempts) == ("fulfilled", False, 1)
+    assert queued.result is not None and queued.result["data"]["data"] == {"i": 1}
 
 
 async def test_shutdown_answers_a_sync_call_in_flight(tmp_path: Path) -> None:
-    """A sync caller waiting on a running job gets a 400 saying the engine shut down."""
+    """A sync caller waiting on a running job gets a 400 saying the engine shut down, and
+    its record says so."""
     release = tmp_path / "never-created"
+    state = tmp_path / "state.sqlite3"
     replies: list[Reply] = []
-    async with aiohttp.ClientSession() as http, running_engine(FUNCTIONS) as engine:
+    async with aiohttp.ClientSession() as http, running_engine(FUNCTIONS, state=state) as engine:
         api = Api(engine, http)
         token = await api.login()
         async with anyio.create_task_group() as tg:
@@ -268,7 +280,8 @@ async def test_shutdown_answers_a_sync_call_in_flight(tmp_path: Path) -> None:
     (reply,) = replies
     assert reply.status == 400
     assert "shut down" in reply.error_msg
-    assert engine.jobs("gate")[0].status == "execution_failed"
+    async with running_engine(FUNCTIONS, state=state) as again:
+        assert (await again.jobs("gate"))[0].status == "execution_failed"
 
 
 async def test_engine_lifecycle_errors(tmp_path: Path) -> None:

@@ -200,7 +200,9 @@ async def test_v13_job_sync_async_and_errors(api: Api) -> None:
     assert sync.body == {"code": 0, "data": "hello o", "error": {}}
     queued = await api.oserve("POST", f"{V13}/echo/job/", token, {"data": {"x": 1}, "sync": False})
     assert queued.body == {"status": "ok"}
-    (job,) = [j for j in api.engine.jobs("echo") if j.request_id == queued.headers["X-Request-Id"]]
+    (job,) = [
+        j for j in (await api.engine.jobs("echo")) if j.request_id == queued.headers["X-Request-Id"]
+    ]
     assert job.source == "open_api"
     assert (await api.engine.wait_job(job.id, timeout=30)).status == "fulfilled"
     no_data = await api.oserve("POST", f"{V13}/echo/job/", token, {"sync": True})
@@ -224,7 +226,7 @@ async def test_debug_endpoint_reports_the_run(api: Api) -> None:
     assert re.fullmatch(r"[0-9a-f]{32}", body["job_id"])
     assert body["execution_time"] >= 0
     assert body["billing_time"] >= body["execution_time"]
-    assert api.engine.job(body["job_id"]).status == "fulfilled"
+    assert (await api.engine.job(body["job_id"])).status == "fulfilled"
     failed = await api.oserve("POST", f"{V13}/fail/debug/", token, {"data": {}})
     assert failed.status == 200
     assert failed.body["code"] == 1
@@ -241,7 +243,7 @@ async def test_debug_shows_a_timeout_with_its_log(api: Api) -> None:
     assert reply.body["code"] == 1
     assert reply.body["error"]["type"] == "DeadlineExceeded"
     assert "timed out" in reply.body["error"]["message"]
-    assert api.engine.job(reply.body["job_id"]).status == "deadline_exceeded"
+    assert (await api.engine.job(reply.body["job_id"])).status == "deadline_exceeded"
 
 
 async def test_job_list_paginates_and_filters(api: Api) -> None:
@@ -263,7 +265,7 @@ async def test_job_list_paginates_and_filters(api: Api) -> None:
     assert objects[0]["source"] == "sdk"  # newest first
     assert set(objects[0]) == {
         "id", "created_at", "started_at", "finished_at", "mem_usage", "service_type", "source",
-        "status", "user_log_url",
+        "status", "user_log_url", "attempts", "rerun",
     }  # fmt: skip
     assert objects[0]["service_type"] == "time_sensitive"
     second = await api.oserve("GET", meta["next"], token)
@@ -289,7 +291,7 @@ async def test_user_log_url_serves_the_log(api: Api) -> None:
     listing = await api.oserve("GET", f"{V13}/loud/job/", token)
     url = listing.body["objects"][0]["user_log_url"]
     assert url.startswith(api.engine.url + "/")
-    job = api.engine.job(listing.body["objects"][0]["id"])
+    job = await api.engine.job(listing.body["objects"][0]["id"])
     reply = await api.oserve("GET", url.removeprefix(api.engine.url), token)
     assert reply.status == 200
     assert "LOG hello from loud" in reply.body

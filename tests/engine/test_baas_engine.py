@@ -337,7 +337,7 @@ async def test_nested_invoke(api: Api) -> None:
     assert "no_such_function" in out["missing"]["message"]
     assert out["mine"] == "sdk"
     await api.engine.drain(timeout=30)
-    callee_jobs = api.engine.jobs("callee")
+    callee_jobs = await api.engine.jobs("callee")
     assert [j.source for j in callee_jobs] == ["cloud_function"] * 3
     assert {j.service_type for j in callee_jobs} == {"time_sensitive", "batch"}
     assert all(j.status == "fulfilled" for j in callee_jobs)
@@ -347,7 +347,7 @@ async def test_a_nested_job_outlives_its_caller(api: Api, tmp_path: Path) -> Non
     release = tmp_path / "release"
     reply = await api.invoke(await api.anonymous_token(), "abandon", {"release": str(release)})
     assert reply.status == 400 and reply.body["job_status"] == "execution_failed", reply
-    (gate,) = api.engine.jobs("gate")  # the call reached the engine before the caller died
+    (gate,) = await api.engine.jobs("gate")  # the call reached the engine before the caller died
     release.touch()
     done = await api.engine.wait_job(gate.id, timeout=30)
     assert (done.status, done.source) == ("fulfilled", "cloud_function")
@@ -588,7 +588,7 @@ async def test_a_nested_call_has_the_callees_own_limit(http: aiohttp.ClientSessi
         api = Api(engine, http)
         reply = await api.invoke(await api.anonymous_token(), "patient", {}, sync=False)
         assert reply.body == {"status": "ok"}
-        (job,) = engine.jobs("patient")
+        (job,) = await engine.jobs("patient")
         done = await engine.wait_job(job.id, timeout=30)
         assert done.result is not None, done
         assert done.result["data"] == {
@@ -596,5 +596,5 @@ async def test_a_nested_call_has_the_callees_own_limit(http: aiohttp.ClientSessi
             "message": "400: cloud function 'endless' timed out after 1000 ms",
             "limit": 5000,
         }
-        (endless,) = engine.jobs("endless")
+        (endless,) = await engine.jobs("endless")
         assert (endless.status, endless.source) == ("deadline_exceeded", "cloud_function")

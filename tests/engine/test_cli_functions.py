@@ -78,7 +78,7 @@ async def test_usage_errors(engine: Engine, tmp_path: Path) -> None:
     assert status == 2 and "MINAPP_CLIENT_SECRET" in err
     status, _, err = await cli(engine, "functions", "deploy", "nothing", cwd=tmp_path)
     assert status == 2 and "no function file" in err
-    assert engine.jobs() == []
+    assert await engine.jobs() == []
 
 
 async def test_timers_list_and_fire(engine: Engine, tmp_path: Path) -> None:

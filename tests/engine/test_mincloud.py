@@ -112,7 +112,7 @@ async def test_the_stock_mincloud_workflow(node: str, tmp_path: Path) -> None:
         assert reply["code"] == 0
         assert reply["data"] == {"greeting": "hi allen", "eventType": "open_api"}
         assert "greeting allen" in reply["log"]
-        (job,) = engine.jobs("greeter")
+        (job,) = await engine.jobs("greeter")
         assert job.id == reply["job_id"]
 
         # pull: the engine's code overwrites the local copy.

@@ -574,3 +574,21 @@ async def test_a_file_from_a_newer_version_is_refused(path: Path) -> None:
     connection.close()
     with pytest.raises(StoreError, match="newer minapp_async"):
         await Store.open(path)
+
+
+async def test_another_connection_of_this_process_shares_the_file(path: Path) -> None:
+    """The data tables open their own connection to the state file: it reads and writes
+    while the store is open, and sees the store's commits."""
+    async with await Store.open(path) as store:
+        await accept(store, "shared", wait=True)
+        assert store.path == str(path) and not store.in_memory
+        connection = sqlite3.connect(store.path, timeout=store.busy_timeout)
+        try:
+            assert connection.execute("SELECT id FROM jobs").fetchall() == [("shared",)]
+            connection.execute("CREATE TABLE other (x)")
+            connection.execute("INSERT INTO other VALUES (1)")
+            connection.commit()
+            await accept(store, "after", wait=True)  # the store still writes
+        finally:
+            connection.close()
+    assert (path.parent / (path.name + ".lock")).exists()

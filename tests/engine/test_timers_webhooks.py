@@ -19,6 +19,7 @@ import pytest
 from minapp_async.engine import TRIGGER_FILE, Engine, EngineConfig, TriggerFileError
 from minapp_async.engine._jobs import JobBoard
 from minapp_async.engine._schedule import TriggerRunner
+from minapp_async.engine._store import Store
 from minapp_async.engine._trigger_file import load
 from minapp_async.engine.runtime import Runtime
 from minapp_async.testing import running_engine
@@ -89,7 +90,7 @@ async def test_fire_a_timer_now(engine: Engine) -> None:
     job = await engine.fire_timer("nightly")  # no params: the platform's empty data
     event = await finished_event(engine, job.id)
     assert event["data"] == {}
-    assert "fired by timer" in engine.job(job.id).log
+    assert "fired by timer" in (await engine.job(job.id)).log
 
 
 async def test_fire_now_refuses_unknown_timers_and_missing_functions(engine: Engine) -> None:
@@ -97,7 +98,7 @@ async def test_fire_now_refuses_unknown_timers_and_missing_functions(engine: Eng
         await engine.fire_timer("nope")
     with pytest.raises(LookupError, match="cloud function 'missing' not found"):
         await engine.fire_timer("orphan")
-    assert engine.jobs() == []
+    assert await engine.jobs() == []
 
 
 async def test_the_schedule_fires_due_timers_once_per_tick(engine: Engine) -> None:
@@ -142,7 +143,7 @@ async def test_an_incoming_webhook_runs_its_function(engine: Engine) -> None:
     ):
         assert response.status == 200
         assert await response.json() == {"status": "ok"}
-    (job,) = engine.jobs("recorder")
+    (job,) = await engine.jobs("recorder")
     assert job.source == "incoming_webhook"
     event = await finished_event(engine, job.id)
     assert event["eventType"] == "incoming_webhook"
@@ -178,7 +179,7 @@ async def test_webhook_errors(
         assert response.status == status
         reply = await response.json()
     assert message in reply["error_msg"]
-    assert engine.jobs() == []
+    assert await engine.jobs() == []
 
 
 async def test_no_triggers_file_means_no_timers_and_no_webhooks() -> None:
@@ -246,19 +247,27 @@ async def test_the_scheduler_loop_fires_on_its_clock(tmp_path: Path) -> None:
     before = dt.datetime(2031, 12, 31, 23, 59, 59, 900000, tzinfo=SHANGHAI)
     after = dt.datetime(2032, 1, 1, 0, 0, 0, 100000, tzinfo=SHANGHAI)
     runtime = Runtime(tmp_path)
+    store = await Store.open(":memory:")
     board = JobBoard(
-        runtime, concurrency=2, schedule_wait=1.0, sync_time_limit=5.0, async_time_limit=30.0
+        runtime,
+        store,
+        concurrency=2,
+        schedule_wait=1.0,
+        sync_time_limit=5.0,
+        async_time_limit=30.0,
     )
     runner = TriggerRunner(
         load(tmp_path), board, runtime.locate, EngineConfig(functions_dir=tmp_path), now=before
     )
     # The loop reads the clock to tick, then to size its sleep: reads 1-2 are before midnight,
-    # read 3 is the tick after the sleep; by read 4 that tick has fired.
-    reads: list[int] = []
+    # read 3 is the tick after the sleep; by read 4 that tick has fired. Each read notes when
+    # cancelOrders is due next: still midnight while nothing has fired.
+    reads: list[dt.datetime] = []
     ticked = anyio.Event()
+    midnight = after.replace(second=0, microsecond=0)
 
     def clock() -> dt.datetime:
-        reads.append(len(board.jobs()))
+        reads.append(runner.statuses()[1].next_fire)
         if len(reads) == 4:
             ticked.set()
         return before if len(reads) <= 2 else after
@@ -269,8 +278,8 @@ async def test_the_scheduler_loop_fires_on_its_clock(tmp_path: Path) -> None:
             tg.start_soon(runner.run, clock)
             with anyio.fail_after(JOB_TIMEOUT):
                 await ticked.wait()
-            assert reads[:3] == [0, 0, 0]  # nothing fired before midnight
-            (job,) = board.jobs()
+            assert reads[:3] == [midnight] * 3  # nothing fired before midnight
+            (job,) = await board.jobs()
             assert (job.function_name, job.source) == ("recorderPy", "timer")
             done = await board.wait(job.id, JOB_TIMEOUT)
             tg.cancel_scope.cancel()
@@ -280,3 +289,4 @@ async def test_the_scheduler_loop_fires_on_its_clock(tmp_path: Path) -> None:
     finally:
         board.close()
         await runtime.aclose()
+        await store.aclose()

@@ -27,7 +27,7 @@ async def test_hello_uses_the_shared_session_and_closes_it(engine: Engine, targe
         session = app[SESSION]
         assert not session.closed
     assert session.closed
-    jobs = engine.jobs("helloWorld")
+    jobs = await engine.jobs("helloWorld")
     assert 2 == len(jobs)
     assert 1 == len({job.user_id for job in jobs})  # one login served both requests
 
@@ -42,7 +42,7 @@ async def test_a_request_token_invokes_as_that_user(engine: Engine, target: Targ
         async with http.get(url, headers={"X-MinApp-Token": "f" * 40}) as reply:
             assert 401 == reply.status
             refused = await reply.json()
-    assert user_id == engine.jobs("helloWorld")[0].user_id
+    assert user_id == (await engine.jobs("helloWorld"))[0].user_id
     assert refused["error"].startswith("401: ")
     assert refused["request_id"]
 

@@ -38,7 +38,7 @@ async def test_a_request_token_invokes_as_that_user(engine: Engine, target: Targ
             ok = await client.get("/hello", headers={"X-MinApp-Token": token})
             refused = await client.get("/hello", headers={"X-MinApp-Token": "e" * 40})
     assert 200 == ok.status_code
-    assert user_id == engine.jobs("helloWorld")[0].user_id
+    assert user_id == (await engine.jobs("helloWorld"))[0].user_id
     assert 401 == refused.status_code
     assert refused.json()["detail"]["error"].startswith("401: ")
     assert refused.json()["detail"]["request_id"]

@@ -173,7 +173,7 @@ async def test_schedule_failed_is_retried_and_runs_once(
             await s.invoke("gate", str(release), False)  # holds the only slot
             await wait_until(lambda: engine.stats().functions["gate"].in_flight == 1)
             result = await s.invoke("echo", "after the gate")
-        statuses = [job.status for job in engine.jobs("echo")]
+        statuses = [job.status for job in (await engine.jobs("echo"))]
 
     assert "after the gate" == result.data
     assert statuses[0] == "schedule_failed" and statuses[-1] == "fulfilled"

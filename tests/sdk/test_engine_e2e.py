@@ -50,7 +50,7 @@ async def test_hello_world_sync_and_async(session: minapp_async.Session, engine:
     assert (0, "hello allen", {}) == (result.code, result.data, result.error)
     assert result.request_id
     assert (0, {"status": "ok"}) == (ack.code, ack.data)
-    assert ["fulfilled", "fulfilled"] == [j.status for j in engine.jobs("helloWorld")]
+    assert ["fulfilled", "fulfilled"] == [j.status for j in (await engine.jobs("helloWorld"))]
 
 
 async def test_anonymous_users_are_refused_by_default(engine: Engine) -> None:
@@ -126,7 +126,7 @@ async def test_server_credentials(engine: Engine) -> None:
         again = await s.invoke("helloWorld", {"name": "bob"})
 
     assert ("hello allen", "hello bob") == (result.data, again.data)
-    assert {"open_api"} == {j.source for j in engine.jobs("helloWorld")}
+    assert {"open_api"} == {j.source for j in (await engine.jobs("helloWorld"))}
 
 
 @pytest.mark.parametrize("when", ["before", "after"])

@@ -286,7 +286,7 @@ async def local_engine() -> None:
         async with Session(engine.client_id, base_url=engine.url) as session:
             await session.invoke("helloWorld", {"name": "allen"}, False)
         await engine.drain(timeout=10)
-        jobs = engine.jobs("helloWorld")
+        jobs = await engine.jobs("helloWorld")
         assert_type(jobs, list[Job])
         job = await engine.wait_job(jobs[0].id, timeout=5)
         assert_type(job.status, JobStatus)

@@ -22,8 +22,8 @@ from ..._protocol import (
     USER_INFO_PATH,
     LoginKind,
 )
-from .._accounts import AccountError, Accounts, User
-from ._invoking import invoke, lookup
+from .._accounts import AccountError, Accounts, User, public_user
+from ._invoking import encode_data, invoke, lookup
 from ._middleware import CLIENT_JOB_ROUTE, STATE, ApiError, safe_name
 from ._parsing import json_body, sync_flag, uint
 
@@ -76,17 +76,22 @@ async def _anonymous_login(request: web.Request) -> web.Response:
     _check_client_id(request)
     await json_body(request)  # the SDK sends {}; still refuse garbage
     accounts = request.app[STATE].accounts
-    user = accounts.create_anonymous_user()
-    token = accounts.open_session(user)
+    user = await accounts.create_anonymous_user()
+    token = await accounts.open_session(user)
     return web.json_response(
         {"token": token, "user_id": user.id, "expires_in": accounts.session_ttl}, status=201
     )
 
 
-def _login_reply(accounts: Accounts, user: User) -> web.Response:
-    token = accounts.open_session(user)
+async def _login_reply(accounts: Accounts, user: User) -> web.Response:
+    token = await accounts.open_session(user)
     return web.json_response(
-        {**user.public(), "token": token, "expires_in": accounts.session_ttl, "user_id": user.id},
+        {
+            **public_user(user),
+            "token": token,
+            "expires_in": accounts.session_ttl,
+            "user_id": user.id,
+        },
         status=201,
     )
 
@@ -100,7 +105,7 @@ def _login(kind: LoginKind) -> Callable[[web.Request], Awaitable[web.Response]]:
             user = accounts.login(kind, body.get(kind), body.get("password"))
         except AccountError as exc:
             raise ApiError(exc.status, exc.message) from None
-        return _login_reply(accounts, user)
+        return await _login_reply(accounts, user)
 
     return login
 
@@ -116,10 +121,10 @@ def _register(kind: LoginKind) -> Callable[[web.Request], Awaitable[web.Response
             raise ApiError(400, "password must be a non-empty string")
         accounts = request.app[STATE].accounts
         try:
-            user = accounts.create_user(password=password, **{kind: value})
+            user = await accounts.create_user(password=password, **{kind: value})
         except AccountError as exc:
             raise ApiError(exc.status, exc.message) from None
-        return _login_reply(accounts, user)
+        return await _login_reply(accounts, user)
 
     return register
 
@@ -132,13 +137,13 @@ async def _user_info(request: web.Request) -> web.Response:
     user = request.app[STATE].accounts.user(user_id) if user_id is not None else None
     if user is None:
         raise ApiError(404, f"user {safe_name(raw)} not found")
-    return web.json_response(user.public())
+    return web.json_response(public_user(user))
 
 
 async def _destroy_session(request: web.Request) -> web.Response:
     _check_client_id(request)
     _, token = _current_user(request)
-    request.app[STATE].accounts.destroy_session(token)
+    await request.app[STATE].accounts.destroy_session(token)
     return web.json_response({"message": "Destroy succeed.", "status": "ok"}, status=201)
 
 
@@ -164,8 +169,9 @@ async def _job(request: web.Request) -> web.Response:
     sync = sync_flag(body)
     function = lookup(request, body.get("function_name"))
     # A missing data is passed as {} so "event.data.x" works, as in the seed's helloWorld.
-    data = body.get("data", {})
-    return await invoke(request, function, data=data, sync=sync, source="sdk", user=user)
+    data_json = encode_data(body.get("data", {}))
+    del body  # from here on the params live as JSON text only (bounded memory per job)
+    return await invoke(request, function, data_json=data_json, sync=sync, source="sdk", user=user)
 
 
 def add_client_api_routes(router: web.UrlDispatcher) -> None:

@@ -4,14 +4,17 @@ function lookup, the job record, the function's ``event`` and the platform's rep
 from __future__ import annotations
 
 import difflib
+import json
 import secrets
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
 from ..._protocol import ACCEPTED_REPLY, JOB_STATUS_FIELD, error_reply
 from .._accounts import User
-from .._jobs import Job
+from .._config import EngineConfig
+from .._jobs import QUEUE_FULL_RETRY_AFTER, Job, QueueFull
+from .._store import StoreError
 from ..runtime import FunctionFile
 from ._middleware import STATE, ApiError, request_id, safe_name
 from ._parsing import env_id, json_type
@@ -47,20 +50,19 @@ def _did_you_mean(name: str, names: list[str]) -> str:
     return "" if names else " (the functions folder is empty)"
 
 
-def event_for(
-    request: web.Request,
+def build_event(
+    config: EngineConfig,
     job: Job,
     *,
-    data: Any,
+    time_limit: float,
     user: User | None,
+    meta: dict[str, str] | None = None,
+    env: str | None = None,
     debug: bool = False,
 ) -> dict[str, Any]:
-    """The function's ``event`` (PROTOCOL.md §7.2). It never carries a token."""
-    state = request.app[STATE]
-    config = state.config
-    time_limit = state.board.time_limit(sync=job.service_type == "time_sensitive")
+    """The function's ``event`` (PROTOCOL.md §7.2) without its ``data``, which the engine
+    keeps as JSON text and the runtime splices in. It never carries a token."""
     event: dict[str, Any] = {
-        "data": data,
         "eventType": job.source,
         "jobId": job.id,
         "miniappId": config.miniapp_id,
@@ -73,10 +75,7 @@ def event_for(
     }
     if user is not None:
         event["request"] = {
-            "meta": {
-                "ip_address": request.remote or "",
-                "user_agent": request.headers.get("User-Agent", ""),
-            },
+            "meta": meta or {"ip_address": "", "user_agent": ""},
             "user": {
                 "id": user.id,
                 "nickname": user.username or "",
@@ -85,16 +84,37 @@ def event_for(
                 "unionid": "",
             },
         }
-    env = env_id(request)
     if env is not None:
         event["env"] = {"id": env, "name": env}
     return event
 
 
+def event_for(
+    request: web.Request, job: Job, *, user: User | None, debug: bool = False
+) -> dict[str, Any]:
+    """The event for a job started by *request* (without its data, see :func:`build_event`)."""
+    state = request.app[STATE]
+    meta = None
+    if user is not None:
+        meta = {
+            "ip_address": request.remote or "",
+            "user_agent": request.headers.get("User-Agent", ""),
+        }
+    return build_event(
+        state.config,
+        job,
+        time_limit=state.board.time_limit(sync=job.sync),
+        user=user,
+        meta=meta,
+        env=env_id(request),
+        debug=debug,
+    )
+
+
 def new_job(
     request: web.Request, function: FunctionFile, *, sync: bool, source: str, user: User | None
 ) -> Job:
-    """A job record for *function*; 503 once the engine is shutting down."""
+    """An in-flight job record for *function*; 503 once the engine is shutting down."""
     try:
         return request.app[STATE].board.create(
             function.name,
@@ -107,23 +127,78 @@ def new_job(
         raise ApiError(503, str(exc)) from None
 
 
+def encode_data(data: Any) -> str:
+    """``event.data`` as compact JSON text, how the engine keeps and forwards it."""
+    return _to_json(data)
+
+
+async def run_sync(
+    request: web.Request,
+    function: FunctionFile,
+    *,
+    data_json: str,
+    source: str,
+    user: User | None,
+    debug: bool = False,
+) -> Job:
+    """Run a sync job for *request* (``event.data`` given as JSON text) and return it once
+    it ended."""
+    board = request.app[STATE].board
+    job = new_job(request, function, sync=True, source=source, user=user)
+    event = event_for(request, job, user=user, debug=debug)
+    return await board.run_sync(job.id, function, event, data_json)
+
+
+async def accept_async(
+    request: web.Request,
+    function: FunctionFile,
+    *,
+    data_json: str,
+    source: str,
+    user: User | None,
+) -> None:
+    """Store and queue an async job; 503 with Retry-After when the queue is full, 503 when
+    the state file cannot be written."""
+    board = request.app[STATE].board
+    size = len(data_json)
+    try:
+        board.admit(size)
+    except QueueFull as exc:
+        raise ApiError(
+            503, str(exc), headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER)}
+        ) from None
+    except RuntimeError as exc:
+        raise ApiError(503, str(exc)) from None
+    try:
+        job = new_job(request, function, sync=False, source=source, user=user)
+    except BaseException:
+        board.unadmit(size)
+        raise
+    event = event_for(request, job, user=user)
+    try:
+        await board.accept(job, function, event, data_json)
+    except StoreError as exc:
+        raise ApiError(503, str(exc)) from None
+    except RuntimeError as exc:  # the store closed: the engine is shutting down
+        raise ApiError(503, f"the engine is shutting down ({exc})") from None
+
+
 async def invoke(
     request: web.Request,
     function: FunctionFile,
     *,
-    data: Any,
+    data_json: str,
     sync: bool,
     source: str,
     user: User | None,
 ) -> web.Response:
-    """Run a job and answer as the platform does: the envelope, or ``{"status": "ok"}``."""
-    board = request.app[STATE].board
-    job = new_job(request, function, sync=sync, source=source, user=user)
-    event = event_for(request, job, data=data, user=user)
+    """Run a job and answer as the platform does: the envelope, or ``{"status": "ok"}`` once
+    the job is durably stored. The caller encodes ``event.data`` with :func:`encode_data`
+    and drops the parsed body first: a queued job's params are kept only as JSON text."""
     if not sync:
-        board.submit(job.id, function, event)
+        await accept_async(request, function, data_json=data_json, source=source, user=user)
         return web.json_response(ACCEPTED_REPLY)
-    job = await board.run_sync(job.id, function, event)
+    job = await run_sync(request, function, data_json=data_json, source=source, user=user)
     if job.result is not None:
         # User-code failures come back as 200 with code 1: the SDK resolves with them.
         return web.json_response(job.result)
@@ -133,3 +208,6 @@ async def invoke(
     body: dict[str, Any] = error_reply(job.error_msg or f"cloud function {function.name!r} failed")
     body[JOB_STATUS_FIELD] = job.status
     return web.json_response(body, status=400)
+
+
+_to_json: Final = json.JSONEncoder(separators=(",", ":")).encode

@@ -21,6 +21,7 @@ from .._accounts import Accounts
 from .._config import EngineConfig
 from .._faults import Faults, misbehave
 from .._jobs import JobBoard
+from .._store import Store
 from ..runtime import FunctionFile
 from ._server import EngineRequestHandler
 
@@ -46,6 +47,7 @@ class AppState:
     config: EngineConfig
     accounts: Accounts
     board: JobBoard
+    store: Store
     #: The function file for a name, resolved once per request (None: no such function).
     locate_function: Callable[[str], FunctionFile | None]
     faults: Faults
@@ -68,10 +70,13 @@ _REQUEST_ID: Final = (
 class ApiError(Exception):
     """Raised by handlers to reply ``status`` with an error body naming *message*."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(
+        self, status: int, message: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 def error_response(
@@ -104,7 +109,7 @@ async def _call(handler: Handler, request: web.Request) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.message)
+        return error_response(exc.status, exc.message, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # a redirect raised by aiohttp itself: let it through

@@ -21,7 +21,7 @@ from ..._protocol import (
 )
 from .._accounts import AccountError
 from .._jobs import Job
-from ._invoking import event_for, invoke, lookup, new_job
+from ._invoking import encode_data, invoke, lookup, run_sync
 from ._middleware import (
     OPEN_API_DEBUG_ROUTE,
     OPEN_API_JOB_ROUTE,
@@ -73,8 +73,11 @@ async def _legacy_job(request: web.Request) -> web.Response:
     body = await json_body(request)
     sync = sync_flag(body)
     function = lookup(request, body.get("function_name"))
-    data = body.get("data", {})
-    return await invoke(request, function, data=data, sync=sync, source="open_api", user=None)
+    data_json = encode_data(body.get("data", {}))
+    del body  # from here on the params live as JSON text only
+    return await invoke(
+        request, function, data_json=data_json, sync=sync, source="open_api", user=None
+    )
 
 
 async def _job(request: web.Request) -> web.Response:
@@ -84,23 +87,26 @@ async def _job(request: web.Request) -> web.Response:
     if "data" not in body:
         raise ApiError(400, "data is required (send {} when the function takes none)")
     sync = sync_flag(body)
+    data_json = encode_data(body["data"])
+    del body  # from here on the params live as JSON text only
     return await invoke(
-        request, function, data=body["data"], sync=sync, source="open_api", user=None
+        request, function, data_json=data_json, sync=sync, source="open_api", user=None
     )
 
 
 async def _debug(request: web.Request) -> web.Response:
     """A test run: the outcome with its log, job id and timings, as the dashboard shows."""
     _check_bearer(request)
-    state = request.app[STATE]
     function = lookup(request, request.match_info["name"])
     body = await json_body(request)
     subject = body.get("subject", "open_api")
     if subject not in DEBUG_SUBJECTS:
         raise ApiError(400, f"subject must be one of {sorted(DEBUG_SUBJECTS)}")
-    job = new_job(request, function, sync=True, source=subject, user=None)
-    event = event_for(request, job, data=body.get("data", {}), user=None, debug=True)
-    job = await state.board.run_sync(job.id, function, event)
+    data_json = encode_data(body.get("data", {}))
+    del body
+    job = await run_sync(
+        request, function, data_json=data_json, source=subject, user=None, debug=True
+    )
     if job.status in (SCHEDULE_FAILED, "execution_rejected"):
         raise ApiError(400, job.error_msg or "the job could not be scheduled")
     # A timeout or a dead worker still shows its log here: that is what a debug run is for.
@@ -145,25 +151,43 @@ async def _job_list(request: web.Request) -> web.Response:
         float_param(request, "created_at__gte"),
         float_param(request, "created_at__lte"),
     )
-    jobs = [
+    sync = None if service_type is None else service_type == "time_sensitive"
+    board = request.app[STATE].board
+    # Sync calls in flight are not in the store yet (each is recorded once it ends): they
+    # lead the list, newest first, then the store's records.
+    live = [
         j
-        for j in reversed(request.app[STATE].board.jobs(name))  # newest first
-        if status in (None, j.status)
+        for j in reversed(board.in_flight(name, sync=True))
+        if sync in (None, True)
+        and status in (None, j.status)
         and source in (None, j.source)
-        and service_type in (None, j.service_type)
         and (since is None or j.created_at >= since)
         and (until is None or j.created_at <= until)
     ]
-    page = jobs[offset : offset + limit]
+    stored = await request.app[STATE].store.list_jobs(
+        function_name=name,
+        status=status,
+        source=source,
+        sync=sync,
+        created_from=since,
+        created_to=until,
+        offset=max(0, offset - len(live)),
+        limit=max(0, limit - len(live[offset:])),
+    )
+    current = {j.id: j for j in board.in_flight(name, sync=False)}
+    page = live[offset : offset + limit] + [
+        current.get(r.id) or Job.from_record(r) for r in stored.jobs
+    ]
+    total = len(live) + stored.total
     base = request.rel_url
-    has_next = offset + limit < len(jobs)
+    has_next = offset + limit < total
     log_root = request.url.origin().with_path("/" + OPEN_API_JOB_PATH.format(name=name))
     return web.json_response(
         {
             "meta": {
                 "limit": limit,
                 "offset": offset,
-                "total_count": len(jobs),
+                "total_count": total,
                 "next": str(base.update_query(limit=limit, offset=offset + limit))
                 if has_next
                 else None,
@@ -182,6 +206,10 @@ async def _job_list(request: web.Request) -> web.Response:
                     "source": j.source,
                     "status": j.status,
                     "user_log_url": str(log_root) + _JOB_LOG.format(job_id=j.id),
+                    # The engine's additions: how often the job started, and whether an
+                    # engine stop cut it off mid-run so that it ran again.
+                    "attempts": j.attempts,
+                    "rerun": j.rerun,
                 }
                 for j in page
             ],
@@ -194,10 +222,7 @@ async def _job_log(request: web.Request) -> web.Response:
     _check_bearer(request)
     name = lookup(request, request.match_info["name"]).name
     job_id = request.match_info["job_id"]
-    try:
-        job = request.app[STATE].board.job(job_id)
-    except KeyError:
-        job = None
+    job = await request.app[STATE].board.get(job_id)
     if job is None or job.function_name != name:
         raise ApiError(404, f"job {safe_name(job_id)} of cloud function {name!r} not found")
     return web.Response(text=job.log, content_type="text/plain")
@@ -245,7 +270,7 @@ async def _authorize_confirm(request: web.Request) -> web.StreamResponse:
 async def _authorize_code(request: web.Request) -> web.Response:
     """Step 3: the code, once per authorization."""
     state = request.cookies.get(AUTHORIZE_COOKIE)
-    code = request.app[STATE].accounts.finish_authorization(state, 2)
+    code = await request.app[STATE].accounts.finish_authorization(state, 2)
     if code is None:
         raise ApiError(400, _NO_COOKIE)
     response = web.json_response({"code": code, "expires_in": 600})
@@ -261,9 +286,9 @@ async def _access_token(request: web.Request) -> web.Response:
     grant_type = body.get("grant_type")
     try:
         if grant_type == "authorization_code":
-            pair = accounts.exchange_code(body.get("code"))
+            pair = await accounts.exchange_code(body.get("code"))
         elif grant_type == "refresh_token":
-            pair = accounts.refresh(body.get("refresh_token"))
+            pair = await accounts.refresh(body.get("refresh_token"))
         else:
             raise ApiError(400, "grant_type must be authorization_code or refresh_token")
     except AccountError as exc:

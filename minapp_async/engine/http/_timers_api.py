@@ -38,7 +38,7 @@ async def _fire(request: web.Request) -> web.Response:
     if runner is None:
         raise ApiError(404, "no timers are configured")
     try:
-        job = runner.fire_timer(request.match_info["name"])
+        job = await runner.fire_timer(request.match_info["name"])
     except LookupError as exc:
         raise ApiError(404, str(exc)) from None
     except RuntimeError as exc:

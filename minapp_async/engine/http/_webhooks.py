@@ -50,7 +50,7 @@ async def _incoming(request: web.Request) -> web.Response:
         "payload": payload,
     }
     try:
-        runner.start_job(webhook.function, data, source="incoming_webhook")
+        await runner.start_job(webhook.function, data, source="incoming_webhook")
     except LookupError as exc:
         raise ApiError(404, f"incoming webhook {safe_name(key)}: {exc}") from None
     except RuntimeError as exc:

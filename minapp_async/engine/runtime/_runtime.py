@@ -159,6 +159,7 @@ class Runtime:
         node: str | None = _SENTINEL_NODE,
         python: str = sys.executable,
         max_idle_per_function: int = 10,
+        max_idle: int = 20,
         idle_timeout: float = 60.0,
         contain: bool = True,
         hidden_dirs: Sequence[str | os.PathLike[str]] = (),
@@ -166,6 +167,8 @@ class Runtime:
     ) -> None:
         if memory_limit_mb < 16:
             raise ValueError(f"memory_limit_mb must be at least 16, got {memory_limit_mb!r}")
+        if max_idle < 0:
+            raise ValueError(f"max_idle must be >= 0, got {max_idle!r}")
         if max_idle_per_function < 0:
             raise ValueError(f"max_idle_per_function must be >= 0, got {max_idle_per_function!r}")
         self._dir = Path(functions_dir).resolve()
@@ -177,6 +180,10 @@ class Runtime:
         # Default 10 = the engine's default concurrency, so a steady stream of concurrent
         # invocations finds every worker warm instead of killing and respawning some.
         self._max_idle = max_idle_per_function
+        # Across all functions: idle workers hold memory, so a folder of many functions
+        # must not keep a pool per function. Least recently used first.
+        self._max_idle_total = max_idle
+        self._idle_lru: dict[WorkerProcess, None] = {}
         self._idle_timeout = idle_timeout
         # Containment is decided once (a ~30 ms probe), on start() or before the first spawn.
         self._contain = contain
@@ -239,6 +246,11 @@ class Runtime:
     def containment(self) -> Containment | None:
         """What containment enforces here; None until start() or the first job."""
         return self._sandbox.report if self._sandbox is not None else None
+
+    @property
+    def idle_workers(self) -> int:
+        """Warm workers kept idle now, across all functions."""
+        return len(self._idle_lru)
 
     # -- lookup ----------------------------------------------------------------------------
 
@@ -346,13 +358,17 @@ class Runtime:
         event: dict[str, Any],
         *,
         time_limit: float,
+        data_json: str | None = None,
         context: object = None,
         on_log: Callable[[str], None] | None = None,
     ) -> RunOutcome:
         """Run one job of a function: a :class:`FunctionFile` found by :meth:`locate`, or a name
         to look up (LookupError when there is no such function). *context* is passed to the
         BaaS handler with each call the job makes; by default the event's ``jobId``. *on_log*
-        is told each line of the job's log as it arrives."""
+        is told each line of the job's log as it arrives.
+
+        *data_json*, when given, is ``event.data`` already encoded as JSON (as the engine keeps
+        it): it is spliced into the request as it is, not parsed and encoded again."""
         if self._closed:
             raise RuntimeError("the runtime is closed")
         if not (isinstance(time_limit, (int, float)) and math.isfinite(time_limit)) or (
@@ -367,9 +383,10 @@ class Runtime:
         name = function.name
         run_id = next(self._run_ids)
         try:
-            request = (
-                json.dumps({"t": "job", "j": run_id, "e": event}, allow_nan=False) + "\n"
-            ).encode()
+            line = json.dumps({"t": "job", "j": run_id, "e": event}, allow_nan=False)
+            if data_json is not None:  # '..."e": {...}}' -> '..."e": {...,"data":<json>}}'
+                line = f'{line[:-2]}{"," if event else ""}"data":{data_json}}}}}'
+            request = (line + "\n").encode()
         except (TypeError, ValueError) as exc:
             raise TypeError(f"the event for cloud function {name!r} is not JSON: {exc}") from None
         if function.is_node and not self._node:
@@ -574,6 +591,8 @@ class Runtime:
             stale.append(found)
             found = good.pop() if good else None
         self._idle[path] = good
+        if found is not None:
+            self._idle_lru.pop(found, None)
         if stale:
             with anyio.CancelScope(shield=True):
                 for worker in stale:
@@ -654,12 +673,21 @@ class Runtime:
             or worker.recycle
             or worker.key != self._latest_key.get(path)
             or len(idle) >= self._max_idle
+            or self._max_idle_total == 0
         ):
             with anyio.CancelScope(shield=True):
                 await self._discard(worker)
             return
         worker.idle_since = time.monotonic()
         idle.append(worker)
+        self._idle_lru[worker] = None
+        if len(self._idle_lru) > self._max_idle_total:
+            oldest = next(iter(self._idle_lru))
+            del self._idle_lru[oldest]
+            with contextlib.suppress(ValueError):
+                self._idle[oldest.path].remove(oldest)  # out of the pool before any await
+            with anyio.CancelScope(shield=True):
+                await self._discard(oldest)
         if self._housekeeper is None or self._housekeeper.done():
             self._start_housekeeper()  # to expire it after idle_timeout
 
@@ -667,6 +695,7 @@ class Runtime:
         """Kill and reap a worker (call shielded)."""
         with contextlib.suppress(ValueError):
             self._idle.get(worker.path, []).remove(worker)
+        self._idle_lru.pop(worker, None)
         await worker.close()
         self._workers.discard(worker)
         self._pgids.discard(worker.pid)
@@ -698,6 +727,8 @@ class Runtime:
                 keep = [w for w in workers if now - w.idle_since < self._idle_timeout and w.alive]
                 expired.extend(w for w in workers if w not in keep)
                 workers[:] = keep
+            for worker in expired:
+                self._idle_lru.pop(worker, None)
             for worker in expired:
                 with anyio.CancelScope(shield=True):
                     await self._discard(worker)
@@ -753,6 +784,7 @@ class Runtime:
                 for worker in list(self._workers):
                     tg.start_soon(self._discard, worker)
             self._idle.clear()
+            self._idle_lru.clear()
             async with self._sandbox_lock:  # a probe in flight ends first
                 if self._sandbox is not None:
                     self._sandbox.close()

@@ -132,24 +132,37 @@ class _LineReader(asyncio.Protocol):
         self._max_line = max_line
         self._on_overflow = on_overflow
         self._on_close = on_close
-        self._buffer = b""
+        # The unfinished line's chunks: joined once when its newline arrives, so reading a
+        # long line (a big result) is linear in its size, not quadratic.
+        self._parts: list[bytes] = []
+        self._size = 0
         self.closed = asyncio.Event()
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer + data if self._buffer else data
-        *lines, self._buffer = buffer.split(b"\n")
-        for line in lines:
-            self._on_line(line)
-        if len(self._buffer) > self._max_line:
-            rest, self._buffer = self._buffer, b""
+        newline = data.find(b"\n")
+        if newline < 0:
+            self._parts.append(data)
+            self._size += len(data)
+        else:
+            self._parts.append(data[:newline])
+            first = b"".join(self._parts)
+            *lines, rest = data[newline + 1 :].split(b"\n")
+            self._parts, self._size = [rest], len(rest)
+            self._on_line(first)
+            for line in lines:
+                self._on_line(line)
+        if self._size > self._max_line:
+            rest = b"".join(self._parts)
+            self._parts, self._size = [], 0
             self._on_overflow(rest)
 
     def eof_received(self) -> bool:
         return False  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._buffer:
-            rest, self._buffer = self._buffer, b""
+        if self._size:
+            rest = b"".join(self._parts)
+            self._parts, self._size = [], 0
             self._on_line(rest)
         self.closed.set()
         if self._on_close is not None:
