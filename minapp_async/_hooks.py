@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -13,14 +13,29 @@ from ._errors import HError
 from ._logs import get_logger
 from ._version import __version__
 
-try:  # the "otel" extra
-    from opentelemetry import trace as _trace
-except ImportError:  # pragma: no cover - depends on what is installed
-    _trace = None  # type: ignore[assignment]
+if TYPE_CHECKING:
+    from types import ModuleType
 
 __all__ = ["CallInfo", "Hook"]
 
 logger = get_logger()
+
+#: OpenTelemetry's trace module once looked for (the "otel" extra): None when not installed.
+#: Imported on the first call that builds a span, not with the SDK: it costs ~25 ms of start-up
+#: that every CLI command would pay.
+_trace: ModuleType | None = None
+_trace_looked_up = False
+
+
+def _otel_trace() -> ModuleType | None:
+    global _trace, _trace_looked_up
+    if not _trace_looked_up:
+        try:
+            from opentelemetry import trace
+        except ImportError:  # pragma: no cover - depends on what is installed
+            trace = None  # type: ignore[assignment]
+        _trace, _trace_looked_up = trace, True
+    return _trace
 
 
 @attrs.define
@@ -71,12 +86,13 @@ def run_hook(hook: Hook | None, info: CallInfo) -> None:
 @contextmanager
 def invocation_span(info: CallInfo | None) -> Iterator[None]:
     """An OpenTelemetry client span around one invocation, when OpenTelemetry is installed."""
-    if info is None or _trace is None:
+    trace = _otel_trace() if info is not None else None
+    if info is None or trace is None:
         yield
         return
-    tracer = _trace.get_tracer("minapp_async", __version__)
+    tracer = trace.get_tracer("minapp_async", __version__)
     with tracer.start_as_current_span(
-        f"invoke {info.function_name}", kind=_trace.SpanKind.CLIENT
+        f"invoke {info.function_name}", kind=trace.SpanKind.CLIENT
     ) as span:
         span.set_attribute("minapp.function_name", info.function_name)
         span.set_attribute("minapp.sync", info.sync)

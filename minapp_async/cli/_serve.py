@@ -166,6 +166,13 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not print each job and its function's log lines",
     )
     parser.add_argument(
+        "--no-prestart",
+        dest="prestart",
+        action="store_false",
+        help="don't start a warm worker for each function at start-up (then each function's "
+        "first call pays its worker's cold start)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -211,6 +218,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_queued_bytes=args.max_queued_mb * 1024 * 1024,
             max_idle_workers=args.max_idle_workers,
             strict_tables=args.strict_tables,
+            prestart=args.prestart,
             **overrides,
         )
     except ValueError as exc:

@@ -110,6 +110,9 @@ class EngineConfig:
         strict_tables: Unknown tables are a 404 (and unknown fields a 400), as on the
             platform, where tables are made in the console. By default a function's first
             write to an unknown table creates it.
+        prestart: Start one warm worker per function found at start-up, in the background,
+            so that first calls pay no cold start (``serve`` turns it on unless
+            ``--no-prestart``).
     """
 
     functions_dir: Path = attrs.field(converter=Path)
@@ -141,6 +144,7 @@ class EngineConfig:
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_names)
     cors_origins: tuple[str, ...] = attrs.field(default=(), converter=_names)
     idle_timeout: float = attrs.field(default=30.0, validator=_positive)
+    prestart: bool = False
 
     @max_idle_workers.validator
     def _check_idle(self, attribute: attrs.Attribute[Any], value: int | None) -> None:

@@ -179,6 +179,8 @@ class Engine:
             self._serve_task = asyncio.get_running_loop().create_task(
                 self._board.serve(), name="minapp-engine-async-jobs"
             )
+            if self.config.prestart:
+                self._runtime.prestart(self._runtime.names())
             self._app_state = AppState(
                 config=self.config,
                 accounts=self._accounts,

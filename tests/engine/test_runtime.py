@@ -791,6 +791,58 @@ async def test_concurrent_jobs_get_their_own_workers_then_reuse_them(
     assert again.result is not None and again.result["data"] in pids
 
 
+def processes_running(path: Path) -> set[int]:
+    """Live processes (any of ours) whose command line names *path*."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as file:
+                    argv = file.read().split(b"\0")
+            except OSError:
+                continue
+            if os.fsencode(path) in argv and running(int(entry)):
+                found.add(int(entry))
+    return found
+
+
+def process_groups(pids: set[int]) -> set[int]:
+    """The process groups of *pids*: a worker and what launches it share one."""
+    groups = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as file:
+                groups.add(int(file.read().rsplit(")", 1)[1].split()[2]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return groups
+
+
+async def test_prestart_leaves_a_warm_worker_that_the_first_call_uses(
+    folder: Path, runtime: Runtime
+) -> None:
+    """prestart() starts one worker per function in the background; the first call runs on it
+    instead of starting another. Names that are not functions are skipped."""
+    write(folder, "pre.py", "def main(event):\n    return 'warm'\n")
+    path = real(folder / "pre.py")
+    runtime.prestart(["pre", "missing", "../bad"])
+    await wait_until(lambda: bool(processes_running(path)), what="the pre-started worker")
+    started = process_groups(processes_running(path))  # one per worker, contained or not
+    assert len(started) == 1
+    outcome = await call(runtime, "pre")
+    assert outcome.result == {"code": 0, "data": "warm", "error": {}}
+    assert process_groups(processes_running(path)) == started
+
+
+async def test_prestart_then_close_leaves_no_worker(folder: Path) -> None:
+    """Closing the runtime while workers are still starting kills and reaps them all."""
+    write(folder, "pre.py", "def main(event):\n    return 1\n")
+    runtime = Runtime(folder, memory_limit_mb=256)
+    runtime.prestart(["pre"])
+    await runtime.aclose()
+    assert processes_running(real(folder / "pre.py")) == set()
+
+
 async def test_hot_reload_uses_the_new_code(folder: Path, runtime: Runtime) -> None:
     """Changing the function's file makes the next run use the new code."""
     write(folder, "version.py", "def main(event):\n    return 'v1'\n")
@@ -974,6 +1026,41 @@ def test_find_never_leaves_the_folder(folder: Path, tmp_path: Path) -> None:
     assert runtime.find("dirlink") is None
     assert runtime.find("inside") == (folder / "real.js").resolve()
     assert "link" not in runtime.names()
+
+
+def test_find_sees_every_change_after_a_first_lookup(folder: Path, tmp_path: Path) -> None:
+    """A name found once is remembered, yet each later lookup still sees the folder as it is:
+    a file taking precedence, a re-pointed symlink (also to outside), an edit, a removal."""
+    write(folder, "f.py", "")
+    runtime = Runtime(folder)
+    assert runtime.find("f") == (folder / "f.py").resolve()
+    write(folder, "f/index.js", "")  # takes precedence over f.py
+    assert runtime.find("f") == (folder / "f" / "index.js").resolve()
+    write(folder, "f.js", "")  # and f.js over both
+    assert runtime.find("f") == (folder / "f.js").resolve()
+    before = runtime.locate("f")
+    write(folder, "f.js", "exports.main = async () => 2\n")  # an edit: a new version
+    after = runtime.locate("f")
+    assert before is not None and after is not None and after.key != before.key
+    (folder / "f.js").unlink()
+    assert runtime.find("f") == (folder / "f" / "index.js").resolve()
+
+    write(folder, "one.js", "")
+    write(folder, "two.js", "exports.main = async () => 2\n")
+    (folder / "link.js").symlink_to(folder / "one.js")
+    assert runtime.find("link") == (folder / "one.js").resolve()
+    (folder / "link.js").unlink()
+    (folder / "link.js").symlink_to(folder / "two.js")
+    assert runtime.find("link") == (folder / "two.js").resolve()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write(outside, "secret.js", "exports.main = async () => 'escaped'\n")
+    (folder / "link.js").unlink()
+    (folder / "link.js").symlink_to(outside / "secret.js")
+    assert runtime.find("link") is None
+    (folder / "f" / "index.js").unlink()
+    (folder / "f.py").unlink()
+    assert runtime.find("f") is None
 
 
 async def test_bad_arguments_are_refused(folder: Path, runtime: Runtime) -> None:

@@ -161,7 +161,9 @@ class _Inbox:
 
     def __init__(self, fd: int) -> None:
         self._file = open(fd, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
-        self.jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        # SimpleQueue: its put and get are C calls, where Queue takes Python-level locks and a
+        # Condition for each job handed to the main thread.
+        self.jobs: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._pending: dict[int, Callable[[Any], None]] = {}
         self._lock = threading.Lock()
         threading.Thread(target=self._read, name="minapp-jobs", daemon=True).start()
@@ -442,6 +444,8 @@ class _Worker:
         self._name = name
         self._module: ModuleType | None = None
         self._loop = asyncio.new_event_loop()
+        self._main: Callable[..., Any] | None = None
+        self._callback_style = False
         self._loop.set_exception_handler(self._loop_exception)
         self._stdout = _LogStream(channel, "LOG", "<stdout>")
         self._stderr = _LogStream(channel, "ERROR", "<stderr>")
@@ -472,7 +476,9 @@ class _Worker:
 
     async def _call(self, event: Any) -> Any:
         main = self._load()
-        if not _takes_callback(main):
+        if main is not self._main:  # inspect.signature costs more than a small job's own work
+            self._main, self._callback_style = main, _takes_callback(main)
+        if not self._callback_style:
             result = main(event)
             return await result if inspect.isawaitable(result) else result
         # main(event, callback): the callback decides, whatever main returns; it may be called
