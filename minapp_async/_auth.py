@@ -28,6 +28,7 @@ from ._protocol import (
     USER_AUTH_SCHEME,
     USER_INFO_PATH,
 )
+from ._secrets import Secret, Secrets, secret_or_none
 from ._tokens import MemoryTokenStore, StoredSession, TokenStore
 from ._types import NOT_GIVEN, NotGiven
 
@@ -55,6 +56,16 @@ class Exchange(Protocol):
     ) -> Awaitable[dict[str, Any]]: ...
 
 
+def _secret_if_str(value: Any) -> Any:
+    """A password as a ``Secret`` (anything else is left for the check to refuse)."""
+    return secret_or_none(value) or value
+
+
+def _header(prefix: str, token: str) -> Secret:
+    """An Authorization value, as a ``Secret``: frames that hold it show ``'***'``."""
+    return Secret(f"{prefix}{token}")
+
+
 def _expires_at(expires_in: Any) -> float | None:
     # The JS SDK: floor(now) + expires_in - 30 (PROTOCOL.md §5.3).
     if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
@@ -69,7 +80,7 @@ class UserCredentials:
     Give exactly one of *username*, *email* or *phone*. The password never appears in repr.
     """
 
-    password: str = attrs.field(repr=False)
+    password: str = attrs.field(repr=False, converter=_secret_if_str)
     username: str | None = None
     email: str | None = None
     phone: str | None = None
@@ -88,7 +99,7 @@ class UserCredentials:
         return "phone" if self.phone is not None else "email" if self.email else "username"
 
     def payload(self) -> dict[str, str]:
-        """The login or register body."""
+        """The login or register body (the password a ``Secret``: its repr is redacted)."""
         return {self.kind: getattr(self, self.kind), "password": self.password}
 
 
@@ -131,15 +142,23 @@ class Auth:
         store: TokenStore | None = None,
         credentials: UserCredentials | None = None,
         token: str | None = None,
+        secrets: Secrets | None = None,
     ) -> None:
+        """*secrets*: where this login's secret values are kept for scrubbing (a view's own,
+        made with its Session's as parent); a new one by default."""
         self._exchange = exchange
         self._store: TokenStore = store if store is not None else MemoryTokenStore()
         self._credentials = credentials
-        self._initial_token = token
+        self._initial_token = secret_or_none(token)
+        self.secrets = secrets if secrets is not None else Secrets()
+        self.secrets.keep(self._initial_token)
+        if credentials is not None:
+            self.secrets.keep(credentials.password)
         self._session: StoredSession | None = None
         self._loaded = False
         self._lock = anyio.Lock()
         self._info: dict[str, Any] = {}
+        self._header: tuple[str, Secret] = ("", Secret())  # (token, its Authorization value)
 
     def __repr__(self) -> str:
         s = self._session
@@ -158,12 +177,14 @@ class Auth:
                 await self._store.save(self._session)
             else:
                 self._session = await self._store.load()
+                self.secrets.add(self._session.token if self._session else None)
             self._loaded = True
         return self._session
 
     async def _remember(self, session: StoredSession | None) -> None:
         self._session = session
         self._loaded = True
+        self.secrets.add(session.token if session else None)
         if session is None:
             await self._store.clear()
         else:
@@ -177,7 +198,11 @@ class Auth:
             return NOT_GIVEN
         if session is None:
             return None if self._credentials is None else NOT_GIVEN
-        return f"{_USER_PREFIX}{session.token}"
+        token, header = self._header
+        if token is not session.token:  # made once per token: this runs for every call
+            header = _header(_USER_PREFIX, session.token)
+            self._header = (session.token, header)
+        return header
 
     async def authorization(self) -> str | None:
         """The Authorization header for the next request, logging in first if credentials
@@ -195,12 +220,11 @@ class Auth:
                 )
             else:
                 return None
-        return f"{_USER_PREFIX}{session.token}"
+        return _header(_USER_PREFIX, session.token)
 
     async def reauthenticate(self, stale: str | None) -> None:
         """The server refused *stale* (an Authorization value): log in again, once."""
-        token = stale.removeprefix(_USER_PREFIX) if stale else None
-        await self._relogin(token)
+        await self._relogin(secret_or_none(stale.removeprefix(_USER_PREFIX)) if stale else None)
 
     async def _relogin(self, stale_token: str | None) -> StoredSession:
         async with self._lock:
@@ -223,15 +247,17 @@ class Auth:
             "POST",
             path,
             payload,
-            authorization=f"{_USER_PREFIX}{current.token}" if current else None,
+            authorization=_header(_USER_PREFIX, current.token) if current else None,
         )
-        token, user_id = body.get("token"), body.get("user_id", body.get("id"))
-        if not isinstance(token, str) or not token:
+        token, user_id = secret_or_none(body.get("token")), body.get("user_id", body.get("id"))
+        expires_in = body.get("expires_in")
+        del body  # it holds the token in plain text: no frame keeps it
+        if token is None:
             raise ResponseFormatError(200, "login reply has no token")
         session = StoredSession(
             token=token,
             user_id=user_id if isinstance(user_id, int) else None,
-            expires_at=_expires_at(body.get("expires_in")),
+            expires_at=_expires_at(expires_in),
             anonymous="anonymous" in path,
         )
         await self._remember(session)
@@ -243,7 +269,7 @@ class Auth:
                 "GET",
                 USER_INFO_PATH.format(user_id=session.user_id),
                 None,
-                authorization=f"{_USER_PREFIX}{token}",
+                authorization=_header(_USER_PREFIX, token),
             )
         return session
 
@@ -260,7 +286,10 @@ class Auth:
         phone: str | None = None,
     ) -> CurrentUser:
         """Log in with a password and one of username, email or phone."""
+        # Rebound at once: an error reporter shows this frame's locals, password included.
+        password = secret_or_none(password) or password
         creds = UserCredentials(password=password, username=username, email=email, phone=phone)
+        self.secrets.add(creds.password)
         return await self._explicit_login(LOGIN_PATH.format(kind=creds.kind), creds.payload())
 
     async def register(
@@ -272,7 +301,10 @@ class Auth:
         phone: str | None = None,
     ) -> CurrentUser:
         """Create a user and log in as it."""
+        # Rebound at once: an error reporter shows this frame's locals, password included.
+        password = secret_or_none(password) or password
         creds = UserCredentials(password=password, username=username, email=email, phone=phone)
+        self.secrets.add(creds.password)
         return await self._explicit_login(REGISTER_PATH.format(kind=creds.kind), creds.payload())
 
     async def _explicit_login(self, path: str, payload: dict[str, Any]) -> CurrentUser:
@@ -288,7 +320,7 @@ class Auth:
             try:
                 if current is not None:
                     await self._exchange(
-                        "POST", LOGOUT_PATH, {}, authorization=f"{_USER_PREFIX}{current.token}"
+                        "POST", LOGOUT_PATH, {}, authorization=_header(_USER_PREFIX, current.token)
                     )
             finally:
                 self._info = {}
@@ -303,6 +335,7 @@ class Auth:
         anonymous: bool = False,
     ) -> None:
         """Use a token obtained elsewhere (another service, a web front end)."""
+        token = secret_or_none(token) or token
         if not isinstance(token, str) or not token:
             raise InvalidArgumentError("token must be a non-empty str")
         await self._remember(
@@ -346,9 +379,12 @@ class ServerAuth:
     def __init__(self, exchange: Exchange, client_id: str, client_secret: str) -> None:
         self._exchange = exchange
         self._client_id = client_id
-        self._client_secret = client_secret
-        self._access: str | None = None
-        self._refresh: str | None = None
+        self._client_secret = Secret(client_secret)
+        self._access: Secret | None = None
+        self._refresh: Secret | None = None
+        self._header = Secret()
+        self.secrets = Secrets()
+        self.secrets.keep(self._client_secret)
         self._refresh_at = 0.0
         self._lock = anyio.Lock()
 
@@ -361,17 +397,19 @@ class ServerAuth:
         """``Bearer <access token>`` while it needs no refresh, else NOT_GIVEN."""
         if self._access is None or time.time() >= self._refresh_at:
             return NOT_GIVEN
-        return f"{_SERVER_PREFIX}{self._access}"
+        return self._header
 
     async def authorization(self) -> str:
         """``Bearer <access token>``, fetching or refreshing the token first when needed."""
         if self._access is None or time.time() >= self._refresh_at:
             await self._renew(self._access)
-        return f"{_SERVER_PREFIX}{self._access}"
+        return self._header
 
     async def reauthenticate(self, stale: str | None) -> None:
         """The server refused *stale*: get a new token, once for all waiting tasks."""
-        await self._renew(stale.removeprefix(_SERVER_PREFIX) if stale else None, force=True)
+        await self._renew(
+            secret_or_none(stale.removeprefix(_SERVER_PREFIX)) if stale else None, force=True
+        )
 
     async def _renew(self, stale: str | None, *, force: bool = False) -> None:
         async with self._lock:
@@ -391,23 +429,32 @@ class ServerAuth:
 
     async def _code_flow(self) -> None:
         creds = {"client_id": self._client_id, "client_secret": self._client_secret}
-        reply = await self._exchange(
-            "POST", AUTHORIZE_PATH, creds, authorization=None, cookies=True
+        # No local holds the reply: it carries the code in plain text.
+        code = secret_or_none(
+            (
+                await self._exchange(
+                    "POST", AUTHORIZE_PATH, creds, authorization=None, cookies=True
+                )
+            ).get("code")
         )
-        code = reply.get("code")
-        if not isinstance(code, str) or not code:
+        if code is None:
             raise ResponseFormatError(200, "authorize reply has no code")
+        self.secrets.add(code)
         await self._grant({"grant_type": "authorization_code", "code": code})
 
     async def _grant(self, grant: dict[str, str]) -> None:
         payload = {"client_id": self._client_id, "client_secret": self._client_secret, **grant}
         reply = await self._exchange("POST", ACCESS_TOKEN_PATH, payload, authorization=None)
-        access, expires_in = reply.get("access_token"), reply.get("expires_in")
-        if not isinstance(access, str) or not access:
+        access, expires_in = secret_or_none(reply.get("access_token")), reply.get("expires_in")
+        refresh = secret_or_none(reply.get("refresh_token"))
+        del reply  # it holds the tokens in plain text: no frame keeps it
+        self.secrets.add(access)
+        self.secrets.add(refresh)
+        if access is None:
             raise ResponseFormatError(200, "access_token reply has no access_token")
-        refresh = reply.get("refresh_token")
         lifetime = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
         now = time.time()
         self._access = access
-        self._refresh = refresh if isinstance(refresh, str) else None
+        self._header = Secret(f"{_SERVER_PREFIX}{access}")
+        self._refresh = refresh
         self._refresh_at = now + max(lifetime - ACCESS_TOKEN_REFRESH_MARGIN, lifetime * 0.9)

@@ -119,6 +119,10 @@ class Deadline:
         # The scope swallows only its own cancellation, which happens at the deadline; any
         # other cancellation (the caller's, an outer scope's) passes through untouched.
         if scope.__exit__(exc_type, exc, tb) or scope.cancelled_caught:
+            if exc is not None:
+                # The cancellation stays the timeout's context, without its frames: their
+                # locals hold the request's headers and body (a token, a password).
+                exc.__traceback__ = None
             raise self._error() from None
 
     def _error(self) -> RequestTimeoutError:

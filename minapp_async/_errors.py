@@ -29,6 +29,7 @@ import datetime
 import email.utils
 import math
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -309,6 +310,27 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
+def _redirect_text(status: int, location: str | None) -> str:
+    """Why a 3xx reply is an error: where it pointed, as an origin only (a Location's path
+    and query may carry a code)."""
+    where = "without a Location"
+    if location:
+        try:
+            parts = urlsplit(location)
+            host, port = parts.hostname, parts.port
+        except ValueError:  # a port that is not a number, a malformed IPv6 host
+            where = "to an invalid Location"
+        else:
+            where = "to another path on the same server"
+            if parts.netloc:
+                where = f"to {parts.scheme}://{host}{f':{port}' if port else ''}"
+    return (
+        f"redirect refused (HTTP {status} {where}): only the Open API authorize step follows "
+        "redirects, and only same-origin 302/303 ones; if the server has moved, point "
+        "base_url at where it points"
+    )
+
+
 def error_from_response(
     status: int,
     body: Any,
@@ -318,17 +340,19 @@ def error_from_response(
     method: str | None = None,
     path: str | None = None,
     retry_after: str | None = None,
+    location: str | None = None,
 ) -> HTTPError:
     """The one place that turns a non-2xx reply into an exception.
 
     *body* is the parsed JSON (or None when the reply was not JSON); the text comes from it,
-    else from the JS SDK's table (``"500: unknown error"``).
+    else from the JS SDK's table (``"500: unknown error"``). A 3xx reply is a redirect that
+    was not followed (*location*: where it pointed); its text says so.
     """
     cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else HTTPError)
     details = ErrorDetails(
         status=status, body=snippet(raw), request_id=request_id, method=method, path=path
     )
-    text = error_text(body)
+    text = _redirect_text(status, location) if 300 <= status < 400 else error_text(body)
     job_status = body.get(JOB_STATUS_FIELD) if isinstance(body, dict) else None
     job_status = job_status if isinstance(job_status, str) else None
     # Statuses that refuse the request before any function runs; the rest may have run it.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import anyio
 
 from ._deadline import Deadline
@@ -10,6 +12,7 @@ from ._hooks import CallInfo, invocation_span, run_hook
 from ._invoke import InvokeResult, check_status, parse_result
 from ._logs import get_logger
 from ._options import CallOptions
+from ._secrets import detach_frames
 from ._sender import Sender
 from ._transport import Attempt
 
@@ -43,6 +46,7 @@ async def invocation(
     *deadline* (seconds; None: none). *info* is None when no hook or span wants it."""
     attempt = Attempt()
     shown = "/" + path  # as error messages show it
+    outer = sys.exc_info()[1]  # the caller's exception, if any: not ours to touch
     with Deadline(deadline, attempt, path, sender.timers) as bound:
         while True:
             if info is not None:
@@ -50,11 +54,17 @@ async def invocation(
                 run_hook(options.on_request, info)
             try:
                 raw = await sender.send("POST", path, body, attempt)
-                if info is not None:
+                if info is not None:  # hooks and spans show the request id: a server's text
                     info.status, info.request_id = raw.status, raw.request_id
+                    if raw.request_id:
+                        info.request_id = sender.auth.secrets.scrub(raw.request_id)
                 check_status(raw, "POST", shown)
                 result = parse_result(raw, sync=sync, method="POST", path=shown)
             except HError as err:
+                # Before any hook, log or span sees it: no value the credentials hold, and
+                # no frame below that holds the request's headers.
+                sender.auth.secrets.scrub_error(err)
+                detach_frames(err, outer)
                 err.attempts = attempt.number
                 err.may_have_executed = err.may_have_executed or attempt.sent_before
                 if info is not None:

@@ -142,6 +142,7 @@ def check_status(raw: RawResponse, method: str, path: str) -> None:
             method=method,
             path=path,
             retry_after=raw.retry_after,
+            location=raw.location,
         )
 
 

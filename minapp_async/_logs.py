@@ -13,6 +13,7 @@ import sys
 from typing import Final
 
 from ._redact import redact_text
+from ._secrets import scrub_all
 
 __all__ = ["get_logger"]
 
@@ -20,11 +21,12 @@ ENV_VAR: Final = "MINAPP_ASYNC_LOG"
 
 
 class _Redact(logging.Filter):
-    """Rewrites a record whose text holds a secret (token, password, client secret)."""
+    """Rewrites a record whose text holds a secret: by key (token, password, client secret),
+    and by the exact values every live Session holds."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        clean = redact_text(message)
+        clean = scrub_all(redact_text(message))
         if clean != message:
             record.msg, record.args = clean, None
         return True

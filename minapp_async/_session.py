@@ -53,6 +53,7 @@ from ._options import (
 from ._promise import Promise
 from ._protocol import CLIENT_JOB_PATH
 from ._retry import DEFAULT_RETRY, Retry
+from ._secrets import Secrets, secret_or_none
 from ._sender import Lifecycle, Sender, State
 from ._tokens import MemoryTokenStore, TokenStore
 from ._transport import PoolStats, Transport
@@ -134,6 +135,9 @@ class Session:
         on_response: Hook | None = None,
         tracing: bool = False,
     ) -> None:
+        # Rebound at once: an error reporter shows this frame's locals (a 605 raised below).
+        client_secret = secret_or_none(client_secret) or client_secret
+        token = secret_or_none(token) or token
         check_str("client_id", client_id, optional=False)
         for name, value in (
             ("base_url", base_url),
@@ -306,9 +310,12 @@ class Session:
             raise InvalidArgumentError(
                 "as_user() needs a client API Session, not server credentials"
             )
+        token = secret_or_none(token) or token
         check_str("token", token, optional=False)
         view = self._view(self._options)
-        view._use_auth(Auth(self._sender.exchange, token=token))
+        # The view scrubs its own token and its Session's secrets from what it shows.
+        secrets = Secrets(parent=self._auth.secrets)
+        view._use_auth(Auth(self._sender.exchange, token=token, secrets=secrets))
         return view
 
     def _view(self, options: CallOptions) -> Session:

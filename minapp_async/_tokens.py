@@ -11,6 +11,8 @@ from typing import Any, Protocol, runtime_checkable
 import anyio.to_thread
 import attrs
 
+from ._secrets import Secret
+
 __all__ = ["FileTokenStore", "MemoryTokenStore", "StoredSession", "TokenStore"]
 
 
@@ -22,7 +24,7 @@ class StoredSession:
     expiry is unknown (a token handed in without one) and the client never expires it.
     """
 
-    token: str = attrs.field(repr=False)
+    token: str = attrs.field(repr=False, converter=Secret)  # a repr never shows it
     user_id: int | None = None
     expires_at: float | None = None
     anonymous: bool = False

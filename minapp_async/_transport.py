@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
-from contextlib import nullcontext
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, nullcontext
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -29,6 +29,7 @@ from ._errors import (
 from ._logs import get_logger
 from ._options import Limits, Timeouts
 from ._protocol import REQUEST_ID_HEADER
+from ._secrets import Sealed
 
 logger = get_logger()
 
@@ -86,6 +87,17 @@ class RawResponse:
     content_type: str
     request_id: str | None
     retry_after: str | None = None
+    location: str | None = None  # a redirect's Location, which is never followed here
+
+
+class CookieFlow:
+    """A private cookie jar for requests that need one (the Open API's authorize step):
+    from ``Transport.cookie_flow()``, passed to ``Transport.request(cookies=...)``."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
 
 
 def _details(method: str, url: str) -> ErrorDetails:
@@ -177,18 +189,20 @@ class Transport:
         method: str,
         url: str,
         *,
-        body: bytes | None,
+        body: bytes | Sealed | None,
         headers: Mapping[str, str],
         attempt: Attempt,
         pool_timeout: float | None = None,
-        cookies: bool = False,
+        cookies: CookieFlow | None = None,
         queue: bool = True,
     ) -> RawResponse:
-        """Send one request and read the whole reply.
+        """Send one request and read the whole reply. Redirects are never followed here: a
+        3xx reply is returned as it is, with its ``location`` (see ``Sender.exchange``).
 
         Raises ``NetworkError``, ``RequestTimeoutError`` or ``PoolTimeoutError``; never an
-        aiohttp exception. *cookies* runs the request (and its redirects) with a private
-        cookie jar, for the Open API's authorize flow. *queue* False skips the permit queue
+        aiohttp exception. *cookies* runs the request with that flow's private cookie jar
+        (``cookie_flow()``). *body* ``Sealed`` carries a secret: only aiohttp sees its
+        bytes. *queue* False skips the permit queue
         and takes the next connection aiohttp frees: for auth requests, which must not wait
         behind calls queued with the very token they renew. The connector's own limit still
         bounds the connections.
@@ -212,19 +226,15 @@ class Transport:
                     ) from None
         attempt.phase = "send"
         started = time.perf_counter() if logger.isEnabledFor(logging.DEBUG) else None
-        session = client
-        if cookies:
-            session = aiohttp.ClientSession(
-                connector=client.connector,
-                connector_owner=False,
-                cookie_jar=aiohttp.CookieJar(unsafe=True),  # unsafe: allow IP hosts
-                timeout=client.timeout,
-                headers=self.headers,
-            )
+        session = client if cookies is None else cookies._session
         try:
             attempt.sent = True
             async with session.request(
-                method, url, data=body, headers=headers, allow_redirects=cookies
+                method,
+                url,
+                data=body.reveal() if isinstance(body, Sealed) else body,
+                headers=headers,
+                allow_redirects=False,
             ) as resp:
                 reply = resp.headers
                 raw = RawResponse(
@@ -233,6 +243,7 @@ class Transport:
                     content_type=reply.get("Content-Type", ""),
                     request_id=reply.get(REQUEST_ID_HEADER),
                     retry_after=reply.get("Retry-After"),
+                    location=reply.get("Location") if 300 <= resp.status < 400 else None,
                 )
         except aiohttp.ClientConnectorError as exc:
             # The connection was never made (refused, DNS, TLS): nothing reached the server.
@@ -279,9 +290,6 @@ class Transport:
         finally:
             if pool is not None:
                 pool.release()
-            if cookies:
-                with anyio.CancelScope(shield=True):
-                    await session.close()  # closes nothing shared: connector_owner=False
         if started is not None:
             logger.debug(
                 "%s %s -> %d in %.1f ms (request id %s)",
@@ -292,6 +300,25 @@ class Transport:
                 raw.request_id,
             )
         return raw
+
+    @asynccontextmanager
+    async def cookie_flow(self) -> AsyncIterator[CookieFlow]:
+        """A private cookie jar over the shared pool, for the requests of one flow; its
+        cookies go nowhere else and are forgotten when the block ends."""
+        client = self._session()
+        session = aiohttp.ClientSession(
+            connector=client.connector,
+            connector_owner=False,
+            cookie_jar=aiohttp.CookieJar(unsafe=True),  # unsafe: allow IP hosts
+            timeout=client.timeout,
+            headers=self.headers,
+            auto_decompress=client.auto_decompress,  # read like every other reply
+        )
+        try:
+            yield CookieFlow(session)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await session.close()  # closes nothing shared: connector_owner=False
 
     async def aclose(self) -> None:
         """Close the pool; idempotent. Later requests raise ``SessionClosedError``."""

@@ -9,6 +9,9 @@ pytest users get the ``minapp_engine`` fixture by adding to their ``conftest.py`
 
     pytest_plugins = ["minapp_async.testing"]
 
+It works in anyio tests (``pytest.mark.anyio``) and under pytest-asyncio, strict mode
+(``pytest.mark.asyncio``) or auto mode.
+
 It serves the seed's ``helloWorld`` function; override the ``minapp_engine_functions``
 (a ``{filename: source}`` mapping or a folder), ``minapp_engine_config`` (EngineConfig
 overrides) and ``minapp_engine_tables`` (``{table: [rows]}`` seeded before the test) fixtures
@@ -19,10 +22,10 @@ functions use, and ``minapp_engine.outbox.messages()`` lists the messages they s
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 
 from .engine import Engine
 
@@ -98,13 +101,26 @@ else:
         """Rows seeded into ``minapp_engine``'s data tables, ``{table: [rows]}``: none."""
         return {}
 
-    @pytest.fixture(name="minapp_engine")
+    _Fixture = TypeVar("_Fixture", bound=Callable[..., Any])
+
+    def _async_fixture(name: str) -> Callable[[_Fixture], _Fixture]:
+        """pytest-asyncio's fixture decorator where it is installed, else pytest's. Its mark is
+        what pytest-asyncio's strict mode needs; auto mode takes any async fixture, and anyio's
+        plugin runs one for an anyio test either way (it ignores the mark)."""
+        try:
+            import pytest_asyncio
+        except ImportError:
+            return cast("Callable[[_Fixture], _Fixture]", pytest.fixture(name=name))
+        return cast("Callable[[_Fixture], _Fixture]", pytest_asyncio.fixture(name=name))
+
+    @_async_fixture(name="minapp_engine")
     async def _minapp_engine(
         minapp_engine_functions: Mapping[str, str] | Path | str | None,
         minapp_engine_config: Mapping[str, Any],
         minapp_engine_tables: Mapping[str, Iterable[Mapping[str, Any]]],
     ) -> AsyncIterator[Engine]:
-        """A running local engine for one test (needs an anyio test: ``pytest.mark.anyio``)."""
+        """A running local engine for one test: an anyio test (``pytest.mark.anyio``) or a
+        pytest-asyncio one (``pytest.mark.asyncio``, or any async test in auto mode)."""
         async with running_engine(
             minapp_engine_functions, tables=minapp_engine_tables, **minapp_engine_config
         ) as engine:

@@ -114,9 +114,13 @@ class Run:
         return [w for w in self.wire if w["request"]["path"] == path]
 
 
-async def run_sdk(node: str, engine: Engine, build: str, scenario: str, *args: str) -> Run:
-    """Run tests/js/compat.cjs against *engine*; the process is killed past the deadline."""
-    command = [node, str(HARNESS), engine.url, engine.client_id, build, scenario, *args]
+async def run_sdk(
+    node: str, engine: Engine, build: str, scenario: str, *args: str, client_id: str | None = None
+) -> Run:
+    """Run tests/js/compat.cjs against *engine* (as the app *client_id*, by default the
+    engine's); the process is killed past the deadline."""
+    app_id = engine.client_id if client_id is None else client_id
+    command = [node, str(HARNESS), engine.url, app_id, build, scenario, *args]
     with anyio.fail_after(HARNESS_TIMEOUT):
         done = await anyio.run_process(command, check=False)
     stdout = done.stdout.decode("utf-8", "replace")
@@ -308,3 +312,43 @@ async def test_lottery_draw_driven_by_the_sdk(node: str, build: str) -> None:
         ]
         sent = engine.outbox.messages("wechat.template_message")
         assert [m["data"]["user_id"] for m in sent] == [user["id"], user["id"]]
+
+
+#: A front-end's own client id, which the engine was not started with.
+FOREIGN_CLIENT_ID = "9f8e7d6c5b4a39281706"
+
+
+@BUILDS
+async def test_an_app_keeps_its_own_client_id(node: str, build: str) -> None:
+    """An engine with no pinned id serves the SDK initialised with the app's real client id:
+    login, invoke (sync and async) and logout all work, and the id is the one sent."""
+    async with running_engine(FUNCTIONS) as engine:
+        assert engine.client_id != FOREIGN_CLIENT_ID
+        user_id = engine.create_user(username=USERNAME, password=PASSWORD)
+        run = await run_sdk(
+            node, engine, build, "login", USERNAME, PASSWORD, client_id=FOREIGN_CLIENT_ID
+        )
+
+        assert run.value("login") == {"id": user_id, "anonymous": False}
+        assert run.value("invoke") == HELLO_ALLEN
+        assert run.value("invoke-async") == {"status": "ok"}
+        jobs = run.exchanges("/hserve/v1/cloud-function/job/")
+        assert jobs[0]["request"]["headers"]["X-Hydrogen-Client-ID"] == FOREIGN_CLIENT_ID
+        assert jobs[0]["status"] == 200
+        assert run.value("logout")["status"] == 201
+
+
+@BUILDS
+async def test_a_pinned_client_id_refuses_another(node: str, build: str) -> None:
+    """With --client-id pinned, the SDK with another id is refused with a hint naming the
+    engine's id and the flag, which the SDK surfaces."""
+    async with running_engine(FUNCTIONS, client_id="pinned0123456789abcd") as engine:
+        engine.create_user(username=USERNAME, password=PASSWORD)
+        run = await run_sdk(
+            node, engine, build, "login", USERNAME, PASSWORD, client_id=FOREIGN_CLIENT_ID
+        )
+        (login,) = run.exchanges("/hserve/v2.1/login/username/")
+        assert login["status"] == 401
+        message = engine_error(login)
+        assert "'pinned0123456789abcd'" in message and "--client-id" in message
+        assert run.error("login")["code"] == 401

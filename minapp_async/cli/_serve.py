@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+import attrs
+
 from .._protocol import ASYNC_TIME_LIMIT, SYNC_TIME_LIMIT
 from .._version import __version__
 from ._options import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Command, positive_int, positive_number
@@ -26,8 +28,9 @@ __all__ = ["SERVE"]
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..engine import DEFAULT_CLIENT_ID
+    from ..engine import EngineConfig
 
+    defaults = {field.name: field.default for field in attrs.fields(EngineConfig)}
     parser.add_argument(
         "--functions",
         required=True,
@@ -76,9 +79,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--client-id",
-        default=DEFAULT_CLIENT_ID,
+        default=None,
         metavar="ID",
-        help="the app's client id (default: %(default)s)",
+        help="serve only this client id (default: any id the app sends)",
     )
     parser.add_argument(
         "--client-secret",
@@ -91,6 +94,35 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="unknown data tables are a 404, as on the platform (default: a function's first "
         "write creates them)",
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this Host name (repeatable; '*' for any). By default "
+        "only loopback names and the bound address are served, against DNS rebinding",
+    )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also let web pages from this origin call the engine, e.g. "
+        "https://dev.example.com (repeatable; '*' for any; loopback pages always may)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=positive_number,
+        default=defaults["idle_timeout"],
+        metavar="S",
+        help="close connections with no complete request for S seconds: idle keep-alive or "
+        "headers arriving too slowly (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="do not print each job and its function's log lines",
     )
     parser.add_argument(
         "--log-level",
@@ -121,6 +153,9 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             client_id=args.client_id,
             allow_anonymous=args.allow_anonymous,
+            allowed_hosts=args.allow_host,
+            cors_origins=args.cors_origin,
+            idle_timeout=args.idle_timeout,
             sync_time_limit=args.sync_time_limit,
             async_time_limit=args.async_time_limit,
             concurrency=args.concurrency,
@@ -133,7 +168,11 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         asyncio.run(
-            _serve_until_stopped(Engine(config), secret_given=args.client_secret is not None)
+            _serve_until_stopped(
+                Engine(config, job_output=None if args.quiet else sys.stdout),
+                secret_given=args.client_secret is not None,
+                quiet=args.quiet,
+            )
         )
     except OSError as exc:  # e.g. the port is taken
         sys.stderr.write(f"minapp-async serve: cannot serve on {args.host}:{args.port}: {exc}\n")
@@ -144,7 +183,7 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _serve_until_stopped(engine: Engine, *, secret_given: bool) -> None:
+async def _serve_until_stopped(engine: Engine, *, secret_given: bool, quiet: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -152,13 +191,13 @@ async def _serve_until_stopped(engine: Engine, *, secret_given: bool) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
     async with engine:
-        _banner(engine, secret_given=secret_given)
+        _banner(engine, secret_given=secret_given, quiet=quiet)
         await stop.wait()
         sys.stdout.write("shutting down\n")
         sys.stdout.flush()
 
 
-def _banner(engine: Engine, *, secret_given: bool) -> None:
+def _banner(engine: Engine, *, secret_given: bool, quiet: bool) -> None:
     from ..engine import DEFAULT_CLIENT_SECRET
 
     config = engine.config
@@ -169,12 +208,21 @@ def _banner(engine: Engine, *, secret_given: bool) -> None:
         else (f"{DEFAULT_CLIENT_SECRET} (the documented local default)")
     )
     anonymous = "allowed" if config.allow_anonymous else "not allowed (--allow-anonymous)"
+    client_id = (
+        f"{config.client_id} (pinned with --client-id)"
+        if config.client_id is not None
+        else "any (the app's own; pin one with --client-id)"
+    )
+    names = engine.function_names()
+    found = ", ".join(names) if names else "none yet (add name.js, name/index.js or name.py)"
     lines = [
         f"minapp-async engine {__version__} serving {engine.url}",
         f"  functions:     {config.functions_dir}",
-        f"  client id:     {engine.client_id}",
+        f"    found {len(names)}: {found}",
+        f"  client id:     {client_id}",
         f"  client secret: {secret}",
         f"  anonymous invoke: {anonymous}",
+        f"  job logs:      {'hidden (--quiet)' if quiet else 'shown here as they happen (--quiet hides them)'}",
         "point the SDK at it:",
         f"  minapp_async.Session({engine.client_id!r}, base_url={engine.url!r})",
         "press Ctrl-C to stop",

@@ -123,7 +123,7 @@ class Accounts:
     def __init__(
         self,
         *,
-        client_id: str,
+        client_id: str | None,
         client_secret: str,
         session_ttl: int,
         access_token_ttl: int,
@@ -254,12 +254,16 @@ class Accounts:
     def check_client(self, client_id: object, client_secret: object) -> bool:
         if not isinstance(client_id, str) or not isinstance(client_secret, str):
             return False
-        # Compare both, always, so the timing does not say which one was wrong.
-        id_ok = hmac.compare_digest(_utf8(client_id), _utf8(self._client_id))
+        # Compare both, always, so the timing does not say which one was wrong. The secret is
+        # what proves the caller is the app; the id must match only when one is pinned.
+        id_ok = self.is_client_id(client_id) and bool(client_id.strip())
         secret_ok = hmac.compare_digest(_utf8(client_secret), _utf8(self._client_secret))
         return id_ok and secret_ok
 
     def is_client_id(self, client_id: str) -> bool:
+        """Whether the engine serves *client_id*: any id, unless one is pinned."""
+        if self._client_id is None:
+            return True
         return hmac.compare_digest(_utf8(client_id), _utf8(self._client_id))
 
     def begin_authorization(self) -> str:

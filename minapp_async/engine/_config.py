@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,6 +35,20 @@ def _non_empty(instance: Any, attribute: attrs.Attribute[Any], value: str) -> No
         raise ValueError(f"{attribute.name} must not be empty")
 
 
+def _names(value: str | Iterable[str]) -> tuple[str, ...]:
+    # One name given alone is one name, not its characters.
+    items = (value,) if isinstance(value, str) else tuple(value)
+    names = tuple(str(item).strip() for item in items)
+    if any(not name for name in names):
+        raise ValueError("host names and origins must not be empty")
+    return names
+
+
+def _client_id(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and not value.strip():
+        raise ValueError("client_id must not be empty (None serves any client id)")
+
+
 def _port(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError(f"port must be in 0..65535, got {value!r}")
@@ -57,8 +72,18 @@ class EngineConfig:
     Attributes:
         functions_dir: Folder of cloud functions (``name.js``, ``name/index.js``, ``name.py``).
         host, port: Where to listen; port 0 picks a free port (read it from ``Engine.url``).
-        client_id, client_secret: The app's credentials. hserve requests must send
-            ``X-Hydrogen-Client-ID: <client_id>``; the Open API's OAuth flow needs both.
+        client_id: None (the default) serves any ``X-Hydrogen-Client-ID`` an app sends, so a
+            front-end keeps its real id; a string pins the engine to that one id. The Open
+            API's OAuth flow checks the id against the pin when there is one.
+        client_secret: The app's secret: the Open API's OAuth flow checks it.
+        allowed_hosts: ``Host`` names served besides loopback ones (localhost, 127.0.0.0/8,
+            [::1]) and the bound address; ``"*"`` serves any. Others get 403 (a defence
+            against DNS rebinding).
+        cors_origins: Browser origins allowed besides loopback ones (``http://localhost:5173``,
+            ``http://127.0.0.1:8080``...); ``"*"`` allows any. Requests from other origins get
+            403 and their preflights no CORS headers.
+        idle_timeout: Seconds a connection may stay without a complete request (idle
+            keep-alive, or headers arriving too slowly) before it is closed.
         allow_anonymous: Let anonymous users invoke functions (the platform's console switch).
         sync_time_limit, async_time_limit: Seconds a job may run (platform: 5 s / 300 s).
         memory_limit_mb: Per-worker memory limit.
@@ -78,7 +103,7 @@ class EngineConfig:
     functions_dir: Path = attrs.field(converter=Path)
     host: str = attrs.field(default="127.0.0.1", validator=_host)
     port: int = attrs.field(default=0, validator=_port)
-    client_id: str = attrs.field(default=DEFAULT_CLIENT_ID, validator=_non_empty)
+    client_id: str | None = attrs.field(default=None, validator=_client_id)
     client_secret: str = attrs.field(
         default=DEFAULT_CLIENT_SECRET, repr=False, validator=_non_empty
     )
@@ -95,3 +120,6 @@ class EngineConfig:
     node: str | None = None
     state: str = attrs.field(default=":memory:", converter=str, validator=_non_empty)
     strict_tables: bool = False
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    cors_origins: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    idle_timeout: float = attrs.field(default=30.0, validator=_positive)

@@ -9,7 +9,7 @@ import enum
 import shutil
 import warnings
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import anyio
 import attrs
@@ -17,12 +17,13 @@ from aiohttp import web
 
 from ._accounts import AccountError, Accounts
 from ._baas import BaasService, EngineOutbox, EngineTables
-from ._config import EngineConfig
+from ._config import DEFAULT_CLIENT_ID, EngineConfig
+from ._console import JobConsole
 from ._faults import Faults
 from ._jobs import EngineStats, Job, JobBoard
 from ._schedule import TimerStatus, TriggerRunner, platform_now
 from ._trigger_file import load as load_triggers
-from .http import TRIGGERS, AppState, create_app
+from .http import TRIGGERS, AppState, EngineSite, create_app
 from .runtime import Runtime
 
 #: In-flight HTTP handlers get this long to finish at shutdown before they are cancelled.
@@ -50,9 +51,18 @@ class Engine:
     Args:
         config: An :class:`EngineConfig`; keyword *overrides* replace its fields (or build one
             from scratch when *config* is omitted, e.g. ``Engine(functions_dir=...)``).
+        job_output: A text stream that gets each job's log lines as they arrive and a line
+            when it ends (function, request id, status, duration); ``serve`` passes stdout.
     """
 
-    def __init__(self, config: EngineConfig | None = None, /, **overrides: Any) -> None:
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        /,
+        *,
+        job_output: TextIO | None = None,
+        **overrides: Any,
+    ) -> None:
         self.config = (
             EngineConfig(**overrides) if config is None else attrs.evolve(config, **overrides)
         )
@@ -64,12 +74,13 @@ class Engine:
             session_ttl=self.config.session_ttl,
             access_token_ttl=self.config.access_token_ttl,
         )
+        self._console = JobConsole(job_output) if job_output is not None else None
         self._runtime: Runtime | None = None
         self._baas: BaasService | None = None
         self._board: JobBoard | None = None
         self._app_state: AppState | None = None
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: EngineSite | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._triggers: TriggerRunner | None = None
         self._timer_task: asyncio.Task[None] | None = None
@@ -132,6 +143,7 @@ class Engine:
                 schedule_wait=self.config.schedule_wait,
                 sync_time_limit=self.config.sync_time_limit,
                 async_time_limit=self.config.async_time_limit,
+                console=self._console,
             )
             self._baas.bind(
                 self._board,
@@ -148,6 +160,7 @@ class Engine:
                 board=self._board,
                 locate_function=self._runtime.locate,
                 faults=self.faults,
+                function_names=self._runtime.names,
             )
             self._runner = web.AppRunner(
                 create_app(self._app_state),
@@ -162,7 +175,12 @@ class Engine:
                 self._triggers.run(), name="minapp-engine-timers"
             )
             await self._runner.setup()
-            self._site = web.TCPSite(self._runner, self.config.host, self.config.port)
+            self._site = EngineSite(
+                self._runner,
+                self.config.host,
+                self.config.port,
+                idle_timeout=self.config.idle_timeout,
+            )
             await self._site.start()
             port = self._runner.addresses[0][1]
         except BaseException:
@@ -221,11 +239,18 @@ class Engine:
 
     @property
     def client_id(self) -> str:
-        return self.config.client_id
+        """The pinned client id, or the documented default (any id works unless pinned)."""
+        return self.config.client_id or DEFAULT_CLIENT_ID
 
     @property
     def client_secret(self) -> str:
         return self.config.client_secret
+
+    def function_names(self) -> list[str]:
+        """The functions in the folder now, sorted."""
+        if self._runtime is None:
+            raise RuntimeError("the engine has not been started")
+        return self._runtime.names()
 
     # ---- accounts ----
 

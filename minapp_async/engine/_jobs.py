@@ -6,8 +6,8 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Mapping
-from typing import Any, Final, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Literal, Protocol
 
 import anyio
 import attrs
@@ -76,6 +76,16 @@ class EngineStats:
     peak_concurrent_requests: int
 
 
+class JobWatcher(Protocol):
+    """Told of job activity as it happens (``serve``'s terminal output is one)."""
+
+    def log_line(self, job: Job, line: str) -> None:
+        """One line of *job*'s log, as the worker wrote it, the moment it arrives."""
+
+    def job_finished(self, job: Job) -> None:
+        """*job* has its final status."""
+
+
 class _Slots:
     """``concurrency`` execution slots; a freed slot goes to a waiting sync job first.
 
@@ -122,8 +132,10 @@ class JobBoard:
         schedule_wait: float,
         sync_time_limit: float,
         async_time_limit: float,
+        console: JobWatcher | None = None,
     ) -> None:
         self._runner = runner
+        self._console = console
         self._concurrency = concurrency
         self._schedule_wait = schedule_wait
         self.sync_time_limit = sync_time_limit
@@ -318,7 +330,9 @@ class JobBoard:
         )
         try:
             with anyio.move_on_after(limit + RUNTIME_GRACE) as backstop:
-                outcome = await self._runner.run(function, event, time_limit=limit)
+                outcome = await self._runner.run(
+                    function, event, time_limit=limit, on_log=self._echo(job_id)
+                )
             if backstop.cancelled_caught:
                 logger.error("the runtime did not stop job %s of %r at its limit", job_id, name)
                 self._finish(
@@ -350,10 +364,19 @@ class JobBoard:
             error_msg=outcome.error_msg,
         )
 
+    def _echo(self, job_id: str) -> Callable[[str], None] | None:
+        console = self._console
+        if console is None:
+            return None
+        job = self._jobs[job_id]
+        return lambda line: console.log_line(job, line)
+
     def _finish(self, job_id: str, *, status: JobStatus, **fields: Any) -> None:
         self._jobs[job_id] = attrs.evolve(
             self._jobs[job_id], status=status, finished_at=time.time(), **fields
         )
+        if self._console is not None:
+            self._console.job_finished(self._jobs[job_id])
         done = self._done.pop(job_id, None)
         if done is not None:
             done.set()

@@ -82,7 +82,9 @@ async def test_serve_answers_requests_and_stops_cleanly(signum: int) -> None:
     ):
         banner = "\n".join(lines)
         assert DEFAULT_CLIENT_ID in banner
+        assert "client id:     any" in banner
         assert f"base_url={url!r}" in banner
+        assert re.search(r"found \d+: .*\bhelloWorld\b", banner), banner
         assert url.startswith("http://127.0.0.1:")
         async with aiohttp.ClientSession() as http:
             # Api only needs .url and .client_id: point a stand-in Engine at the subprocess.
@@ -108,6 +110,8 @@ async def test_serve_options_reach_the_engine(functions: Path) -> None:
         "--sync-time-limit", "1", "--concurrency", "2", "--memory-limit-mb", "128",
     ) as (process, url, lines):  # fmt: skip
         banner = "\n".join(lines)
+        assert "cli-client (pinned with --client-id)" in banner
+        assert "found 1: helloWorld" in banner
         assert "cli-secret-value" not in banner
         assert DEFAULT_CLIENT_SECRET not in banner
         async with aiohttp.ClientSession() as http:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import aiohttp
 import pytest
 from engine_api import FUNCTIONS, JOB, Api
 
@@ -226,8 +227,27 @@ async def test_header_names_are_case_insensitive(api: Api) -> None:
     assert reply.body["data"]["env"]["id"] == "e1"
 
 
-async def test_client_id_missing_is_400_and_wrong_is_401(api: Api) -> None:
-    """The client id header is required and must be this engine's, without echoing it."""
+async def test_any_client_id_is_served_unless_pinned(api: Api) -> None:
+    """An engine with no pinned id serves whatever client id the app sends (a front-end keeps
+    its real id), and a user's token works with it."""
+    token = await api.login()
+    reply = await api.request(
+        "POST",
+        JOB,
+        json_body={"function_name": "echo", "data": 1},
+        headers={"X-Hydrogen-Client-ID": "my-real-app-id", "Authorization": f"Hydrogen-r1 {token}"},
+    )
+    assert (200, 1) == (reply.status, reply.body["data"]["data"])
+
+
+async def test_client_id_missing_is_400_and_wrong_is_401(http: aiohttp.ClientSession) -> None:
+    """The client id header is required; with --client-id (EngineConfig.client_id) pinned it
+    must be that one, and the hint names the engine's id and the flag, not the one sent."""
+    async with running_engine(FUNCTIONS, client_id="pinned-app-id") as engine:
+        await check_client_id_refusals(Api(engine, http))
+
+
+async def check_client_id_refusals(api: Api) -> None:
     token = await api.login()
     missing = await api.request(
         "POST",
@@ -248,7 +268,8 @@ async def test_client_id_missing_is_400_and_wrong_is_401(api: Api) -> None:
     )
     assert wrong.status == 401
     assert "someone-elses-id" not in wrong.error_msg
-    assert "client id" in wrong.error_msg
+    assert "'pinned-app-id'" in wrong.error_msg
+    assert "--client-id" in wrong.error_msg
 
 
 async def test_invoke_without_or_with_bad_token_is_401(api: Api) -> None:

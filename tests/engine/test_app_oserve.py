@@ -8,6 +8,8 @@ import aiohttp
 import pytest
 from engine_api import ACCESS_TOKEN, AUTHORIZE, Api
 
+from minapp_async.testing import running_engine
+
 pytestmark = pytest.mark.anyio
 
 V13 = "/oserve/v1.3/cloud-function"
@@ -292,3 +294,25 @@ async def test_user_log_url_serves_the_log(api: Api) -> None:
     assert reply.status == 200
     assert "LOG hello from loud" in reply.body
     assert reply.body == job.log
+
+
+@pytest.mark.parametrize(
+    ("pin", "client_id", "secret_ok", "status"),
+    [
+        (None, "any-app-id", True, 400),  # accepted: the next step wants the cookie back
+        (None, "any-app-id", False, 401),
+        ("pinned-id", "pinned-id", True, 400),
+        ("pinned-id", "other-id", True, 401),
+    ],
+)
+async def test_authorize_checks_the_secret_and_a_pinned_id(
+    http: aiohttp.ClientSession, pin: str | None, client_id: str, secret_ok: bool, status: int
+) -> None:
+    """The OAuth flow checks the secret against the engine's, and the id only when one is
+    pinned with --client-id (the cookie-less client stops at the second step with a 400)."""
+    async with running_engine(client_id=pin) as engine:
+        secret = engine.client_secret if secret_ok else "guessed-secret"
+        async with http.post(
+            engine.url + AUTHORIZE, json={"client_id": client_id, "client_secret": secret}
+        ) as response:
+            assert status == response.status, await response.text()

@@ -555,7 +555,7 @@ def test_readme_worked_example_runs(tmp_path: Path) -> None:
     (tmp_path / "test_lottery.py").write_text(py.group(1))
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["minapp_async.testing"]\n')
     (tmp_path / "pytest.ini").write_text(
-        "[pytest]\naddopts = -p anyio -p no:cacheprovider\nfilterwarnings = error\n"
+        "[pytest]\naddopts = -p anyio -p no:asyncio -p no:cacheprovider\nfilterwarnings = error\n"
     )
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", str(tmp_path)],

@@ -795,6 +795,57 @@ async def test_hot_reload_node(folder: Path, runtime: Runtime) -> None:
 
 
 @needs_node
+async def test_hot_reload_of_a_node_helper_module(folder: Path, runtime: Runtime) -> None:
+    """Editing name/util.js, which name/index.js requires, reloads the function: the next
+    run uses the new helper, on a new worker, and the old warm worker is retired. Unchanged
+    files keep the warm worker."""
+    write(folder, "calc/util.js", "exports.version = () => 'v1'\n")
+    write(
+        folder,
+        "calc/index.js",
+        "const util = require('./util')\n"
+        "exports.main = async () => ({ version: util.version(), pid: process.pid })\n",
+    )
+    first = await call(runtime, "calc")
+    assert first.result is not None and first.result["data"]["version"] == "v1"
+    old_pid = first.result["data"]["pid"]
+    warm = await call(runtime, "calc")
+    assert warm.result is not None and warm.result["data"]["pid"] == old_pid
+    write(folder, "calc/util.js", "exports.version = () => 'version two'\n")
+    reloaded = await call(runtime, "calc")
+    assert reloaded.result is not None
+    assert reloaded.result["data"]["version"] == "version two"
+    assert reloaded.result["data"]["pid"] != old_pid
+    assert not running(old_pid)
+
+
+async def test_hot_reload_of_a_python_helper_module(folder: Path, runtime: Runtime) -> None:
+    """Editing a helper module a Python function imports (a neighbour, or one in a package
+    folder) reloads the function on its next run; a folder function's files do not."""
+    write(folder, "helpers.py", "GREETING = 'hi'\n")
+    write(folder, "lib/words.py", "WORD = 'one'\n")
+    write(
+        folder,
+        "greet.py",
+        "import os\nimport helpers\nfrom lib import words\n\n"
+        "def main(event):\n    return [helpers.GREETING, words.WORD, os.getpid()]\n",
+    )
+    first = await call(runtime, "greet")
+    assert first.result is not None and first.result["data"][:2] == ["hi", "one"]
+    old_pid = first.result["data"][2]
+    write(folder, "other/index.js", "exports.main = async () => 1\n")  # another function
+    warm = await call(runtime, "greet")
+    assert warm.result is not None and warm.result["data"][2] == old_pid
+    write(folder, "helpers.py", "GREETING = 'hello again'\n")
+    second = await call(runtime, "greet")
+    assert second.result is not None and second.result["data"][:2] == ["hello again", "one"]
+    assert not running(old_pid)
+    write(folder, "lib/words.py", "WORD = 'two words'\n")
+    third = await call(runtime, "greet")
+    assert third.result is not None and third.result["data"][:2] == ["hello again", "two words"]
+
+
+@needs_node
 async def test_workers_get_a_clean_environment(
     folder: Path, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -37,8 +37,15 @@ def _check_client_id(request: web.Request) -> None:
     client_id = request.headers.get(CLIENT_ID_HEADER)
     if client_id is None or not client_id.strip():
         raise ApiError(400, f"the {CLIENT_ID_HEADER} header is missing")
+    if not (client_id.isascii() and client_id.isprintable()):
+        raise ApiError(400, f"the {CLIENT_ID_HEADER} header must be printable ASCII text")
     if not request.app[STATE].accounts.is_client_id(client_id.strip()):
-        raise ApiError(401, f"the {CLIENT_ID_HEADER} header does not match this engine's client id")
+        pinned = request.app[STATE].config.client_id
+        raise ApiError(
+            401,
+            f"the {CLIENT_ID_HEADER} header does not match this engine's client id "
+            f"{pinned!r} (pinned with --client-id; leave the flag out to serve any client id)",
+        )
 
 
 def _user_token(request: web.Request) -> str | None:

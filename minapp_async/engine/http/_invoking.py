@@ -3,6 +3,7 @@ function lookup, the job record, the function's ``event`` and the platform's rep
 
 from __future__ import annotations
 
+import difflib
 import secrets
 from typing import Any
 
@@ -25,10 +26,25 @@ def lookup(request: web.Request, name: object) -> FunctionFile:
             "cloud function not found: function_name must be a non-empty string, "
             f"got {json_type(name)}",
         )
-    function = request.app[STATE].locate_function(name)
+    state = request.app[STATE]
+    function = state.locate_function(name)
     if function is None:
-        raise ApiError(404, f"cloud function {safe_name(name)} not found")
+        raise ApiError(
+            404,
+            f"cloud function {safe_name(name)} not found{_did_you_mean(name, state.function_names())}",
+        )
     return function
+
+
+def _did_you_mean(name: str, names: list[str]) -> str:
+    """A hint naming the closest functions there are, or saying the folder is empty."""
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    if not close:
+        # Case slips ("helloworld") score low on ratio alone.
+        close = [n for n in names if n.lower() == name.lower()]
+    if close:
+        return ": did you mean " + " or ".join(repr(n) for n in close) + "?"
+    return "" if names else " (the functions folder is empty)"
 
 
 def event_for(

@@ -1,17 +1,19 @@
 """What every route shares: the engine's state, JSON error replies, request ids, the request
-gauges, injected faults and CORS for browser pages.
+gauges, injected faults, the Host check and CORS for browser pages.
 
 Every error reply is ``{"status": "error", "error_msg": "..."}`` JSON (PROTOCOL.md §4.1).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 import attrs
 from aiohttp import web
+from yarl import URL
 
 from ..._logs import get_logger
 from ..._protocol import CLIENT_API_PREFIX, CLIENT_HEADERS, REQUEST_ID_HEADER, error_reply
@@ -20,6 +22,7 @@ from .._config import EngineConfig
 from .._faults import Faults, misbehave
 from .._jobs import JobBoard
 from ..runtime import FunctionFile
+from ._server import EngineRequestHandler
 
 logger = get_logger("minapp_async.engine")
 
@@ -46,6 +49,8 @@ class AppState:
     #: The function file for a name, resolved once per request (None: no such function).
     locate_function: Callable[[str], FunctionFile | None]
     faults: Faults
+    #: The functions in the folder now, for the 404's "did you mean" (read on a 404 only).
+    function_names: Callable[[], list[str]] = list
     requests_served: int = 0
     requests_in_flight: int = 0
     peak_concurrent_requests: int = 0
@@ -142,8 +147,16 @@ async def serve_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Request ids, the request gauges, faults, and JSON errors for everything."""
     state = request.app[STATE]
     request[_REQUEST_ID] = secrets.token_hex(16)
+    protocol = request.protocol
+    if isinstance(protocol, EngineRequestHandler):
+        protocol.request_arrived()
+    refusal = _refuse_host(request, state.config) or _refuse_origin(request, state.config)
+    if refusal is not None:
+        return error_response(403, refusal)
     if request.method == "OPTIONS" and _is_preflight(request):
-        return web.Response(status=204, headers=_CORS_PREFLIGHT)
+        return web.Response(
+            status=204, headers={**_CORS_PREFLIGHT, **_cors(request.headers["Origin"])}
+        )
     state.requests_in_flight += 1
     state.peak_concurrent_requests = max(state.peak_concurrent_requests, state.requests_in_flight)
     try:
@@ -162,18 +175,111 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
     """An ``on_response_prepare`` signal, not middleware, so streamed (fault) replies carry the
     request-id header too."""
     response.headers[REQUEST_ID_HEADER] = request.get(_REQUEST_ID) or secrets.token_hex(16)
-    if "Origin" in request.headers and request.path.startswith(_CLIENT_API_ROOT):
-        response.headers.update(_CORS)
+    origin = request.headers.get("Origin")
+    # Requests from origins not allowed were refused by the middleware; a reply with no
+    # middleware run (an injected fault) gets no CORS headers unless its origin is allowed.
+    if (
+        origin is not None
+        and request.path.startswith(_CLIENT_API_ROOT)
+        and origin_allowed(origin, request.app[STATE].config)
+    ):
+        response.headers.update(_cors(origin))
+
+
+# ---------------------------------------------------------------- who may call
+
+
+def _is_loopback_name(name: str) -> bool:
+    # *.localhost is loopback by definition (RFC 6761), and browsers resolve it so.
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_name(header: str) -> str:
+    """The name part of a Host header: ``name``, ``name:port``, ``[v6]`` or ``[v6]:port``."""
+    header = header.strip().lower().rstrip(".")
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    name, colon, port = header.rpartition(":")
+    return name if colon and port.isdigit() else header
+
+
+def host_allowed(header: str, config: EngineConfig) -> bool:
+    """Whether the engine answers a request sent to *header* (its Host).
+
+    DNS rebinding points a name the attacker owns at 127.0.0.1, so a page from that name
+    can reach the engine, but its requests still carry that name: only loopback names, the
+    address the engine is bound to and names the developer allowed get through. An IP
+    address is never a rebound name, so one bound to every interface answers any IP too.
+    """
+    name = _host_name(header)
+    if _is_loopback_name(name) or name == config.host.lower().strip("[]"):
+        return True
+    if "*" in config.allowed_hosts or name in (h.lower() for h in config.allowed_hosts):
+        return True
+    return config.host in ("0.0.0.0", "::") and _is_ip(name)
+
+
+def origin_allowed(origin: str, config: EngineConfig) -> bool:
+    """Whether a browser page from *origin* may call the engine: loopback pages, and the
+    origins given with ``--cors-origin``."""
+    wanted = origin.strip().rstrip("/").lower()
+    if "*" in config.cors_origins or wanted in (o.rstrip("/").lower() for o in config.cors_origins):
+        return True
+    try:
+        url = URL(wanted)
+    except ValueError:
+        return False
+    return url.scheme in ("http", "https") and _is_loopback_name((url.host or "").strip("[]"))
+
+
+def _refuse_host(request: web.Request, config: EngineConfig) -> str | None:
+    header = request.headers.get("Host")
+    if header is None or host_allowed(header, config):
+        return None  # no Host at all: an HTTP/1.0 client, never a browser
+    return (
+        f"the engine does not serve the host name {safe_name(header, 100)}: it answers "
+        "loopback names (localhost, 127.0.0.1, [::1]) and its bound address only, a "
+        "defence against DNS rebinding; allow this name with --allow-host NAME "
+        "(EngineConfig.allowed_hosts)"
+    )
+
+
+def _refuse_origin(request: web.Request, config: EngineConfig) -> str | None:
+    origin = request.headers.get("Origin")
+    if origin is None or origin_allowed(origin, config):
+        return None
+    return (
+        f"requests from the web origin {safe_name(origin, 100)} are not allowed: only "
+        "loopback pages may call the engine; allow this origin with --cors-origin ORIGIN "
+        "(EngineConfig.cors_origins)"
+    )
+
+
+def _cors(origin: str) -> dict[str, str]:
+    # The origin is echoed (not "*"): the reply is readable by that page only.
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Expose-Headers": REQUEST_ID_HEADER,
+        "Vary": "Origin",
+    }
 
 
 # A browser page using the JS SDK's web build calls the client API cross-origin: the engine
-# answers the preflight and marks replies as readable by any origin (it only serves 127.0.0.1).
-_CORS: Final = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Expose-Headers": REQUEST_ID_HEADER,
-}
+# answers the preflight of an allowed origin and marks replies as readable by it.
 _CORS_PREFLIGHT: Final = {
-    **_CORS,
     "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": ", ".join(("Authorization", "Content-Type", *CLIENT_HEADERS)),
     "Access-Control-Max-Age": "600",

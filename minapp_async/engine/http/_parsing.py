@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 from aiohttp import web
 from multidict import MultiDictProxy
@@ -14,10 +14,34 @@ from multidict import MultiDictProxy
 from ..._protocol import ENV_ID_HEADER
 from ._middleware import ApiError
 
+#: Deeper JSON is refused with a 400: the event is re-encoded for the worker, and each level
+#: costs a stack frame there, so the limit is well inside Python's recursion limit.
+MAX_JSON_DEPTH: Final = 500
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    # Iterative, so it cannot itself run out of stack.
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
 
 def _parse_constant(name: str) -> NoReturn:
     # NaN/Infinity are not JSON, and Node could not parse them back.
     raise ValueError(f"{name} is not valid JSON")
+
+
+_TOO_DEEP: Final = f"request body is nested too deeply: at most {MAX_JSON_DEPTH} levels"
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
@@ -30,9 +54,12 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not valid UTF-8") from None
     except RecursionError:
-        raise ApiError(400, "request body is nested too deeply") from None
+        raise ApiError(400, _TOO_DEEP) from None
     except ValueError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    # Counting brackets is fast; only a body with that many containers is walked.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _deeper_than(body, MAX_JSON_DEPTH):
+        raise ApiError(400, _TOO_DEEP)
     if not isinstance(body, dict):
         raise ApiError(400, f"request body must be a JSON object, got {json_type(body)}")
     return body

@@ -60,6 +60,14 @@ _STARTUP_TIMEOUT = 15.0  # a cold start under load; the job's own time limit sta
 _WATCH_INTERVAL = 0.05  # how often busy workers' RSS is checked against the memory limit
 _NODE_OOM_MARKERS = ("JavaScript heap out of memory", "Reached heap limit")
 _SENTINEL_NODE: Any = object()  # "node" not given: look it up on PATH
+#: Files of a function whose versions are watched for hot reload, at most; past that, the rest
+#: of a very large folder is not watched (the entry file always is).
+MAX_WATCHED_FILES = 1000
+#: Folders never watched: installed packages (large, and changed by npm, not by edits),
+#: caches, version control, and the engine's own state.
+_UNWATCHED_DIRS = frozenset({"node_modules", "__pycache__", ".git", ".minapp", ".hg", ".svn"})
+#: A version of a function: its entry file's identity and a fingerprint of its other files.
+FunctionKey = tuple[Path, int, int, int, int]
 
 
 @attrs.frozen
@@ -88,12 +96,40 @@ class FunctionFile:
     name: str
     #: The real path (symlinks resolved), always inside the functions folder.
     path: Path
-    #: Identifies this version of the file: a warm worker runs only the version it loaded.
-    key: tuple[Path, int, int, int]
+    #: Identifies this version of the function (its entry file and the files next to it): a
+    #: warm worker runs only the version it loaded.
+    key: FunctionKey
 
     @property
     def is_node(self) -> bool:
         return self.path.suffix == ".js"
+
+
+def _fingerprint(root: Path, *, skip: Callable[[os.DirEntry[str]], bool]) -> int:
+    """A number that changes when any file under *root* is edited, added, removed or renamed:
+    a hash of every file's path, size and modification time (stat only, no reading), over at
+    most MAX_WATCHED_FILES files."""
+    entries: list[tuple[str, int, int]] = []
+    pending = [str(root)]
+    while pending and len(entries) < MAX_WATCHED_FILES:
+        try:
+            with os.scandir(pending.pop()) as scan:
+                for entry in scan:
+                    if entry.name.startswith(".") or skip(entry):
+                        continue
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            if entry.name not in _UNWATCHED_DIRS:
+                                pending.append(entry.path)
+                            continue
+                        info = entry.stat()
+                    except OSError:  # gone meanwhile, or a dangling symlink
+                        continue
+                    entries.append((entry.path, info.st_size, info.st_mtime_ns))
+        except OSError:
+            continue
+    entries.sort()
+    return hash(tuple(entries))
 
 
 def _kill_groups(pgids: set[int]) -> None:
@@ -135,7 +171,7 @@ class Runtime:
         self._run_ids = itertools.count(1)
         self._workers: set[WorkerProcess] = set()
         self._idle: dict[Path, list[WorkerProcess]] = {}
-        self._latest_key: dict[Path, tuple[Path, int, int, int]] = {}
+        self._latest_key: dict[Path, FunctionKey] = {}
         self._pgids: set[int] = set()
         self._finalizer = weakref.finalize(self, _kill_groups, self._pgids)
         self._housekeeper: asyncio.Task[None] | None = None
@@ -163,8 +199,28 @@ class Runtime:
                 continue
             # Never outside the folder, whatever a symlink says.
             if stat.S_ISREG(info.st_mode) and real.is_relative_to(self._dir):
-                return FunctionFile(name, real, (real, info.st_ino, info.st_mtime_ns, info.st_size))
+                key = (real, info.st_ino, info.st_mtime_ns, info.st_size, self._files_version(real))
+                return FunctionFile(name, real, key)
         return None
+
+    def _files_version(self, entry: Path) -> int:
+        """The fingerprint of the files an entry file may load: for ``name/index.js`` its
+        folder; for ``name.js`` and ``name.py`` the functions folder, without the folders
+        of ``name/index.js`` functions (helpers such as ``util.py`` or ``lib/`` live there,
+        and every single-file function may import them). Checked on every call: a scan of
+        a few stat() calls, no file is read."""
+        if entry.parent != self._dir:
+            return _fingerprint(entry.parent, skip=lambda _: False)
+        top = str(self._dir)
+
+        def other_function(entry: os.DirEntry[str]) -> bool:
+            return (
+                os.path.dirname(entry.path) == top
+                and entry.is_dir()
+                and os.path.isfile(os.path.join(entry.path, "index.js"))
+            )
+
+        return _fingerprint(self._dir, skip=other_function)
 
     def find(self, name: str) -> Path | None:
         """The path of the function's source file, or None."""
@@ -193,10 +249,12 @@ class Runtime:
         *,
         time_limit: float,
         context: object = None,
+        on_log: Callable[[str], None] | None = None,
     ) -> RunOutcome:
         """Run one job of a function: a :class:`FunctionFile` found by :meth:`locate`, or a name
         to look up (LookupError when there is no such function). *context* is passed to the
-        BaaS handler with each call the job makes; by default the event's ``jobId``."""
+        BaaS handler with each call the job makes; by default the event's ``jobId``. *on_log*
+        is told each line of the job's log as it arrives."""
         if self._closed:
             raise RuntimeError("the runtime is closed")
         if not (isinstance(time_limit, (int, float)) and math.isfinite(time_limit)) or (
@@ -232,6 +290,7 @@ class Runtime:
                 run_id,
                 asyncio.get_running_loop(),
                 event.get("jobId") if context is None else context,
+                on_log,
             ),
             request,
             time_limit,
@@ -363,7 +422,7 @@ class Runtime:
 
     # -- the worker pool -------------------------------------------------------------------
 
-    async def _take_idle(self, path: Path, key: tuple[Path, int, int, int]) -> WorkerProcess | None:
+    async def _take_idle(self, path: Path, key: FunctionKey) -> WorkerProcess | None:
         idle = self._idle.get(path)
         if not idle:
             return None

@@ -91,16 +91,27 @@ class Run:
     """
 
     def __init__(
-        self, run_id: int, loop: asyncio.AbstractEventLoop, context: object = None
+        self,
+        run_id: int,
+        loop: asyncio.AbstractEventLoop,
+        context: object = None,
+        on_log: Callable[[str], None] | None = None,
     ) -> None:
         self.id = run_id
         self.context = context  # what the runtime's BaaS handler is told about the caller
         self.log = RunLog()
         self.calls: set[asyncio.Task[None]] = set()  # its BaaS calls being answered
         self.call_slots: asyncio.Semaphore | None = None  # made at its first BaaS call
+        # Told each log line as it arrives (the engine's terminal output), not only at the end.
+        self._on_log = on_log
         # The result envelope, or None when the worker died first.
         self.finished: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         self.peak_rss = 0
+
+    def add_log(self, line: str) -> None:
+        self.log.add(line)
+        if self._on_log is not None:
+            self._on_log(line)
 
     def settle(self, envelope: dict[str, Any] | None) -> None:
         if not self.finished.done():
@@ -475,6 +486,9 @@ class WorkerProcess:
     def _on_message(self, line: bytes) -> None:
         try:
             self._handle(json.loads(line))
+        except RecursionError:
+            # A result nested deeper than Python's parser can go: the job fails, clearly.
+            self.kill("protocol", "its result is nested too deeply for the engine to read")
         except (ValueError, KeyError, TypeError, AttributeError):
             # Only a bug in the worker script could cause this; the worker cannot be trusted.
             self.kill("protocol", "its worker sent a message the engine could not read")
@@ -484,7 +498,7 @@ class WorkerProcess:
         run = self.current_run
         if kind == "log":
             if run is not None and message.get("j") == run.id:
-                run.log.add(message["s"])
+                run.add_log(message["s"])
             elif run is None and not self._is_ready:
                 self._startup_log.add(message["s"])
             # Otherwise a late line from a finished job (a stray timer): dropped.
@@ -521,7 +535,7 @@ class WorkerProcess:
             text = raw.decode("utf-8", "replace").rstrip("\r")
             line = f"{iso_now()} {level} {text}\n"
             if self.current_run is not None:
-                self.current_run.log.add(line)
+                self.current_run.add_log(line)
             elif not self._is_ready or self._exited:
                 self._startup_log.add(line)
 
