@@ -4,8 +4,8 @@
 ``_functions_api`` (function management, for mincloud), ``_webhooks`` (incoming webhooks) and
 ``_timers_api`` (the engine's own timer endpoints) add theirs; ``_invoking`` runs a function
 for the client and Open APIs; ``_middleware`` (state, errors, request ids, faults, the Host
-check, CORS) and ``_parsing`` (bodies and parameters) are what every route shares; ``_server``
-is the connection side (idle timeout, JSON replies to malformed HTTP).
+check, CORS) and ``_parsing`` (bodies and parameters) are what every route shares;
+``_server`` is the connection side (idle timeout, JSON replies to malformed HTTP).
 """
 
 from __future__ import annotations
