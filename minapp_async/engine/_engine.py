@@ -22,6 +22,7 @@ from ._console import JobConsole
 from ._faults import Faults
 from ._jobs import EngineStats, Job, JobBoard
 from ._schedule import TimerStatus, TriggerRunner, platform_now
+from ._table_triggers import TableTriggers
 from ._trigger_file import load as load_triggers
 from .http import TRIGGERS, AppState, EngineSite, create_app
 from .runtime import Runtime
@@ -171,6 +172,11 @@ class Engine:
                 triggers, self._board, self._runtime.locate, self.config, now=platform_now()
             )
             self._runner.app[TRIGGERS] = self._triggers  # for the webhook and timer routes
+            table_triggers = TableTriggers(
+                triggers.tables, self._triggers, self._baas, asyncio.get_running_loop()
+            )
+            self._baas.on_nested = table_triggers.inherit
+            self._baas.tables.on_change = table_triggers.on_change  # before any function runs
             self._timer_task = asyncio.get_running_loop().create_task(
                 self._triggers.run(), name="minapp-engine-timers"
             )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import anyio
@@ -65,16 +65,19 @@ class TriggerRunner:
 
     # ---- starting jobs ----
 
-    def start_job(self, function_name: str, data: Any, *, source: str) -> Job:
-        """Queue an async job of *function_name* with ``event.data = data``; LookupError when
-        there is no such function, RuntimeError when the engine is shutting down."""
+    def start_job(
+        self, function_name: str, data: Any, *, source: str, extra: Mapping[str, Any] | None = None
+    ) -> Job:
+        """Queue an async job of *function_name* with ``event.data = data`` (and the *extra*
+        event fields); LookupError when there is no such function, RuntimeError when the
+        engine is shutting down."""
         function = self._locate(function_name)
         if function is None:
             raise LookupError(f"cloud function {function_name!r} not found")
         job = self._board.create(
             function.name, sync=False, source=source, request_id=secrets.token_hex(16)
         )
-        self._board.submit(job.id, function, self._event(job, data))
+        self._board.submit(job.id, function, {**self._event(job, data), **(extra or {})})
         return job
 
     def _event(self, job: Job, data: Any) -> dict[str, Any]:
