@@ -3,11 +3,14 @@
 Both kinds share one contract with the Session: ``authorization()`` gives the header value for
 the next request (logging in or refreshing first when needed), and ``reauthenticate(stale)``
 replaces a credential the server refused. Both are single-flight: however many tasks need a
-new token at once, one request is made and the others wait for it.
+new token at once, one request is made and the others wait for it, and share its failure too
+(``_Flight``).
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import time
 from collections.abc import Awaitable
 from typing import Any, Final, Protocol
@@ -15,8 +18,22 @@ from typing import Any, Final, Protocol
 import anyio
 import attrs
 
-from ._constants import ACCESS_TOKEN_REFRESH_MARGIN, SESSION_EXPIRY_MARGIN
-from ._errors import HError, InvalidArgumentError, ResponseFormatError, SessionMissingError
+from ._constants import (
+    ACCESS_TOKEN_REFRESH_MARGIN,
+    AUTH_COOLDOWN,
+    AUTH_COOLDOWN_MAX,
+    LIFETIME_MARGIN_SHARE,
+    MAX_CREDENTIAL_LIFETIME,
+    MIN_CREDENTIAL_USE,
+    SESSION_EXPIRY_MARGIN,
+)
+from ._errors import (
+    HError,
+    HTTPError,
+    InvalidArgumentError,
+    ResponseFormatError,
+    SessionMissingError,
+)
 from ._protocol import (
     ACCESS_TOKEN_PATH,
     ANONYMOUS_LOGIN_PATH,
@@ -66,11 +83,78 @@ def _header(prefix: str, token: str) -> Secret:
     return Secret(f"{prefix}{token}")
 
 
-def _expires_at(expires_in: Any) -> float | None:
-    # The JS SDK: floor(now) + expires_in - 30 (PROTOCOL.md §5.3).
-    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
-        return int(time.time()) + float(expires_in) - SESSION_EXPIRY_MARGIN
-    return None
+def _usable_for(expires_in: Any, margin: float) -> float | None:
+    """Seconds a credential living *expires_in* seconds is used: its lifetime less a margin of
+    min(*margin*, 10 % of the lifetime), so a 10 s session is used for 9 s, not treated as
+    already expired. None when *expires_in* is not a number."""
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+        return None
+    try:
+        lifetime = float(expires_in)
+    except OverflowError:  # an int beyond any float: absurd, and long
+        lifetime = MAX_CREDENTIAL_LIFETIME
+    if math.isnan(lifetime):
+        return None
+    lifetime = min(lifetime, MAX_CREDENTIAL_LIFETIME)
+    return lifetime - min(margin, max(lifetime, 0.0) * LIFETIME_MARGIN_SHARE)
+
+
+def _expires_at(expires_in: Any, *, issued: bool) -> float | None:
+    """When a user session must be renewed. The JS SDK stores floor(now) + expires_in - 30
+    (PROTOCOL.md §5.3); here the margin shrinks for short sessions (``_usable_for``), and a
+    session the server has just *issued* is used for at least ``MIN_CREDENTIAL_USE``."""
+    usable = _usable_for(expires_in, SESSION_EXPIRY_MARGIN)
+    if usable is None:
+        return None
+    now = time.time()
+    expires_at = int(now) + usable
+    return max(expires_at, now + MIN_CREDENTIAL_USE) if issued else expires_at
+
+
+class _Flight:
+    """Single-flight for getting a credential, failures included.
+
+    Every task that waited for an attempt (it read ``ended`` before the attempt finished)
+    gets a copy of that attempt's ``HError`` instead of sending its own request. A refusal
+    (a 4xx other than 408/429: wrong password, bad client secret) also starts a cool-down:
+    until it ends, new calls get the same failure without a request; 1 s, doubling with each
+    refusal in a row up to 30 s, so a wrong password is not retried in a burst (nor locks the
+    account). A transient failure (network, 5xx, 429) is shared with the waiters only.
+    """
+
+    __slots__ = ("_failure", "_refusals", "_until", "ended")
+
+    def __init__(self) -> None:
+        self.ended = 0  # attempts finished, with or without success
+        self._failure: HError | None = None
+        self._until = 0.0  # monotonic time the cool-down ends
+        self._refusals = 0
+
+    def succeeded_since(self, seen: int) -> bool:
+        """An attempt ended well while the task that read *seen* waited: it takes that
+        credential as it is (even one said to be over already), never a login of its own."""
+        return seen != self.ended and self._failure is None
+
+    def check(self, seen: int) -> None:
+        """Raise the last attempt's failure to a task that waited for it (it read *seen*
+        before the attempt ended) or that comes during the cool-down."""
+        failure = self._failure
+        if failure is not None and (seen != self.ended or time.monotonic() < self._until):
+            raise copy.copy(failure)  # a copy: each task gets its own traceback
+
+    def succeeded(self) -> None:
+        self.ended += 1
+        self._failure, self._refusals, self._until = None, 0, 0.0
+
+    def failed(self, err: HError) -> None:
+        self.ended += 1
+        self._failure = copy.copy(err)
+        if isinstance(err, HTTPError) and 400 <= err.code < 500 and err.code not in (408, 429):
+            cooldown = min(AUTH_COOLDOWN * 2**self._refusals, AUTH_COOLDOWN_MAX)
+            self._refusals += 1
+            self._until = time.monotonic() + cooldown
+        else:
+            self._until = 0.0
 
 
 @attrs.frozen
@@ -157,6 +241,7 @@ class Auth:
         self._session: StoredSession | None = None
         self._loaded = False
         self._lock = anyio.Lock()
+        self._flight = _Flight()  # the automatic logins (credentials=)
         self._info: dict[str, Any] = {}
         self._header: tuple[str, Secret] = ("", Secret())  # (token, its Authorization value)
 
@@ -227,16 +312,29 @@ class Auth:
         await self._relogin(secret_or_none(stale.removeprefix(_USER_PREFIX)) if stale else None)
 
     async def _relogin(self, stale_token: str | None) -> StoredSession:
+        flight = self._flight
+        seen = flight.ended
         async with self._lock:
             current = self._session
-            if current is not None and current.token != stale_token and not current.expired:
+            if (
+                current is not None
+                and current.token != stale_token
+                and (not current.expired or flight.succeeded_since(seen))
+            ):
                 return current  # another task logged in while this one waited
+            flight.check(seen)  # it failed while this one waited, or is cooling down
             assert self._credentials is not None
-            return await self._login(
-                LOGIN_PATH.format(kind=self._credentials.kind),
-                self._credentials.payload(),
-                fetch_info=False,
-            )
+            try:
+                session = await self._login(
+                    LOGIN_PATH.format(kind=self._credentials.kind),
+                    self._credentials.payload(),
+                    fetch_info=False,
+                )
+            except HError as err:
+                flight.failed(err)
+                raise
+            flight.succeeded()
+            return session
 
     async def _login(
         self, path: str, payload: dict[str, Any], *, fetch_info: bool
@@ -257,7 +355,7 @@ class Auth:
         session = StoredSession(
             token=token,
             user_id=user_id if isinstance(user_id, int) else None,
-            expires_at=_expires_at(expires_in),
+            expires_at=_expires_at(expires_in, issued=True),
             anonymous="anonymous" in path,
         )
         await self._remember(session)
@@ -342,7 +440,7 @@ class Auth:
             StoredSession(
                 token=token,
                 user_id=user_id,
-                expires_at=_expires_at(expires_in),
+                expires_at=_expires_at(expires_in, issued=False),
                 anonymous=anonymous,
             )
         )
@@ -387,6 +485,7 @@ class ServerAuth:
         self.secrets.keep(self._client_secret)
         self._refresh_at = 0.0
         self._lock = anyio.Lock()
+        self._flight = _Flight()
 
     def __repr__(self) -> str:
         return f"<ServerAuth client_id={self._client_id!r}>"
@@ -412,20 +511,34 @@ class ServerAuth:
         )
 
     async def _renew(self, stale: str | None, *, force: bool = False) -> None:
+        flight = self._flight
+        seen = flight.ended
         async with self._lock:
             if self._access is not None and self._access != stale:
                 return  # renewed by another task meanwhile
-            if not force and self._access is not None and time.time() < self._refresh_at:
+            if (
+                not force
+                and self._access is not None
+                and (time.time() < self._refresh_at or flight.succeeded_since(seen))
+            ):
                 return
-            if self._refresh is not None:
-                try:
-                    await self._grant(
-                        {"grant_type": "refresh_token", "refresh_token": self._refresh}
-                    )
-                    return
-                except HError:
-                    self._access = self._refresh = None  # refused: start over with a code
-            await self._code_flow()
+            flight.check(seen)  # it failed while this one waited, or is cooling down
+            try:
+                await self._get_token()
+            except HError as err:
+                flight.failed(err)
+                raise
+            flight.succeeded()
+
+    async def _get_token(self) -> None:
+        """A new access token: the refresh grant, else the code flow."""
+        if self._refresh is not None:
+            try:
+                await self._grant({"grant_type": "refresh_token", "refresh_token": self._refresh})
+                return
+            except HError:
+                self._access = self._refresh = None  # refused: start over with a code
+        await self._code_flow()
 
     async def _code_flow(self) -> None:
         creds = {"client_id": self._client_id, "client_secret": self._client_secret}
@@ -452,9 +565,13 @@ class ServerAuth:
         self.secrets.add(refresh)
         if access is None:
             raise ResponseFormatError(200, "access_token reply has no access_token")
-        lifetime = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
-        now = time.time()
+        usable = _usable_for(expires_in, ACCESS_TOKEN_REFRESH_MARGIN)
         self._access = access
         self._header = Secret(f"{_SERVER_PREFIX}{access}")
         self._refresh = refresh
-        self._refresh_at = now + max(lifetime - ACCESS_TOKEN_REFRESH_MARGIN, lifetime * 0.9)
+        # The same margin rule as user sessions, and the same floor against a token that
+        # is said to be over as soon as it is issued.
+        default = 3600.0 * (1 - LIFETIME_MARGIN_SHARE)  # no lifetime given: an hour's
+        self._refresh_at = time.time() + max(
+            default if usable is None else usable, MIN_CREDENTIAL_USE
+        )

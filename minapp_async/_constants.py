@@ -28,7 +28,19 @@ CONNECT_TIMEOUT: Final = 5.0
 MAX_CONNECTIONS: Final = 100
 KEEPALIVE_TIMEOUT: Final = 15.0
 
-#: The JS SDK stores expires_at = now + expires_in - 30 (PROTOCOL.md §5.3).
+#: The JS SDK stores expires_at = now + expires_in - 30 (PROTOCOL.md §5.3); the margin is
+#: min(this, LIFETIME_MARGIN_SHARE of the lifetime), so a short session is still used.
 SESSION_EXPIRY_MARGIN: Final = 30
 #: Refresh an Open API access token this long before it expires (or at 90% of its life).
 ACCESS_TOKEN_REFRESH_MARGIN: Final = 300.0
+#: The margin before a credential's expiry is at most this share of its lifetime.
+LIFETIME_MARGIN_SHARE: Final = 0.1
+#: A credential the server has just issued is used for at least this long, whatever its
+#: expires_in (0, negative): a server wrong about it costs one login per second, not per call.
+MIN_CREDENTIAL_USE: Final = 1.0
+#: Longer lifetimes are taken as this (10 years): an absurd expires_in never overflows.
+MAX_CREDENTIAL_LIFETIME: Final = 10 * 365 * 86400.0
+#: After a refused login or token request (4xx), new calls share that failure for this long
+#: before one of them may try again; it doubles with each refusal in a row, up to the max.
+AUTH_COOLDOWN: Final = 1.0
+AUTH_COOLDOWN_MAX: Final = 30.0

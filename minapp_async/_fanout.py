@@ -22,7 +22,10 @@ generator finaliser) or not at all. Instead:
   it deterministically. Plain ``async for`` works too: ending the loop normally, an error, or
   cancelling the consuming task closes at once; ``break`` drops the async generator that
   ``__aiter__`` returns, and asyncio's async generator finaliser closes it on the next loop
-  iteration (the same promise Python makes for any async generator).
+  iteration (the same promise Python makes for any async generator). The Session keeps a
+  weak set of its live maps and closes them in its own ``aclose()``: no map task outlives it.
+* an error raised by the input is kept until the calls in flight have finished and every
+  finished outcome was yielded: completed work is never discarded.
 """
 
 from __future__ import annotations
@@ -309,6 +312,9 @@ class FanOut:
         self._space: collections.deque[asyncio.Future[None]] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None  # the consumer, waiting
         self._failure: BaseException | None = None
+        # Raised once every outcome already finished was yielded: the input's own error, or
+        # SessionClosedError when the Session closed the map.
+        self._end_error: BaseException | None = None
         self._started = False
         self._exhausted = False  # the input has no more items
         self._stopping = False  # take nothing more: failure or close
@@ -354,6 +360,15 @@ class FanOut:
             task.cancel()
         if tasks:
             await _wait_cancelled(tasks)
+
+    async def close_with(self, error: BaseException) -> None:
+        """``aclose()`` on behalf of the Session: the consumer still gets the outcomes
+        already finished, then *error* instead of a quiet end when calls were cut off or
+        items were left untaken."""
+        lost = not (self._exhausted and self._workers == 0)  # else every call has finished
+        if not self._closed and self._end_error is None and lost:
+            self._end_error = error
+        await self.aclose()
 
     # -- iteration ---------------------------------------------------------------------------
 
@@ -405,6 +420,9 @@ class FanOut:
                 return outcome
             if self._workers == 0 or self._closed:
                 await self.aclose()
+                end, self._end_error = self._end_error, None
+                if end is not None:
+                    raise end
                 raise StopAsyncIteration
             # A cancelled consumer leaves through __aexit__ or _iterate's finally, which
             # cancel the calls it was waiting for.
@@ -468,7 +486,7 @@ class FanOut:
                 self._deliver(outcome)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the input raised: the consumer re-raises it
+        except Exception as exc:  # noqa: BLE001 - a guard: workers hand every failure over
             self._fail(exc, None)
         finally:
             self._workers -= 1
@@ -478,7 +496,9 @@ class FanOut:
     async def _take(self) -> tuple[int, JSON] | None:
         """The next item and its index, once the window has room and the rate allows it;
         None when the input is exhausted or the map is stopping."""
-        while self._taken - self._yielded >= self._window and not self._stopping:
+        while self._taken - self._yielded >= self._window and not (
+            self._stopping or self._exhausted
+        ):
             space = asyncio.get_running_loop().create_future()
             self._space.append(space)
             await space
@@ -498,6 +518,9 @@ class FanOut:
         except StopAsyncIteration:
             self._end_of_input()
             return None
+        except Exception as exc:  # noqa: BLE001 - the input's error, raised after the outcomes
+            self._input_failed(exc)
+            return None
         index = self._taken
         self._taken = index + 1
         return index, item
@@ -512,6 +535,9 @@ class FanOut:
         except StopIteration:
             self._end_of_input()
             return None
+        except Exception as exc:  # noqa: BLE001 - the input's error, raised after the outcomes
+            self._input_failed(exc)
+            return None
         index = self._taken
         self._taken = index + 1
         return index, item
@@ -520,6 +546,13 @@ class FanOut:
         self._exhausted = True
         self._items = self._aitems = None
         self._wake_all()
+
+    def _input_failed(self, exc: Exception) -> None:
+        """The input raised: take nothing more, let the calls in flight finish, and raise
+        *exc* to the consumer once every finished outcome was yielded (none is lost)."""
+        if self._end_error is None and not self._stopping:
+            self._end_error = exc
+        self._end_of_input()
 
     def _deliver(self, outcome: Outcome) -> None:
         if self._ordered:

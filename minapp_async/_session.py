@@ -12,6 +12,7 @@ import ipaddress
 import sys
 import traceback
 import warnings
+import weakref
 from collections.abc import AsyncIterable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -96,6 +97,7 @@ class Session:
     __slots__ = (
         "__weakref__",
         "_auth",
+        "_fanouts",
         "_lifecycle",
         "_options",
         "_sender",
@@ -115,6 +117,9 @@ class Session:
     _server: bool
     _source: str | None
     _timers: Timers  # the deadlines' shared timers: one set for a Session and its views
+    # The maps still alive, of the Session and all its views: aclose() closes them. Weak, so
+    # a map dropped unread is not kept alive by its Session.
+    _fanouts: weakref.WeakSet[FanOut]
 
     def __init__(
         self,
@@ -170,7 +175,7 @@ class Session:
             tracing=tracing,
         )
         transport = Transport(limits, options.timeouts, options.fixed_headers(client_id, server))
-        self._assemble(client_id, transport, {}, options, server, owner=True)
+        self._assemble(client_id, transport, {}, weakref.WeakSet(), options, server, owner=True)
         if client_secret is not None:
             self._use_auth(ServerAuth(self._sender.exchange, client_id, client_secret))
         else:
@@ -186,6 +191,7 @@ class Session:
         client_id: str,
         transport: Transport,
         timers: Timers,
+        fanouts: weakref.WeakSet[FanOut],
         options: CallOptions,
         server: bool,
         *,
@@ -196,6 +202,7 @@ class Session:
         self.client_id = client_id
         self._transport = transport
         self._timers = timers
+        self._fanouts = fanouts
         self._options = options
         self._server = server
         self._source = None
@@ -238,12 +245,18 @@ class Session:
         pass
 
     async def aclose(self) -> None:
-        """Close the connection pool. Idempotent. A view (``with_options``) closes nothing:
-        the pool belongs to the Session it came from."""
+        """Close every ``map`` still running (its consumer gets the outcomes already finished,
+        then ``SessionClosedError``) and the connection pool. Idempotent. A view
+        (``with_options``) closes nothing: the pool belongs to the Session it came from."""
         if not self._lifecycle.owner:
             return
         self._lifecycle.state = State.CLOSED
-        await self._transport.aclose()
+        try:
+            # No map task may outlive the Session: each is cancelled and waited for.
+            for fanout in list(self._fanouts):
+                await fanout.close_with(SessionClosedError("the Session was closed during map()"))
+        finally:
+            await self._transport.aclose()
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         # Only warns: scheduling a close from a finaliser runs on whatever loop is current
@@ -321,7 +334,13 @@ class Session:
     def _view(self, options: CallOptions) -> Session:
         view = Session.__new__(Session)
         view._assemble(
-            self.client_id, self._transport, self._timers, options, self._server, owner=False
+            self.client_id,
+            self._transport,
+            self._timers,
+            self._fanouts,
+            options,
+            self._server,
+            owner=False,
         )
         return view
 
@@ -453,6 +472,9 @@ class Session:
             progress: called as ``progress(done, total)`` after each call (``total`` is
                 ``len(params)``, None when it has no length). It must not block.
 
+        If *params* raises, no more items are taken, the calls in flight finish, their
+        outcomes and every other finished one are yielded, and then that error is raised.
+
         Raises:
             InvalidArgumentError: (605, at once) a bad argument.
 
@@ -521,7 +543,9 @@ class Session:
         def call(item: JSON) -> Coroutine[Any, Any, InvokeResult]:
             return prepare(function_name, item, sync, timeout)
 
-        return FanOut(call, function_name, params, options)
+        fanout = FanOut(call, function_name, params, options)
+        self._fanouts.add(fanout)
+        return fanout
 
 
 class InsecureURLWarning(UserWarning):

@@ -149,7 +149,8 @@ async def test_failures_are_written_and_exit_non_zero(
 async def test_call_errors_are_error_lines(
     engine: Engine, env: dict[str, str], tmp_path: Path
 ) -> None:
-    """A call that times out is written as {index, error_code, message}; exit status 1."""
+    """A call that times out is written as {index, error_code, message, may_have_executed}
+    (true: the request was sent, the function may have run); exit status 1."""
     source = write_jsonl(tmp_path / "in.jsonl", [{"n": 0}, {"n": 1, "sleep": 3}, {"n": 2}])
     out = tmp_path / "out.jsonl"
 
@@ -158,8 +159,8 @@ async def test_call_errors_are_error_lines(
 
     records = {r["index"]: r for r in read_jsonl(out)}
     assert 1 == run.status, run.stderr
-    assert {"index", "error_code", "message"} == set(records[1])
-    assert 601 == records[1]["error_code"]
+    assert {"index", "error_code", "message", "may_have_executed"} == set(records[1])
+    assert (601, True) == (records[1]["error_code"], records[1]["may_have_executed"])
     assert "no reply within 0.5 s" in records[1]["message"]
     assert (0, 2) == (records[0]["data"], records[2]["data"])
 
@@ -278,7 +279,8 @@ async def test_run_wide_error_stops_without_writing(
 
 
 async def test_fail_fast(engine: Engine, env: dict[str, str], tmp_path: Path) -> None:
-    """--fail-fast stops after the first failed item, which is written."""
+    """--fail-fast stops after the first failed item, which is written; the calls already in
+    flight (at most the window, 2 x concurrency) finish and are written too, never cut off."""
     source = write_jsonl(tmp_path / "in.jsonl", [{"n": n} for n in range(1, 200)])
     out = tmp_path / "out.jsonl"
 
@@ -287,8 +289,11 @@ async def test_fail_fast(engine: Engine, env: dict[str, str], tmp_path: Path) ->
 
     records = read_jsonl(out)
     assert 3 == run.status, run.stderr
-    assert [0, 1, 2, 3] == [r["index"] for r in records]
-    assert 1 == records[-1]["code"]
+    indexes = [r["index"] for r in records]
+    assert [0, 1, 2, 3] == indexes[:4]
+    assert 1 == records[3]["code"]
+    assert indexes == list(range(len(indexes))) and len(indexes) <= 4 + 2 * 2, indexes
+    assert all("error_code" not in r for r in records), records
 
 
 @pytest.mark.parametrize(

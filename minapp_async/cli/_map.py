@@ -1,7 +1,9 @@
 """``minapp-async map``: invoke one cloud function for every line of a JSONL file.
 
 Each input line is one call's params; each output line one outcome, appended as soon as it is
-known, so an interrupted run can be resumed: a rerun skips every index already written.
+known, so an interrupted run can be resumed: a rerun skips every index already written. An item
+that may have run is always written (``"may_have_executed": true``), also a call cut off in
+flight after it was sent, so that no rerun runs it twice unless asked (``--retry-uncertain``).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import importlib
 import json
 import os
@@ -53,11 +56,14 @@ examples:
 Input: one JSON value per line, the params of one call (blank lines are skipped); a line's
 index is its line number from 0. Output: one JSON line per item, appended as it completes:
   {"index": 0, "code": 0, "data": ..., "error": {}}        a reply (code != 0: the function failed)
-  {"index": 7, "error_code": 601, "message": "..."}         the call failed
+  {"index": 7, "error_code": 601, "message": "...", "may_have_executed": true}  the call failed
 Rerun the same command after an interruption (Ctrl-C once finishes the calls in flight; twice
-aborts): indexes already in the output are skipped. Calls cut off by an abort may have run.
-A failure that concerns every item (server unreachable, no login, refused credentials, no such
-function) stops the run without writing the item, so the rerun retries it.
+aborts): indexes already in the output are skipped, also those that failed with
+"may_have_executed": true (the function may have run: a dropped connection, a deadline after
+sending, a call cut off in flight by an abort or a stop, written with error_code 499).
+--retry-uncertain re-sends exactly those. A failure that concerns every item and shows the
+function did not run (server unreachable, no login, refused credentials, no such function)
+stops the run without writing the item, so the rerun retries it.
 exit status: 0 every item in the output succeeded; 1 some call failed (or the run stopped);
 2 bad usage or input; 3 some function ran and failed (code != 0); 130 interrupted.
 """
@@ -65,6 +71,13 @@ exit status: 0 every item in the output succeeded; 1 some call failed (or the ru
 #: Errors about the run rather than the item: writing them would mark every item done.
 #: 600 unreachable, 602 closed, 604 no login, 401/403 credentials, 404 no such function.
 _RUN_ERRORS: Final = frozenset({600, 602, 604, 401, 403, 404})
+#: The code of a call cut off in flight when the run stopped (as "client closed request").
+_CUT_OFF: Final = 499
+
+#: The map position of the item a worker task is calling: the input generator sets it in the
+#: worker's own context as the worker takes the item, and the on_request hook reads it there,
+#: so the run knows which calls were sent (context variables are per task).
+_POSITION: contextvars.ContextVar[int] = contextvars.ContextVar("minapp_async_map_position")
 
 _REDRAW: Final = 0.1  # seconds between progress redraws on a terminal
 _PLAIN_EVERY: Final = 10.0  # seconds between progress lines when stderr is not a terminal
@@ -116,7 +129,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fail-fast",
         action="store_true",
-        help="stop at the first item that fails (it is written; the calls in flight are not)",
+        help="stop at the first item that fails: no more items are taken, the calls in "
+        "flight finish and are written",
+    )
+    parser.add_argument(
+        "--retry-uncertain",
+        action="store_true",
+        help='send again the items whose only output is a failure with "may_have_executed": '
+        "true (their function may have run once already)",
     )
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress display on standard error"
@@ -143,6 +163,14 @@ class _Tally:
             self.ok += 1
         else:
             self.failed += 1
+
+    def remove_error(self, code: Any) -> None:
+        """Forget one failure with *code*: a later record replaced it."""
+        left = self.errors.get(code, 0) - 1
+        if left > 0:
+            self.errors[code] = left
+        else:
+            self.errors.pop(code, None)
 
     @property
     def total(self) -> int:
@@ -178,14 +206,39 @@ class _Indexes:
         return byte < len(self._bits) and bool(self._bits[byte] >> bit & 1)
 
 
-def _read_output(path: Path) -> tuple[_Indexes, _Tally]:
-    """The indexes an earlier run wrote, and their tally. A last line cut off mid-write (no
-    newline, not JSON) is removed, so that appending starts on a fresh line."""
-    done, tally = _Indexes(), _Tally()
+def _uncertain(record: dict[str, Any]) -> bool:
+    """A failure after which the function may have run."""
+    return "error_code" in record and record.get("may_have_executed") is True
+
+
+@attrs.define
+class _Earlier:
+    """What earlier runs wrote: every index, their tally (an index's last word counts), and the
+    indexes whose only records are failures that may have run (index -> error code)."""
+
+    done: _Indexes = attrs.field(factory=_Indexes)
+    tally: _Tally = attrs.field(factory=_Tally)
+    uncertain: dict[int, Any] = attrs.field(factory=dict)
+
+    def add(self, index: int, record: dict[str, Any]) -> None:
+        if self.done.add(index):
+            self.tally.add(record)
+            if _uncertain(record):
+                self.uncertain[index] = record["error_code"]
+        elif index in self.uncertain and not _uncertain(record):
+            # A rerun with --retry-uncertain settled it: its record replaces the failure.
+            self.tally.remove_error(self.uncertain.pop(index))
+            self.tally.add(record)
+
+
+def _read_output(path: Path) -> _Earlier:
+    """What earlier runs wrote (see ``_Earlier``). A last line cut off mid-write (no newline,
+    not JSON) is removed, so that appending starts on a fresh line."""
+    earlier = _Earlier()
     try:
         handle = path.open("rb+")
     except FileNotFoundError:
-        return done, tally
+        return earlier
     except OSError as exc:
         raise UsageError(f"--output {str(path)!r}: cannot open: {exc.strerror or exc}") from None
     with handle:
@@ -208,12 +261,11 @@ def _read_output(path: Path) -> tuple[_Indexes, _Tally]:
                     f"--output {str(path)!r} line {number} has no index: is it the output of "
                     "'minapp-async map'?"
                 )
-            if done.add(index):
-                tally.add(record)
+            earlier.add(index, record)
             offset += len(line)
             if not line.endswith(b"\n"):  # complete JSON, but the newline never came
                 handle.write(b"\n")
-    return done, tally
+    return earlier
 
 
 @contextlib.contextmanager
@@ -230,7 +282,19 @@ def _open_input(name: str) -> Iterator[IO[str]]:
         yield handle
 
 
-def _count_input(name: str, done: _Indexes) -> int:
+class _Skip:
+    """The input indexes a run skips: those already written, except the uncertain ones when
+    they are to be retried."""
+
+    def __init__(self, earlier: _Earlier, *, retry_uncertain: bool) -> None:
+        self._done = earlier.done
+        self._retry = earlier.uncertain if retry_uncertain else {}
+
+    def __contains__(self, index: int) -> bool:
+        return index in self._done and index not in self._retry
+
+
+def _count_input(name: str, done: _Skip) -> int:
     """Check every line of the input file before any call is made; the items still to do.
     Standard input cannot be read twice: its lines are checked as they are read."""
     remaining = 0
@@ -303,15 +367,29 @@ def _run(args: argparse.Namespace) -> int:
         settings = resolve_app(args)
         if args.input != "-" and Path(args.input).resolve() == args.output.resolve():
             raise UsageError("--input and --output are the same file")
-        done, before = _read_output(args.output)
+        earlier = _read_output(args.output)
+        done = _Skip(earlier, retry_uncertain=args.retry_uncertain)
         remaining = None if args.input == "-" else _count_input(args.input, done)
     except UsageError as exc:
         say("error", str(exc))
         return EXIT_USAGE
     for note in settings.notes:
         say("warning", note)
-    if done.count:
-        say("note", f"resuming: {done.count} items already in {args.output} are skipped")
+    before, uncertain = earlier.tally, len(earlier.uncertain)
+    if args.retry_uncertain:
+        for code in earlier.uncertain.values():
+            before.remove_error(code)  # sent again: this run's record is their word
+    skipped = earlier.done.count - (uncertain if args.retry_uncertain else 0)
+    if skipped:
+        say("note", f"resuming: {skipped} items already in {args.output} are skipped")
+    if uncertain and args.retry_uncertain:
+        say("note", f"sending again {uncertain} items that may have run once already")
+    elif uncertain:
+        say(
+            "note",
+            f"{uncertain} items may have run once already (may_have_executed) and are "
+            "skipped; --retry-uncertain sends them again",
+        )
     return run_async(_map(settings, args, done, before, remaining))
 
 
@@ -322,9 +400,16 @@ class _Run:
     stopping: bool = False  # Ctrl-C once: take no more items
     interrupted: bool = False
     lines: dict[int, int] = attrs.field(factory=dict)  # map index -> input line index
+    sent: set[int] = attrs.field(factory=set)  # map indexes sent and not yet written
+
+    def on_request(self, info: object) -> None:
+        """The SDK's hook before each try is sent, in the task of the call."""
+        position = _POSITION.get(None)
+        if position is not None:
+            self.sent.add(position)
 
 
-def _items(name: str, done: _Indexes, state: _Run) -> Iterator[Any]:
+def _items(name: str, done: _Skip, state: _Run) -> Iterator[Any]:
     """The params still to do, read as map() asks for them."""
     with _open_input(name) as lines:
         position = 0
@@ -335,6 +420,8 @@ def _items(name: str, done: _Indexes, state: _Run) -> Iterator[Any]:
                 continue
             params = parse_json(line, f"--input {name!r} line {index + 1}")
             state.lines[position] = index
+            # Runs in the worker task that takes the item, which calls it next (see _POSITION).
+            _POSITION.set(position)
             position += 1
             yield params
 
@@ -342,7 +429,7 @@ def _items(name: str, done: _Indexes, state: _Run) -> Iterator[Any]:
 async def _map(
     settings: AppSettings,
     args: argparse.Namespace,
-    done: _Indexes,
+    done: _Skip,
     before: _Tally,
     remaining: int | None,
 ) -> int:
@@ -371,7 +458,7 @@ async def _map(
     limits = Limits(max_connections=max(DEFAULT_LIMITS.max_connections, args.concurrency))
     try:
         async with settings.session(limits=limits) as session:
-            fanout = session.map(
+            fanout = session.with_options(on_request=state.on_request).map(
                 args.name,
                 _items(args.input, done, state),
                 sync=not args.asynchronous,
@@ -382,20 +469,30 @@ async def _map(
                 timeout=args.timeout,
             )
             with _append(args.output) as out:
-                async with fanout:
-                    async for outcome in fanout:
-                        err = outcome.error
-                        if err is not None and err.code in _RUN_ERRORS:
-                            stopped = err
-                            break
-                        index = state.lines.pop(outcome.index)
-                        record = _record(index, outcome)
-                        out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                        tally.add(record)
-                        display.update(tally.total, sum(tally.errors.values()))
-                        if args.fail_fast and not outcome.ok:
-                            state.stopping = True
-                            break
+                try:
+                    async with fanout:
+                        async for outcome in fanout:
+                            err = outcome.error
+                            state.sent.discard(outcome.index)
+                            # About the run, and it did not run: take no more items and leave
+                            # it unwritten, but let the calls in flight finish and write them
+                            # (cancelling them would leave their fate unknown). One that may
+                            # have run is the item's outcome: written.
+                            run_error = err is not None and err.code in _RUN_ERRORS
+                            if run_error and err is not None and not err.may_have_executed:
+                                stopped = stopped or err
+                                state.stopping = True
+                                continue
+                            index = state.lines.pop(outcome.index)
+                            record = _record(index, outcome)
+                            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                            tally.add(record)
+                            display.update(tally.total, sum(tally.errors.values()))
+                            if args.fail_fast and not outcome.ok:
+                                state.stopping = True  # the calls in flight still finish
+                finally:
+                    # The map is closed: calls sent and cut off in flight may have run.
+                    _write_cut_off(out, state, tally)
     except asyncio.CancelledError:
         if not state.interrupted:
             raise
@@ -429,13 +526,38 @@ def _append(path: Path) -> Iterator[IO[str]]:
             os.fsync(handle.fileno())
 
 
+def _write_cut_off(out: IO[str], state: _Run, tally: _Tally) -> None:
+    """A failure record, ``may_have_executed`` true, for each call that was sent and got no
+    outcome written: a rerun skips it unless ``--retry-uncertain``. Calls never sent are left
+    unwritten, so a rerun sends them."""
+    for position in sorted(state.sent):
+        index = state.lines.pop(position, None)
+        if index is None:
+            continue
+        record = {
+            "index": index,
+            "error_code": _CUT_OFF,
+            "message": f"{_CUT_OFF}: cut off in flight when the run stopped; it may have run",
+            "may_have_executed": True,
+        }
+        with contextlib.suppress(OSError):
+            out.write(json.dumps(record) + "\n")
+        tally.add(record)
+    state.sent.clear()
+
+
 def _record(index: int, outcome: Outcome) -> dict[str, Any]:
     if outcome.result is not None:
         r = outcome.result
         return {"index": index, "code": r.code, "data": r.data, "error": r.error}
     err: HError | None = outcome.error
     assert err is not None
-    return {"index": index, "error_code": err.code, "message": str(err)}
+    return {
+        "index": index,
+        "error_code": err.code,
+        "message": str(err),
+        "may_have_executed": err.may_have_executed,
+    }
 
 
 def _report(
@@ -456,7 +578,12 @@ def _report(
     sys.stderr.flush()
     if stopped is not None:
         say("error", f"stopped: {stopped}")
-        say("hint", "nothing was written for the items cut short: fix the cause and rerun")
+        say(
+            "hint",
+            "items that did not run were not written: fix the cause and rerun (calls cut off "
+            "after they were sent were written as may_have_executed; --retry-uncertain sends "
+            "them again)",
+        )
         return EXIT_ERROR
     if state.interrupted or state.stopping and not args.fail_fast:
         say("error", "interrupted: rerun the same command to continue")

@@ -17,7 +17,6 @@ from typing import Any
 import anyio
 import pytest
 from aiohttp import web
-from hardening_support import eventually
 from hostile_servers import (
     AUTHORIZE_PATH,
     CLIENT_ID,
@@ -32,6 +31,7 @@ from hostile_servers import (
     login_reply,
     reply,
 )
+from support import wait_until as eventually
 
 import minapp_async
 from minapp_async import Session, UserCredentials
@@ -176,3 +176,108 @@ async def test_a_failed_login_is_not_hidden_from_later_callers(server: Hostile) 
                     await anyio.sleep(0.5)
 
     assert result.ok
+
+
+# -- beyond the examples: hangs, bursts after a failure, absurd lifetimes --------------------------
+
+
+def held_then(released: threading.Event, then: Handler) -> Handler:
+    """*then*'s answer, held until the test releases it: every caller is waiting by then."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        await asyncio.to_thread(released.wait, 60)
+        return await then(request)
+
+    return handle
+
+
+async def test_calls_after_a_refused_login_share_it_instead_of_a_burst(server: Hostile) -> None:
+    """A login that hangs and then is refused while calls keep arriving: the calls that waited
+    share its failure, and 100 calls made right after it get the same failure from the
+    cool-down: at most one more login request, not 100."""
+    released = threading.Event()
+    server.routes[LOGIN_PATH] = refuse_when_released(released)
+    creds = UserCredentials(username="u", password=PASSWORD)
+
+    async with Session(CLIENT_ID, base_url=server.url, credentials=creds) as s:
+        first = await burst(s, server, LOGIN_PATH, released)
+        later: list[Any] = []
+
+        async def call() -> None:
+            try:
+                later.append(await s.invoke("f", timeout=10))
+            except Exception as exc:  # noqa: BLE001 - the test asserts on the class
+                later.append(exc)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for _ in range(100):
+                    tg.start_soon(call)
+
+    assert {"AuthenticationError"} == {type(r).__name__ for r in first + later}
+    assert 1 == len({r.message for r in first + later})
+    assert server.count(LOGIN_PATH) <= 2, f"{server.count(LOGIN_PATH)} logins after a refusal"
+
+
+async def test_a_transient_login_failure_is_shared_but_not_cooled_down(server: Hostile) -> None:
+    """A login answered 503 is shared by the calls that waited for it (one request), but it is
+    no refusal: the next call logs in again at once and succeeds."""
+    released = threading.Event()
+    server.routes[LOGIN_PATH] = held_then(released, reply(503, {"error_msg": "busy"}))
+    creds = UserCredentials(username="u", password=PASSWORD)
+
+    async with Session(
+        CLIENT_ID, base_url=server.url, credentials=creds, retry=minapp_async.Retry(attempts=1)
+    ) as s:
+        results = await burst(s, server, LOGIN_PATH, released)
+        assert 1 == server.count(LOGIN_PATH)
+        server.routes[LOGIN_PATH] = login_reply(expires_in=3600)
+        result = await s.invoke("f", timeout=10)
+
+    assert {"ServerError"} == {type(r).__name__ for r in results}
+    assert result.ok
+    assert 2 == server.count(LOGIN_PATH)
+
+
+@pytest.mark.parametrize("expires_in", [0, -30, "-1e9"], ids=["zero", "negative", "huge-negative"])
+async def test_a_session_said_to_be_over_when_issued_is_not_a_login_per_call(
+    server: Hostile, expires_in: Any
+) -> None:
+    """A login answering ``expires_in`` 0 or negative: 1,000 concurrent calls, held until all
+    wait for the login, share it (one login), instead of each waiter logging in again
+    because the session it just got already counts as expired."""
+    released = threading.Event()
+    server.routes[LOGIN_PATH] = held_then(released, login_reply(expires_in=expires_in))
+    creds = UserCredentials(username="u", password=PASSWORD)
+
+    async with Session(CLIENT_ID, base_url=server.url, credentials=creds) as s:
+        results = await burst(s, server, LOGIN_PATH, released)
+
+    assert all(getattr(r, "ok", False) for r in results), {type(r).__name__ for r in results}
+    assert 1 == server.count(LOGIN_PATH)
+
+
+@pytest.mark.parametrize("expires_in", ["1e999", "1e308", "1" + "0" * 400, "NaN"])
+async def test_an_absurd_session_lifetime_is_usable(server: Hostile, expires_in: str) -> None:
+    """``expires_in`` of 1e999 (infinity once parsed), 1e308, 10**400 or NaN: the login is
+    used, and a second call needs no second login (no OverflowError, no instant expiry)."""
+    server.routes[LOGIN_PATH] = login_reply(expires_in=expires_in)
+    creds = UserCredentials(username="u", password=PASSWORD)
+
+    async with Session(CLIENT_ID, base_url=server.url, credentials=creds) as s:
+        assert (await s.invoke("f", timeout=10)).ok
+        assert (await s.invoke("f", timeout=10)).ok
+
+    assert 1 == server.count(LOGIN_PATH)
+
+
+async def test_a_token_set_as_already_expired_is_refused_before_sending(server: Hostile) -> None:
+    """The margin rule shrinks for short sessions, it does not invent life: a token set with
+    ``expires_in=0`` or negative is expired, and the call is refused with 604, nothing sent."""
+    async with Session(CLIENT_ID, base_url=server.url) as s:
+        for expires_in in (0, -5):
+            await s.auth.set_token(TOKEN, user_id=7, expires_in=expires_in)
+            with pytest.raises(minapp_async.SessionMissingError):
+                await s.invoke("f", timeout=10)
+
+    assert [] == server.seen

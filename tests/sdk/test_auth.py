@@ -155,7 +155,7 @@ async def test_get_current_user_without_login(server: FakeServer) -> None:
 async def test_expired_session_is_604_before_sending(server: FakeServer) -> None:
     """An expired session without credentials raises 604 and sends nothing."""
     async with minapp_async.Session(CLIENT_ID, base_url=server.url) as s:
-        await s.auth.set_token("old", user_id=7, expires_in=10)  # 10 - 30 s: already expired
+        await s.auth.set_token("old", user_id=7, expires_in=0)  # already expired
         with pytest.raises(minapp_async.SessionMissingError, match="expired"):
             await s.invoke("f")
 
@@ -166,7 +166,7 @@ async def test_relogin_is_single_flight(server: FakeServer, accounts: Accounts) 
     """100 concurrent calls with an expired session make exactly one login request."""
     creds = minapp_async.UserCredentials(username="u", password="pw")
     async with minapp_async.Session(CLIENT_ID, base_url=server.url, credentials=creds) as s:
-        await s.auth.set_token("old", user_id=7, expires_in=10)
+        await s.auth.set_token("old", user_id=7, expires_in=0)
         results: list[Any] = []
 
         async def call() -> None:
