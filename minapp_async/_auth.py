@@ -34,6 +34,7 @@ from ._errors import (
     ResponseFormatError,
     SessionMissingError,
 )
+from ._options import check_str
 from ._protocol import (
     ACCESS_TOKEN_PATH,
     ANONYMOUS_LOGIN_PATH,
@@ -434,8 +435,7 @@ class Auth:
     ) -> None:
         """Use a token obtained elsewhere (another service, a web front end)."""
         token = secret_or_none(token) or token
-        if not isinstance(token, str) or not token:
-            raise InvalidArgumentError("token must be a non-empty str")
+        check_str("token", token, optional=False)  # also no CR/LF: it becomes a header
         await self._remember(
             StoredSession(
                 token=token,

@@ -27,6 +27,12 @@ CONNECT_TIMEOUT: Final = 5.0
 
 MAX_CONNECTIONS: Final = 100
 KEEPALIVE_TIMEOUT: Final = 15.0
+#: The largest reply body read, on the wire and again after decompression: far above any
+#: function result (the platform caps them well below), far below what hurts a process.
+MAX_REPLY_BYTES: Final = 32 * 1024 * 1024
+#: The longest deadline or timeout accepted (a week): longer ones are typos or overflows
+#: (``inf``, ``1e308``) that would break timer arithmetic, not deadlines.
+MAX_DEADLINE: Final = 7 * 24 * 3600.0
 
 #: The JS SDK stores expires_at = now + expires_in - 30 (PROTOCOL.md §5.3); the margin is
 #: min(this, LIFETIME_MARGIN_SHARE of the lifetime), so a short session is still used.

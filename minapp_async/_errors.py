@@ -89,7 +89,11 @@ def default_text(code: int) -> str:
 
 
 def snippet(body: bytes | str, limit: int = _SNIPPET_CHARS) -> str:
-    """A short, redacted, printable piece of a reply body for error messages."""
+    """A short, redacted, printable piece of a reply body for error messages.
+
+    Cut first, then decoded and redacted: a reply of many MiB costs no more than its first
+    few hundred bytes (the redaction patterns also match a secret the cut leaves open)."""
+    body = body[: limit * 4 + 64]  # enough for *limit* characters of UTF-8, and a margin
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     text = redact_text(text)
     return text if len(text) <= limit else text[:limit] + "…"
@@ -302,11 +306,14 @@ def parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None  # not a date, or one out of datetime's range (year 10**20)
         if when.tzinfo is None:
             when = when.replace(tzinfo=datetime.timezone.utc)
-        seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        try:
+            seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        except OverflowError:
+            return None
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 

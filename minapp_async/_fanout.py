@@ -46,7 +46,7 @@ from collections.abc import (
     Mapping,
 )
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, NoReturn, TypeAlias
 
 import anyio
 import attrs
@@ -374,6 +374,13 @@ class FanOut:
 
     def __aiter__(self) -> AsyncIterator[Outcome]:
         return self._iterate()
+
+    def __iter__(self) -> NoReturn:
+        # Without this, a plain ``for`` says only "'FanOut' object is not iterable".
+        raise TypeError(
+            "session.map(...) is an async iterator: use 'async for o in session.map(...)' "
+            "(or 'async with session.map(...) as outcomes: async for o in outcomes')"
+        )
 
     async def _iterate(self) -> AsyncIterator[Outcome]:
         try:

@@ -77,10 +77,39 @@ def _encode_params(params: Any) -> Any:
 
 
 def check_name(function_name: object) -> str:
-    """The function name, or 605 when it is not a non-empty str."""
+    """The function name, or 605 when it is not a non-empty str, or is ``.`` or ``..``
+    (in the Open API's URL path those would name another route, whatever the quoting)."""
     if not isinstance(function_name, str) or not function_name:
         raise InvalidArgumentError(f"function_name must be a non-empty str, not {function_name!r}")
+    if function_name in (".", ".."):
+        raise InvalidArgumentError(f"function_name {function_name!r} is not a function name")
     return function_name
+
+
+def _check_keys(params: Any) -> None:
+    """605 when a dict at any depth has a key that is not a str: JSON would turn it into a
+    string silently, even into two equal keys (``{1: "a", "1": "b"}``). Run after the
+    encoder accepted *params*: it has refused cycles and depths this walk could trip on."""
+    todo = [params]
+    while todo:  # no generators: this runs for every call of a fan-out
+        value = todo.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise InvalidArgumentError(
+                        f"params cannot be sent as JSON: dict keys must be str, not "
+                        f"{type(key).__name__} ({key!r:.40})"
+                    )
+                if isinstance(item, _CONTAINERS):
+                    todo.append(item)
+        elif isinstance(value, _SEQUENCES):
+            for item in value:
+                if isinstance(item, _CONTAINERS):
+                    todo.append(item)
+
+
+_SEQUENCES: Final = (list, tuple)  # a tuple of types: isinstance() checks it faster than a union
+_CONTAINERS: Final = (dict, list, tuple)
 
 
 def check_sync(sync: object) -> bool:
@@ -97,11 +126,13 @@ def client_api_body(function_name: str, params: JSON | NotGiven, sync: bool) -> 
     if params is not NOT_GIVEN:
         body["data"] = params
     try:
-        return dumps(body)  # serialised once: this runs for every call of a fan-out
+        encoded = dumps(body)  # serialised once: this runs for every call of a fan-out
     except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as exc:
         if params is not NOT_GIVEN:
             _encode_params(params)  # raises when the params are what cannot be sent
         raise InvalidArgumentError(f"function_name cannot be sent as JSON: {exc}") from None
+    _check_keys(params)
+    return encoded
 
 
 def open_api_path(function_name: str) -> str:
@@ -112,22 +143,53 @@ def open_api_path(function_name: str) -> str:
 def open_api_body(params: JSON | NotGiven, sync: bool) -> bytes:
     """The Open API's job body: ``data`` is required there, ``{}`` when none was given."""
     try:
-        return dumps({"data": {} if params is NOT_GIVEN else params, "sync": sync})
+        encoded = dumps({"data": {} if params is NOT_GIVEN else params, "sync": sync})
     except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
         _encode_params(params)  # names what cannot be sent
         raise
+    _check_keys(params)
+    return encoded
+
+
+# One decoder for every reply: json.loads() checks its options on every call. NaN and
+# Infinity are read as Python reads them (a login's ``expires_in`` of NaN is then ignored).
+_DECODER: Final = json.JSONDecoder()
+
+
+#: Above this size, a body whose first bytes cannot start JSON is not decoded at all.
+_LARGE: Final = 64 * 1024
+#: The bytes a JSON text can start with (after whitespace): a value, or a BOM.
+_JSON_STARTS: Final = frozenset(b'{["-0123456789tfn\xef\xfe\xff')
+
+
+def _may_be_json(body: bytes) -> bool:
+    head = body[:64].lstrip()
+    # UTF-16/32 put a NUL among the first 4 bytes; only whitespace so far decides nothing.
+    return not head or head[0] in _JSON_STARTS or 0 in body[:4]
 
 
 def parse_json(raw: RawResponse) -> Any:
-    """The reply's JSON, or None when it is not JSON at all."""
+    """The reply's JSON, or None when it is not JSON at all.
+
+    Bounded whatever the body (already at most ``Limits.max_reply_bytes``): nesting too deep
+    for the parser (``RecursionError``) and integers of more digits than Python converts
+    (``ValueError``, 4,300 digits by default) make it "not JSON", like any other bad text.
+    """
+    body = raw.body
+    if len(body) > _LARGE and not _may_be_json(body):
+        return None  # a large page of HTML or text: not worth decoding many MiB to say so
     try:
         # UTF-8 first: json.loads(bytes) guesses the encoding in Python on every call.
-        return json.loads(raw.body.decode())
-    except (ValueError, UnicodeDecodeError):
+        return _DECODER.decode(body.decode())
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         pass
+    encoding = json.detect_encoding(body)  # from the first 4 bytes only
+    if encoding == "utf-8":
+        return None  # read as such above
     try:
-        return json.loads(raw.body)  # a BOM, or UTF-16/32, as json.loads(bytes) reads them
-    except (ValueError, UnicodeDecodeError):
+        # A BOM, or UTF-16/32, as json.loads(bytes) reads them.
+        return _DECODER.decode(body.decode(encoding, "surrogatepass"))
+    except (ValueError, RecursionError):
         return None
 
 
@@ -204,4 +266,4 @@ def _describe_bad_body(raw: RawResponse, body: Any) -> str:
 
 def _is_json_null(body: bytes) -> bool:
     # parse_json gives None for both a JSON null and a body that is not JSON at all.
-    return body.strip() == b"null"
+    return len(body) < 64 and body.strip() == b"null"

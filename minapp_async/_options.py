@@ -6,8 +6,10 @@ Options are cheap to copy per call and changed only through ``attrs.evolve``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -17,6 +19,8 @@ from ._constants import (
     CONNECT_TIMEOUT,
     KEEPALIVE_TIMEOUT,
     MAX_CONNECTIONS,
+    MAX_DEADLINE,
+    MAX_REPLY_BYTES,
     SDK_TYPE,
     SYNC_DEADLINE,
     USER_AGENT,
@@ -34,13 +38,32 @@ from ._retry import Retry
 from ._types import NOT_GIVEN, NotGiven
 
 _JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
+#: What would end a header line early, or let a value smuggle in a header of its own.
+_BREAKS_HEADER: Final = re.compile(r"[\r\n\x00]")
+#: RFC 9110's token: what a header name may be made of.
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _is_seconds(value: object) -> bool:
+    """A positive, finite number of seconds up to ``MAX_DEADLINE`` (NaN fails ``> 0``)."""
+    return (
+        not isinstance(value, bool) and isinstance(value, int | float) and 0 < value <= MAX_DEADLINE
+    )
+
+
+def _shown(value: object) -> str:
+    # repr() of a 400-digit int is a wall of digits (and past 4,300 digits an error itself).
+    if isinstance(value, int) and abs(value) > MAX_DEADLINE:
+        return f"an int of about {int(value.bit_length() * 0.30103) + 1} digits"
+    return repr(value)
 
 
 def _positive_or_none(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
-    ):
-        raise ValueError(f"{attribute.name} must be a positive number or None, not {value!r}")
+    if value is not None and not _is_seconds(value):
+        raise InvalidArgumentError(
+            f"{attribute.name} must be a positive number of seconds up to {MAX_DEADLINE:g} "
+            f"or None, not {_shown(value)}"
+        )
 
 
 @attrs.frozen
@@ -74,16 +97,27 @@ class Limits:
         max_connections: open connections at most, over all hosts (0 = no limit).
         max_connections_per_host: at most to one host (0 = only the total applies).
         keepalive_timeout: how long an idle connection is kept for reuse.
+        max_reply_bytes: the largest reply body read (default 32 MiB), counted on the wire
+            and again after decompression. A larger reply fails with ``ResponseFormatError``
+            (code: the HTTP status, ``may_have_executed=True``) and its connection is dropped.
     """
 
     max_connections: int = attrs.field(default=MAX_CONNECTIONS)
     max_connections_per_host: int = 0
     keepalive_timeout: float = KEEPALIVE_TIMEOUT
+    max_reply_bytes: int = attrs.field(default=MAX_REPLY_BYTES)
 
     @max_connections.validator
     def _check(self, attribute: attrs.Attribute[int], value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"max_connections must be an int >= 0, not {value!r}")
+            raise InvalidArgumentError(f"max_connections must be an int >= 0, not {value!r}")
+
+    @max_reply_bytes.validator
+    def _check_reply(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**40:
+            raise InvalidArgumentError(
+                f"max_reply_bytes must be an int of bytes > 0 (below 1 TiB), not {_shown(value)}"
+            )
 
     @property
     def pool_size(self) -> int:
@@ -100,16 +134,33 @@ DEFAULT_LIMITS = Limits()
 
 
 def check_str(name: str, value: object, *, optional: bool = True) -> None:
-    """605 unless *value* is a non-empty str (or None, when *optional*)."""
-    if (value is None and optional) or (isinstance(value, str) and value):
+    """605 unless *value* is a non-empty str without CR, LF or NUL (or None, when
+    *optional*): every such str ends up in a header or a URL, where those split the request."""
+    if value is None and optional:
         return
-    raise InvalidArgumentError(f"{name} must be a non-empty str, not {type(value).__name__}")
+    if not isinstance(value, str) or not value:
+        raise InvalidArgumentError(f"{name} must be a non-empty str, not {type(value).__name__}")
+    if _BREAKS_HEADER.search(value):
+        raise InvalidArgumentError(f"{name} must not contain CR, LF or NUL")
+
+
+def check_base_url(value: str) -> None:
+    """605 unless *value* is an ``http://`` or ``https://`` URL with a host."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidArgumentError(
+            f"base_url must start with http:// or https:// and name a host, not {value!r} "
+            "(for the local engine: http://127.0.0.1:<port>)"
+        )
 
 
 def check_timeout(value: object) -> None:
-    """605 unless *value* is a positive number of seconds."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise InvalidArgumentError(f"timeout must be a positive number or None, not {value!r}")
+    """605 unless *value* is a positive, finite number of seconds, at most a week."""
+    if not _is_seconds(value):
+        raise InvalidArgumentError(
+            f"timeout must be a positive number of seconds up to {MAX_DEADLINE:g} or None, "
+            f"not {_shown(value)}"
+        )
 
 
 def check_call_timeout(value: object) -> None:
@@ -149,13 +200,19 @@ def retry_of(value: object) -> Retry:
 
 
 def headers_of(value: Mapping[str, str] | None) -> Mapping[str, str]:
-    """A ``headers=`` argument as a private dict; None is no extra headers."""
+    """A ``headers=`` argument as a private dict; None is no extra headers. Names must be
+    HTTP tokens and values free of CR, LF and NUL: no header injection."""
     if value is None:
         return {}
     if not isinstance(value, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise InvalidArgumentError("headers must be a mapping of str to str")
+    for name, text in value.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise InvalidArgumentError(f"header name {name!r} is not a valid HTTP header name")
+        if _BREAKS_HEADER.search(text):
+            raise InvalidArgumentError(f"header {name!r} must not contain CR, LF or NUL")
     return dict(value)
 
 
@@ -189,6 +246,7 @@ class CallOptions:
         tracing: bool,
     ) -> CallOptions:
         """The options a Session is made with (its ``str`` arguments checked by the caller)."""
+        check_str("platform", platform, optional=False)
         return cls(
             base_url=base_url,
             env_id=env_id,

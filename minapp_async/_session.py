@@ -47,6 +47,7 @@ from ._options import (
     CallOptions,
     Limits,
     Timeouts,
+    check_base_url,
     check_call_timeout,
     check_str,
     limits_of,
@@ -161,6 +162,7 @@ class Session:
         limits = limits_of(limits)
         server = client_secret is not None
         if base_url is not None:
+            check_base_url(base_url)
             _warn_if_insecure(base_url)
         options = CallOptions.of(
             base_url=base_url
@@ -385,7 +387,11 @@ class Session:
             InvalidArgumentError: (605, at once, nothing sent) a bad name, params or sync.
             HError: any failure of the call, with the HTTP status or a 6xx code.
         """
-        return Promise(self._prepare(function_name, params, sync, timeout))
+        coro = self._prepare(function_name, params, sync, timeout)
+        # A forgotten ``await`` warns "coroutine ... was never awaited" with this name: let it
+        # be the method the user called, not a private helper.
+        coro.__qualname__ = "Session.invoke"  # type: ignore[attr-defined]  # writable on coroutines
+        return Promise(coro)
 
     def _prepare(
         self,

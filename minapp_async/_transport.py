@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, nullcontext
-from typing import Literal
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -21,9 +23,11 @@ import attrs
 
 from ._errors import (
     ErrorDetails,
+    HError,
     NetworkError,
     PoolTimeoutError,
     RequestTimeoutError,
+    ResponseFormatError,
     SessionClosedError,
 )
 from ._logs import get_logger
@@ -105,6 +109,119 @@ def _details(method: str, url: str) -> ErrorDetails:
     return ErrorDetails(method=method, path=urlsplit(url).path)
 
 
+#: The encodings the SDK asks for, and inflates itself (bounded): aiohttp would also offer br
+#: or zstd when their packages happen to be installed, and inflate without a bound.
+ACCEPT_ENCODING: Final = "gzip, deflate"
+
+
+def _too_big(status: int, cap: int, what: str, method: str, url: str) -> ResponseFormatError:
+    details = _details(method, url)
+    return ResponseFormatError(
+        status,
+        f"invalid reply: {what} is larger than Limits(max_reply_bytes={cap}); raise "
+        "max_reply_bytes if replies this large are expected",
+        details=ErrorDetails(status=status, method=details.method, path=details.path),
+        may_have_executed=True,
+    )
+
+
+async def _read_body(resp: aiohttp.ClientResponse, cap: int, method: str, url: str) -> bytes:
+    """The whole reply body, at most *cap* bytes on the wire and again once inflated.
+
+    The general path (``Transport.request`` reads a plain reply of known, allowed length
+    itself). A reply over the cap raises ``ResponseFormatError`` as soon as that is known (at
+    once for a Content-Length above it), having held no more than the cap; the caller then
+    drops the connection rather than drain it.
+    """
+    encoding = resp.headers.get("Content-Encoding")
+    length = resp.content_length
+    if length is not None and length > cap:
+        raise _too_big(resp.status, cap, f"the announced body ({length} bytes)", method, url)
+    if encoding is None or encoding.strip().lower() == "identity":
+        inflate = None
+    else:
+        inflate = _Inflater(encoding.strip().lower(), resp.status, cap, method, url)
+    parts: list[bytes] = []
+    wire = 0
+    content = resp.content
+    while True:
+        chunk = await content.readany()
+        if not chunk:
+            break
+        wire += len(chunk)
+        if wire > cap:
+            raise _too_big(resp.status, cap, "the body", method, url)
+        if inflate is None:
+            parts.append(chunk)
+            continue
+        parts.append(inflate.feed(chunk))
+        while inflate.pending:  # a bomb's chunk: inflate it a step at a time
+            await asyncio.sleep(0)  # let the loop run between steps
+            parts.append(inflate.feed(b""))
+    if inflate is not None and wire:
+        inflate.check_complete()
+    return b"".join(parts)
+
+
+#: Inflated bytes per decompression step.
+_STEP: Final = 1024 * 1024
+
+
+class _Inflater:
+    """Bounded gzip/deflate decompression: never more than the cap comes out, whatever the
+    ratio (a 255 KiB gzip bomb inflates to 256 MiB)."""
+
+    __slots__ = ("_cap", "_encoding", "_method", "_out", "_status", "_url", "_zlib")
+
+    def __init__(self, encoding: str, status: int, cap: int, method: str, url: str) -> None:
+        if encoding not in ("gzip", "x-gzip", "deflate"):
+            raise ResponseFormatError(
+                status,
+                f"invalid reply: Content-Encoding {encoding[:40]!r} was not asked for "
+                f"(the SDK accepts {ACCEPT_ENCODING})",
+                details=_details(method, url),
+                may_have_executed=True,
+            )
+        self._encoding = encoding
+        self._zlib: zlib._Decompress | None = (
+            zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding != "deflate" else None
+        )
+        self._status, self._cap, self._method, self._url = status, cap, method, url
+        self._out = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        d = self._zlib
+        if d is None:
+            # "deflate" is zlib-wrapped by the standard, raw deflate by some servers.
+            wbits = zlib.MAX_WBITS if chunk[0] & 0x0F == 8 else -zlib.MAX_WBITS
+            d = self._zlib = zlib.decompressobj(wbits)
+        try:
+            # At most a step of output per call: zlib would otherwise grow a buffer of up to
+            # the cap and copy it, twice the cap at its peak.
+            data = d.decompress(d.unconsumed_tail + chunk, min(_STEP, self._cap + 1 - self._out))
+        except zlib.error as exc:
+            raise ResponseFormatError(
+                self._status,
+                f"invalid reply: the body is not valid {self._encoding} ({exc})",
+                details=_details(self._method, self._url),
+                may_have_executed=True,
+            ) from None
+        self._out += len(data)
+        if self._out > self._cap:
+            raise _too_big(self._status, self._cap, "the inflated body", self._method, self._url)
+        return data
+
+    @property
+    def pending(self) -> bool:
+        """Input is left that did not fit in the last step's output."""
+        return self._zlib is not None and bool(self._zlib.unconsumed_tail)
+
+    def check_complete(self) -> None:
+        """At the end of the body: the compressed stream must have ended too."""
+        if self._zlib is not None and not self._zlib.eof:
+            raise aiohttp.ClientPayloadError(f"the {self._encoding} body was cut short")
+
+
 class Transport:
     """A lazily created, pooled aiohttp ``ClientSession`` and the exception boundary.
 
@@ -115,7 +232,7 @@ class Transport:
         self._limits = limits
         # Sent with every request; each request's own headers add to or replace them. As the
         # aiohttp session's defaults they cost less per request than merged in every time.
-        self.headers = dict(headers)
+        self.headers = {"Accept-Encoding": ACCEPT_ENCODING, **headers}
         self._connect_timeout = timeouts.connect
         self._client: aiohttp.ClientSession | None = None
         self._pool: anyio.Semaphore | None = None
@@ -173,7 +290,7 @@ class Transport:
                 headers=self.headers,
                 cookie_jar=aiohttp.DummyCookieJar(),  # the client API uses no cookies
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
-                auto_decompress=True,
+                auto_decompress=False,  # inflated here, bounded: _read_body
             )
             if self._limits.pool_size:
                 self._pool = anyio.Semaphore(self._limits.pool_size)
@@ -224,6 +341,10 @@ class Transport:
                         "lower the concurrency",
                         details=_details(method, url),
                     ) from None
+        if self._closed:  # closed while this call waited for a connection
+            if pool is not None:
+                pool.release()
+            raise SessionClosedError()
         attempt.phase = "send"
         started = time.perf_counter() if logger.isEnabledFor(logging.DEBUG) else None
         session = client if cookies is None else cookies._session
@@ -237,56 +358,34 @@ class Transport:
                 allow_redirects=False,
             ) as resp:
                 reply = resp.headers
+                cap, length = self._limits.max_reply_bytes, resp.content_length
+                if length is not None and length <= cap and "Content-Encoding" not in reply:
+                    # Every usual reply: plain, its length known and allowed, so the parser
+                    # stops there; no coroutine of ours on this path.
+                    content = await resp.read()
+                else:
+                    try:
+                        content = await _read_body(resp, cap, method, url)
+                    except ResponseFormatError:
+                        resp.close()  # drop the connection: draining it could take forever
+                        raise
                 raw = RawResponse(
                     status=resp.status,
-                    body=await resp.read(),
+                    body=content,
                     content_type=reply.get("Content-Type", ""),
                     request_id=reply.get(REQUEST_ID_HEADER),
                     retry_after=reply.get("Retry-After"),
                     location=reply.get("Location") if 300 <= resp.status < 400 else None,
                 )
-        except aiohttp.ClientConnectorError as exc:
-            # The connection was never made (refused, DNS, TLS): nothing reached the server.
-            attempt.sent = False
-            raise NetworkError(
-                f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc}",
-                details=_details(method, url),
-            ) from exc
-        except aiohttp.ServerTimeoutError as exc:
-            if isinstance(exc, aiohttp.ConnectionTimeoutError):
-                attempt.sent = False
-            raise RequestTimeoutError(
-                f"{exc or 'timed out'}",
-                details=_details(method, url),
-                may_have_executed=attempt.sent,
-            ) from exc
-        except aiohttp.ClientConnectionResetError as exc:
-            # aiohttp raises this only while writing the request: the server never got a
-            # whole request, so the function cannot have run (typically a pooled keep-alive
-            # connection the server closed just as it was reused). Safe to retry.
-            attempt.sent = False
-            raise NetworkError(
-                "the connection closed before the request was sent",
-                details=_details(method, url),
-            ) from exc
-        except aiohttp.ServerDisconnectedError as exc:
-            raise NetworkError(
-                "the server closed the connection without a reply",
-                details=_details(method, url),
-                may_have_executed=True,
-            ) from exc
-        except aiohttp.ClientPayloadError as exc:
-            raise NetworkError(
-                "the connection broke while the reply was being read",
-                details=_details(method, url),
-                may_have_executed=True,
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise NetworkError(
-                f"{type(exc).__name__}: {exc}",
-                details=_details(method, url),
-                may_have_executed=attempt.sent,
-            ) from exc
+        except (aiohttp.ClientError, OSError, RuntimeError) as exc:
+            if not self._closed:
+                self._raise_network_error(exc, method, url, attempt)
+                raise  # not ours to translate (a RuntimeError of aiohttp's while open)
+            # aclose() cut this call off: aiohttp says "Session is closed" (RuntimeError) or
+            # reports the connections it closed; the caller's error is the close itself.
+            err = SessionClosedError()
+            err.details, err.may_have_executed = _details(method, url), attempt.sent
+            raise err from exc
         finally:
             if pool is not None:
                 pool.release()
@@ -300,6 +399,58 @@ class Transport:
                 raw.request_id,
             )
         return raw
+
+    @staticmethod
+    def _raise_network_error(exc: BaseException, method: str, url: str, attempt: Attempt) -> None:
+        """Raise the ``HError`` for an aiohttp or socket failure; return for anything else."""
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            # The connection was never made (refused, DNS, TLS): nothing reached the server.
+            attempt.sent = False
+            hint = ""
+            if isinstance(exc.os_error, ssl.SSLError) and "WRONG_VERSION" in str(exc.os_error):
+                hint = (
+                    " (the server answers in plain HTTP on this port, not TLS: use an http:// "
+                    "base_url for it)"
+                )
+            raise NetworkError(
+                f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc}{hint}",
+                details=_details(method, url),
+            ) from exc
+        if isinstance(exc, aiohttp.ServerTimeoutError):
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                attempt.sent = False
+            raise RequestTimeoutError(
+                f"{exc or 'timed out'}",
+                details=_details(method, url),
+                may_have_executed=attempt.sent,
+            ) from exc
+        if isinstance(exc, aiohttp.ClientConnectionResetError):
+            # aiohttp raises this only while writing the request: the server never got a
+            # whole request, so the function cannot have run (typically a pooled keep-alive
+            # connection the server closed just as it was reused). Safe to retry.
+            attempt.sent = False
+            raise NetworkError(
+                "the connection closed before the request was sent",
+                details=_details(method, url),
+            ) from exc
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            raise NetworkError(
+                "the server closed the connection without a reply",
+                details=_details(method, url),
+                may_have_executed=True,
+            ) from exc
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            raise NetworkError(
+                "the connection broke while the reply was being read",
+                details=_details(method, url),
+                may_have_executed=True,
+            ) from exc
+        if isinstance(exc, aiohttp.ClientError | OSError) and not isinstance(exc, HError):
+            raise NetworkError(
+                f"{type(exc).__name__}: {exc}",
+                details=_details(method, url),
+                may_have_executed=attempt.sent,
+            ) from exc
 
     @asynccontextmanager
     async def cookie_flow(self) -> AsyncIterator[CookieFlow]:

@@ -289,3 +289,83 @@ async def test_a_plain_for_over_map_says_async_for(server: Hostile) -> None:
                 pass
 
     assert [] == server.seen
+
+
+# -- beyond the issue's examples -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "deadline", [math.nan, -1.0, 0, -math.inf, 10**5000], ids=["nan", "-1", "0", "-inf", "10**5000"]
+)
+async def test_other_impossible_deadlines_are_605(server: Hostile, deadline: float) -> None:
+    """NaN, zero, negative and a 5,000-digit int (whose repr would itself fail): 605 in
+    ``invoke`` and in ``Timeouts``, nothing sent."""
+
+    async def in_invoke(url: str) -> None:
+        async with Session(CLIENT_ID, base_url=url, token=TOKEN) as s:
+            await s.invoke("f", timeout=deadline)
+
+    async def in_timeouts(url: str) -> None:
+        async with Session(CLIENT_ID, base_url=url, token=TOKEN, timeout=Timeouts(ack=deadline)):
+            pass
+
+    await refused(server, in_invoke)
+    await refused(server, in_timeouts)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X Trace": "v"}, {"X-Trace:": "v"}, {"": "v"}, {"X-Trace": "a\x00b"}, {"Ünï": "v"}],
+    ids=["space-in-name", "colon-in-name", "empty-name", "nul-in-value", "non-ascii-name"],
+)
+async def test_a_header_name_that_is_no_http_token_is_605(
+    server: Hostile, headers: dict[str, str]
+) -> None:
+    """A header name with a space, a colon, nothing or non-ASCII, and a value with NUL: 605
+    (aiohttp would send some of them as they are, or fail with a raw error)."""
+
+    async def action(url: str) -> None:
+        async with Session(CLIENT_ID, base_url=url, token=TOKEN, headers=headers) as s:
+            await s.invoke("f")
+
+    await refused(server, action)
+
+
+@pytest.mark.parametrize("where", ["client_id", "client_secret", "token-nul", "base_url"])
+async def test_cr_lf_or_nul_in_the_other_session_strings_is_605(
+    server: Hostile, where: str
+) -> None:
+    """The client id (a header), the client secret, a token with NUL, a base URL with a line
+    break: 605, nothing sent."""
+
+    async def action(url: str) -> None:
+        if where == "client_id":
+            Session("id\r\nX-Injected: 1", base_url=url, token=TOKEN)
+        elif where == "client_secret":
+            Session(CLIENT_ID, base_url=url, client_secret="cs\nX-Injected: 1")
+        elif where == "token-nul":
+            Session(CLIENT_ID, base_url=url, token="tok\x00en")
+        else:
+            Session(CLIENT_ID, base_url=url + "/\r\nX-Injected: 1", token=TOKEN)
+
+    await refused(server, action)
+
+
+async def test_names_that_only_look_like_dots_still_work(server: Hostile) -> None:
+    """Only ``.`` and ``..`` are refused: ``...``, ``.f`` and ``f.`` are names like others,
+    quoted into the Open API path. (Guards the rule against refusing too much.)"""
+    async with Session(CLIENT_ID, client_secret=CLIENT_SECRET, base_url=server.url) as s:
+        for name in ("...", ".f", "f."):
+            assert (await s.invoke(name)).ok
+
+    jobs = [seen.path for seen in server.seen if "cloud-function" in seen.path]
+    assert jobs == [f"/oserve/v1.3/cloud-function/{n}/job/" for n in ("...", ".f", "f.")]
+
+
+async def test_str_keys_at_depth_and_tuples_still_work(server: Hostile) -> None:
+    """Nested dicts with str keys inside lists and tuples are sent as before."""
+    params = {"a": [{"b": ({"c": 1},)}], "d": {"e": {"f": [1, 2]}}}
+    async with Session(CLIENT_ID, base_url=server.url, token=TOKEN) as s:
+        assert (await s.invoke("f", params)).ok
+
+    assert {"a": [{"b": [{"c": 1}]}], "d": {"e": {"f": [1, 2]}}} == server.seen[0].json()["data"]

@@ -13,6 +13,10 @@ Assumed for the implementer:
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+import json
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +24,6 @@ import anyio
 import pytest
 from aiohttp import web
 from anyio import wait_all_tasks_blocked
-from hardening_support import eventually
 from hostile_servers import (
     AUTHORIZE_PATH,
     CLIENT_ID,
@@ -44,6 +47,7 @@ from hostile_servers import (
     rss_kib,
     stream,
 )
+from support import wait_until
 
 import minapp_async
 from minapp_async import Limits, Retry, Session, UserCredentials
@@ -326,12 +330,201 @@ async def test_aclose_under_1000_calls_in_flight_ends_each_with_session_closed(
         async with anyio.create_task_group() as tg:
             for _ in range(1000):
                 tg.start_soon(call, s)
-            await eventually(lambda: len(server.seen) >= 100, within=30)
+            await wait_until(lambda: len(server.seen) >= 100, within=30)
             await wait_all_tasks_blocked()
             await s.aclose()
             with anyio.fail_after(10):  # prompt: not at the calls' 120 s deadline
-                await eventually(lambda: len(results) == 1000, within=10)
+                await wait_until(lambda: len(results) == 1000, within=10)
 
     kinds = sorted({type(r).__name__ for r in results})
     assert ["SessionClosedError"] == kinds, kinds
     assert all(r.code == 602 for r in results)
+
+
+# -- beyond the issue's examples: what else a hostile server can send ------------------------------
+
+SMALL_CAP = 1 * MiB
+
+
+def raw_reply(head: bytes, *parts: bytes, pace: float = 0.0, forever: bytes = b"") -> Handler:
+    """A handler that writes *head* and *parts* straight to the socket (any lie about lengths
+    or encodings), then *forever* again and again every *pace* seconds, then closes."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        assert transport is not None
+        transport.write(head)
+        for part in parts:
+            transport.write(part)
+        while forever and not transport.is_closing():
+            transport.write(forever)
+            await asyncio.sleep(pace)  # the trickle's pace, not a synchronisation
+        transport.close()  # flushes what was written, then closes
+        raise asyncio.CancelledError  # aiohttp ends the handler quietly
+
+    return handle
+
+
+def json_head(extra: str = "") -> bytes:
+    return f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{extra}\r\n".encode()
+
+
+def deflate_bomb(inflated: int, *, wbits: int) -> bytes:
+    """A deflate body (*wbits* 15: zlib-wrapped, -15: raw) inflating to *inflated* bytes."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    parts = [packer.compress(b'{"code":0,"data":"')]
+    parts += [packer.compress(b"a" * MiB) for _ in range(inflated // MiB)]
+    return b"".join([*parts, packer.compress(b'"}'), packer.flush()])
+
+
+async def invoke_against(server: Hostile, handler: Handler, cap: int = SMALL_CAP) -> Any:
+    server.routes[JOB_PATH] = handler
+    async with Session(
+        CLIENT_ID,
+        base_url=server.url,
+        token=TOKEN,
+        limits=capped_limits(cap),
+        retry=Retry(attempts=1),
+    ) as s:
+        with anyio.fail_after(30):
+            return await outcome(s.invoke("f", timeout=20))
+
+
+@pytest.mark.parametrize("wbits", [15, -15], ids=["zlib-deflate", "raw-deflate"])
+async def test_a_deflate_bomb_fails_at_the_cap(server: Hostile, wbits: int) -> None:
+    """``Content-Encoding: deflate``, zlib-wrapped or raw, inflating to 16 MiB under a 1 MiB
+    cap: ResponseFormatError naming ``max_reply_bytes``."""
+    bomb = deflate_bomb(16 * MiB, wbits=wbits)
+    err = await invoke_against(server, reply(200, bomb, **{"Content-Encoding": "deflate"}))
+
+    assert isinstance(err, minapp_async.ResponseFormatError), repr(err)
+    assert "max_reply_bytes" in err.message
+
+
+async def test_compressed_replies_under_the_cap_still_read(server: Hostile) -> None:
+    """gzip and deflate replies the SDK asked for (``Accept-Encoding: gzip, deflate``, no br
+    or zstd it could not bound) are inflated as before."""
+    result = {"code": 0, "data": "x" * 5000, "error": {}}
+    raw = json.dumps(result).encode()
+    for encoding, body in [("gzip", gzip.compress(raw)), ("deflate", zlib.compress(raw))]:
+        got = await invoke_against(server, reply(200, body, **{"Content-Encoding": encoding}))
+        assert isinstance(got, minapp_async.InvokeResult), (encoding, got)
+        assert "x" * 5000 == got.data
+
+    assert all(s.headers.get("Accept-Encoding") == "gzip, deflate" for s in server.seen)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "expected"),
+    [
+        ("br", b"\x1b\x03\x00\xf8\xa5", minapp_async.ResponseFormatError),
+        ("gzip", b"this is not gzip at all", minapp_async.ResponseFormatError),
+        ("gzip", gzip.compress(json.dumps(OK_RESULT).encode())[:-12], minapp_async.NetworkError),
+    ],
+    ids=["br-not-asked-for", "corrupt-gzip", "truncated-gzip"],
+)
+async def test_a_bad_encoding_is_an_herror(
+    server: Hostile, encoding: str, body: bytes, expected: type[minapp_async.HError]
+) -> None:
+    """An encoding the SDK did not ask for, a corrupt gzip body, a gzip body cut short: the
+    matching HError, never zlib.error or raw compressed bytes parsed as JSON."""
+    err = await invoke_against(server, reply(200, body, **{"Content-Encoding": encoding}))
+
+    assert isinstance(err, expected), repr(err)
+    assert err.may_have_executed
+
+
+async def test_a_content_length_lie_is_an_herror(server: Hostile) -> None:
+    """A Content-Length of 1,000 with 9 bytes sent, then the connection closed: NetworkError
+    (the reply broke), may_have_executed; and one of 2 GiB over a short body: refused at once,
+    before any of it is read."""
+    short = raw_reply(json_head("Content-Length: 1000\r\n"), b'{"code":0')
+    err = await invoke_against(server, short)
+    assert isinstance(err, minapp_async.NetworkError), repr(err)
+    assert err.may_have_executed
+
+    huge = raw_reply(json_head(f"Content-Length: {2048 * MiB}\r\n"), b'{"code":0}')
+    err = await invoke_against(server, huge)
+    assert isinstance(err, minapp_async.ResponseFormatError), repr(err)
+    assert "max_reply_bytes" in err.message
+
+
+async def test_chunks_of_absurd_size_are_an_herror(server: Hostile) -> None:
+    """Chunked encoding announcing one 2 GiB chunk and streaming 8 MiB of it under a 1 MiB
+    cap: ResponseFormatError at the cap; a chunk size of 20 hex digits: an HError."""
+    head = json_head("Transfer-Encoding: chunked\r\n")
+    big = raw_reply(head, b"80000000\r\n", forever=b"a" * 65536, pace=0.001)
+    err = await invoke_against(server, big)
+    assert isinstance(err, minapp_async.ResponseFormatError), repr(err)
+    assert "max_reply_bytes" in err.message
+
+    absurd = raw_reply(head, b"ffffffffffffffffffff\r\n", b"a" * 1000)
+    err = await invoke_against(server, absurd)
+    assert isinstance(err, minapp_async.HError), repr(err)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"code": NaN, "data": 1, "error": {}}',
+        b'{"code": Infinity, "data": 1, "error": {}}',
+        b'{"code": 0, "data": ' + b"9" * 100_000 + b', "error": {}}',
+        b'{"code": ' + b"1" * 5000 + b', "data": 1, "error": {}}',
+        b"\xef\xbb\xbf" + b"[" * 100_000,
+    ],
+    ids=["NaN", "Infinity", "int-of-100000-digits", "code-of-5000-digits", "bom-then-deep"],
+)
+async def test_json_that_is_not_json_is_a_response_format_error(
+    server: Hostile, body: bytes
+) -> None:
+    """A NaN or Infinity result code (read as Python reads them: no int), integers of 100,000 digits (bounded by
+    Python's int conversion limit), a BOM before deep nesting: ResponseFormatError, without
+    stalling the loop for long."""
+    meter = StallMeter()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(meter.run)
+        err = await invoke_against(server, reply(200, body))
+        meter.stop()
+
+    assert isinstance(err, minapp_async.ResponseFormatError), repr(err)
+    assert meter.longest < 0.5, f"the event loop stalled for {meter.longest:.2f} s"
+
+
+async def test_a_trickling_reply_ends_at_the_deadline(server: Hostile) -> None:
+    """A reply whose headers come at once and whose body trickles, a byte every 50 ms, for
+    ever (each byte well within any read timeout): the call's own deadline ends it with a
+    RequestTimeoutError that may have executed, not after the body."""
+    trickle = raw_reply(
+        json_head("Transfer-Encoding: chunked\r\n"), forever=b"1\r\na\r\n", pace=0.05
+    )
+    server.routes[JOB_PATH] = trickle
+    async with Session(CLIENT_ID, base_url=server.url, token=TOKEN) as s:
+        with anyio.fail_after(20):
+            err = await outcome(s.invoke("f", timeout=1))
+
+    assert isinstance(err, minapp_async.RequestTimeoutError), repr(err)
+    assert err.may_have_executed
+
+
+async def test_a_reply_cut_at_the_cap_drops_its_connection(server: Hostile) -> None:
+    """After an 8 MiB reply over a 1 MiB cap, the connection is dropped, not drained or put
+    back: the next call opens a new one and reads its own reply, not the rest of the last."""
+    server.routes[JOB_PATH] = reply(200, {"code": 0, "data": "x" * 8 * MiB, "error": {}})
+    async with Session(
+        CLIENT_ID, base_url=server.url, token=TOKEN, limits=capped_limits(SMALL_CAP)
+    ) as s:
+        err = await outcome(s.invoke("f", timeout=10))
+        assert 0 == s.pool_stats.idle
+        server.routes[JOB_PATH] = reply(200, OK_RESULT)
+        ok = await outcome(s.invoke("f", timeout=10))
+
+    assert isinstance(err, minapp_async.ResponseFormatError), repr(err)
+    assert isinstance(ok, minapp_async.InvokeResult), repr(ok)
+    assert "ok" == ok.data
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 1.5, 2**40, 10**400, "32M"])
+def test_a_bad_reply_cap_is_605(value: Any) -> None:
+    """``max_reply_bytes`` is an int of bytes above 0 (below 1 TiB): anything else is 605."""
+    with pytest.raises(minapp_async.InvalidArgumentError):
+        Limits(max_reply_bytes=value)  # type: ignore[call-arg]
