@@ -9,6 +9,9 @@ shows where the engine spends its time.
 
     python benchmarks/engine.py                       # 5,000 calls each, concurrency 32
     python benchmarks/engine.py --calls 500 --concurrency 10
+    python benchmarks/engine.py --no-contain          # workers launched uncontained
+
+"cold ms" is the first call of each function: it starts the function's first worker.
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ FUNCTIONS = {
 }
 
 
-def start_engine(functions: Path) -> tuple[subprocess.Popen[str], str]:
+def start_engine(functions: Path, extra: list[str]) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "minapp_async", "serve", "--functions", str(functions),
-         "--port", "0", "--allow-anonymous", "--log-level", "warning"],
+         "--port", "0", "--allow-anonymous", "--log-level", "warning", *extra],
         stdout=subprocess.PIPE,
         text=True,
         cwd=_common.ROOT,
@@ -63,9 +66,12 @@ def stop(process: subprocess.Popen[str]) -> None:
 async def run(url: str, client_id: str, pid: int, calls: int, concurrency: int) -> None:
     async with minapp_async.Session(client_id, base_url=url) as s:
         await s.auth.anonymous_login()
-        header = f"{'runtime':<8} {'calls/s':>8} {'p50 ms':>7} {'p95 ms':>7}"
+        header = f"{'runtime':<8} {'cold ms':>7} {'calls/s':>8} {'p50 ms':>7} {'p95 ms':>7}"
         print(header + "   CPU µs per call: client  engine  workers")
         for name, runtime in (("helloWorld", "Node"), ("helloPython", "Python")):
+            cold_started = time.perf_counter()
+            await s.invoke(name, {"name": "cold"})
+            cold_ms = (time.perf_counter() - cold_started) * 1000
             await s.invoke_many(name, [{"name": "allen"}] * 50, concurrency=concurrency)
             workers = _common.children(pid)
             before = (
@@ -89,7 +95,7 @@ async def run(url: str, client_id: str, pid: int, calls: int, concurrency: int) 
                 (a - b) / calls * 1e6 for a, b in zip(after, before, strict=True)
             )
             print(
-                f"{runtime:<8} {summary.calls_per_second:>8.0f} "
+                f"{runtime:<8} {cold_ms:>7.1f} {summary.calls_per_second:>8.0f} "
                 f"{summary.latency_p50 * 1000:>7.1f} {summary.latency_p95 * 1000:>7.1f}   "
                 f"{'':>16}{client:>6.0f} {engine:>7.0f} {work:>8.0f}"
             )
@@ -100,6 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--no-contain", action="store_true", help="serve --no-contain")
     args = parser.parse_args()
     print(_common.machine_notes())
     node = shutil.which("node")
@@ -107,12 +114,13 @@ def main() -> None:
         [node or "node", "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
     print(
-        f"Node {version}; engine defaults (10 jobs at once); client concurrency {args.concurrency}"
+        f"Node {version}; engine defaults (10 jobs at once); client concurrency "
+        f"{args.concurrency}; functions {'uncontained' if args.no_contain else 'contained'}"
     )
     with tempfile.TemporaryDirectory(prefix="minapp-bench-") as tmp:
         for target, source in FUNCTIONS.values():
             shutil.copy(source, Path(tmp) / target)
-        process, url = start_engine(Path(tmp))
+        process, url = start_engine(Path(tmp), ["--no-contain"] if args.no_contain else [])
         try:
             from minapp_async.engine import DEFAULT_CLIENT_ID
 

@@ -78,6 +78,13 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="memory limit per function worker (default: %(default)s)",
     )
     parser.add_argument(
+        "--no-contain",
+        dest="contain",
+        action="store_false",
+        help="run functions uncontained: no namespaces, shared /tmp and network, no tree "
+        "memory limit (contained by default where the OS allows)",
+    )
+    parser.add_argument(
         "--client-id",
         default=None,
         metavar="ID",
@@ -160,6 +167,7 @@ def _serve(args: argparse.Namespace) -> int:
             async_time_limit=args.async_time_limit,
             concurrency=args.concurrency,
             memory_limit_mb=args.memory_limit_mb,
+            contain_functions=args.contain,
             strict_tables=args.strict_tables,
             **overrides,
         )
@@ -222,6 +230,7 @@ def _banner(engine: Engine, *, secret_given: bool, quiet: bool) -> None:
         f"  client id:     {client_id}",
         f"  client secret: {secret}",
         f"  anonymous invoke: {anonymous}",
+        f"  containment: {_containment(engine)}",
         f"  job logs:      {'hidden (--quiet)' if quiet else 'shown here as they happen (--quiet hides them)'}",
         "point the SDK at it:",
         f"  minapp_async.Session({engine.client_id!r}, base_url={engine.url!r})",
@@ -229,6 +238,15 @@ def _banner(engine: Engine, *, secret_given: bool, quiet: bool) -> None:
     ]
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
+
+
+def _containment(engine: Engine) -> str:
+    report = engine.containment
+    if report is None:  # (not started)
+        return "unknown"
+    if report.complete:
+        return f"on (own pid, mount and network namespaces, cgroup {report.cgroup_version})"
+    return "; ".join(report.missing)
 
 
 SERVE: Final = Command(

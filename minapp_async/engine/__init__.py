@@ -19,6 +19,7 @@ from ._faults import Faults as Faults
 from ._jobs import EngineStats as EngineStats
 from ._jobs import FunctionStats as FunctionStats
 from ._jobs import Job as Job
+from ._sandbox import Containment as Containment
 from ._schedule import TimerStatus as TimerStatus
 from ._trigger_file import TRIGGER_FILE as TRIGGER_FILE
 from ._trigger_file import TriggerFileError as TriggerFileError
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_CLIENT_ID",
     "DEFAULT_CLIENT_SECRET",
     "TRIGGER_FILE",
+    "Containment",
     "Engine",
     "EngineConfig",
     "EngineOutbox",

@@ -93,6 +93,10 @@ class EngineConfig:
         session_ttl, access_token_ttl: Lifetimes (s) of user tokens and Open API tokens.
         miniapp_id: ``event.miniappId``.
         node: Node.js executable; None looks ``node`` up on PATH.
+        contain_functions: Run each worker contained (Linux: own pid, mount and network
+            namespaces, private /tmp, its whole process tree under one memory limit). Where
+            the OS cannot, the engine runs functions anyway and logs once what is not
+            enforced; False turns containment off (``serve --no-contain``).
         state: The engine's SQLite state file (data tables and the outbox live there), or
             ``":memory:"`` (the default) to keep nothing after the engine stops.
         strict_tables: Unknown tables are a 404 (and unknown fields a 400), as on the
@@ -118,6 +122,7 @@ class EngineConfig:
     access_token_ttl: int = attrs.field(default=31535999, validator=_positive)
     miniapp_id: int = DEFAULT_MINIAPP_ID
     node: str | None = None
+    contain_functions: bool = True
     state: str = attrs.field(default=":memory:", converter=str, validator=_non_empty)
     strict_tables: bool = False
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_names)

@@ -21,6 +21,7 @@ from ._config import DEFAULT_CLIENT_ID, EngineConfig
 from ._console import JobConsole
 from ._faults import Faults
 from ._jobs import EngineStats, Job, JobBoard
+from ._sandbox import Containment
 from ._schedule import TimerStatus, TriggerRunner, platform_now
 from ._table_triggers import TableTriggers
 from ._trigger_file import load as load_triggers
@@ -136,8 +137,12 @@ class Engine:
                 functions_dir,
                 memory_limit_mb=self.config.memory_limit_mb,
                 node=self.config.node or shutil.which("node"),
+                contain=self.config.contain_functions,
+                # The engine's state folder (when it lives there): hidden from functions.
+                hidden_dirs=[functions_dir / ".minapp"],
                 baas=self._baas.handle,
             )
+            await self._runtime.start()  # decides containment and logs what it cannot enforce
             self._board = JobBoard(
                 self._runtime,
                 concurrency=self.config.concurrency,
@@ -242,6 +247,12 @@ class Engine:
         if self._url is None:
             raise RuntimeError("the engine is not serving: start it first")
         return self._url
+
+    @property
+    def containment(self) -> Containment | None:
+        """What containment of functions enforces here (and what not, with the reason); None
+        before :meth:`start`."""
+        return self._runtime.containment if self._runtime is not None else None
 
     @property
     def client_id(self) -> str:

@@ -51,6 +51,7 @@ _MEMBERS_TTL = 1.0  # without a cgroup, how long a scan of the tree's members is
 _RELEASE_TIMEOUT = 5.0  # a SIGKILLed tree is gone at once; this bounds the pathological case
 _CGROUP_PREFIX = "minapp-"
 _FSTAB_PREFIX = "minapp-sandbox-"
+_CGROUP_NUMBERS = itertools.count(1)
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -167,8 +168,9 @@ def _can_make_child(own: Path) -> bool:
     return True
 
 
-def _remove_stale_cgroups(parent: _CgroupParent, also_pid: int | None = None) -> None:
+def _remove_stale_cgroups(parent: _CgroupParent, also: Iterable[str] = ()) -> None:
     # Left behind by an engine that was SIGKILLed: empty once its tree died with it.
+    own = set(also)
     with contextlib.suppress(OSError):
         for entry in parent.path.iterdir():
             name = entry.name
@@ -176,7 +178,7 @@ def _remove_stale_cgroups(parent: _CgroupParent, also_pid: int | None = None) ->
                 continue
             pid_text = name[len(_CGROUP_PREFIX) :].split("-", 1)[0]
             dead = pid_text.isdigit() and not Path(f"/proc/{pid_text}").exists()
-            if dead or pid_text == str(also_pid):
+            if dead or name in own:
                 with contextlib.suppress(OSError):
                     entry.rmdir()
 
@@ -200,6 +202,9 @@ class _TreeCgroup:
     def __init__(self, parent: _CgroupParent, name: str, limit: int) -> None:
         self.version = parent.version
         self.path = parent.path / name
+        # The files read on every job stay open: one pread()/pwrite() per figure. (On v2 the
+        # peak must be reset and read through the same open file anyway.)
+        self._fds: dict[str, int] = {}
         self.path.mkdir()
         try:
             if self.version == "v2":
@@ -222,27 +227,40 @@ class _TreeCgroup:
     def _read(self, name: str) -> str:
         return (self.path / name).read_text()
 
+    def _fd(self, name: str) -> int:
+        fd = self._fds.get(name)
+        if fd is None:
+            # Read-only files refuse O_RDWR; the peak is written (reset) and read.
+            writable = name in ("memory.peak", "memory.max_usage_in_bytes")
+            flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+            fd = os.open(self.path / name, flags)
+            self._fds[name] = fd
+        return fd
+
+    def _pread(self, name: str) -> bytes:
+        return os.pread(self._fd(name), 4096, 0)
+
     def usage(self) -> int:
         with contextlib.suppress(OSError, ValueError):
             name = "memory.current" if self.version == "v2" else "memory.usage_in_bytes"
-            return int(self._read(name))
+            return int(self._pread(name))
         return 0
 
     def peak(self) -> int:
         with contextlib.suppress(OSError, ValueError):
             name = "memory.peak" if self.version == "v2" else "memory.max_usage_in_bytes"
-            return int(self._read(name))
+            return int(self._pread(name))
         return self.usage()
 
     def reset_peak(self) -> None:
         with contextlib.suppress(OSError):  # v2 needs Linux >= 6.12 for this
             name = "memory.peak" if self.version == "v2" else "memory.max_usage_in_bytes"
-            self._write(name, "reset" if self.version == "v2" else "0")
+            os.pwrite(self._fd(name), b"reset" if self.version == "v2" else b"0", 0)
 
     def oom_kills(self) -> int:
         with contextlib.suppress(OSError, ValueError):
             name = "memory.events" if self.version == "v2" else "memory.oom_control"
-            for line in self._read(name).splitlines():
+            for line in self._pread(name).decode("ascii", "replace").splitlines():
                 key, _, value = line.partition(" ")
                 if key == "oom_kill":
                     return int(value)
@@ -263,6 +281,9 @@ class _TreeCgroup:
                 os.kill(pid, signal.SIGKILL)
 
     def try_remove(self) -> bool:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
         try:
             self.path.rmdir()
         except FileNotFoundError:
@@ -282,13 +303,19 @@ def _kept_dirs(paths: Iterable[str], covered: Sequence[str]) -> list[str]:
     for raw in paths:
         if not os.path.isabs(raw):
             continue
-        path = os.path.realpath(raw)
-        if not os.path.isdir(path):
-            path = os.path.dirname(path)
+        # The file's real folder, and the folder of the path as given: a venv's bin/python is a
+        # symlink, exec'd by its own path; with the venv's root, so pyvenv.cfg is found too.
+        given = os.path.realpath(os.path.dirname(raw))
+        candidates = [os.path.realpath(raw), given]
+        if os.path.isfile(os.path.join(os.path.dirname(given), "pyvenv.cfg")):
+            candidates.append(os.path.dirname(given))
+        for path in candidates:
             if not os.path.isdir(path):
-                continue
-        if any(path == d or path.startswith(d.rstrip("/") + "/") for d in covered):
-            found.add(path)
+                path = os.path.dirname(path)
+                if not os.path.isdir(path):
+                    continue
+            if any(path == d or path.startswith(d.rstrip("/") + "/") for d in covered):
+                found.add(path)
     outermost = sorted(found)
     return [p for p in outermost if not any(p.startswith(q + "/") for q in outermost if q != p)]
 
@@ -507,7 +534,7 @@ class Sandbox:
         self._limit = memory_limit_mb * 1024 * 1024
         self._tmp_size_mb = tmp_size_mb or memory_limit_mb
         self._hidden = [os.path.realpath(p) for p in hidden]
-        self._names = itertools.count(1)
+        self._made: set[str] = set()  # names of the cgroups this sandbox made
         self._tools: tuple[str, str, str] | None = None
         self._cgroup_parent: _CgroupParent | None = None
         self._fstab_dir: str | None = None
@@ -657,7 +684,9 @@ class Sandbox:
         """
         cgroup = None
         if self._cgroup_parent is not None:
-            name = f"{_CGROUP_PREFIX}{os.getpid()}-{next(self._names)}"
+            # One counter per process: several engines in one process never share a name.
+            name = f"{_CGROUP_PREFIX}{os.getpid()}-{next(_CGROUP_NUMBERS)}"
+            self._made.add(name)
             cgroup = _TreeCgroup(self._cgroup_parent, name, self._limit)
         tree = ProcessTree(cgroup, contained=self._tools is not None)
         if self._tools is None:
@@ -676,7 +705,8 @@ class Sandbox:
     def close(self) -> None:
         """At engine shutdown, after every tree's aclose(): removes any cgroup left over."""
         if self._cgroup_parent is not None:
-            _remove_stale_cgroups(self._cgroup_parent, also_pid=os.getpid())
+            _remove_stale_cgroups(self._cgroup_parent, also=self._made)
+            self._made.clear()
         if self._fstab_dir is not None:
             shutil.rmtree(self._fstab_dir, ignore_errors=True)
             self._fstab_dir = None

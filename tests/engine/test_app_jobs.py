@@ -22,14 +22,14 @@ def in_flight(engine: Engine, name: str) -> int:
     return 0 if stats is None else stats.in_flight
 
 
-async def test_sync_job_fails_to_schedule_when_all_slots_are_busy(tmp_path: Path) -> None:
+async def test_sync_job_fails_to_schedule_when_all_slots_are_busy() -> None:
     """With every slot held, a sync call waits schedule_wait, then gets 400 schedule_failed."""
-    release = tmp_path / "release"
     async with (
         running_engine(FUNCTIONS, concurrency=2, schedule_wait=0.2) as engine,
         aiohttp.ClientSession() as http,
     ):
         api = Api(engine, http)
+        release = engine.config.functions_dir / "release"  # (a function has its own /tmp)
         token = await api.login()
         for _ in range(2):
             reply = await api.invoke(token, "gate", {"release": str(release)}, sync=False)
@@ -51,14 +51,14 @@ async def test_sync_job_fails_to_schedule_when_all_slots_are_busy(tmp_path: Path
         assert (await api.invoke(token, "echo", {})).status == 200
 
 
-async def test_async_jobs_queue_and_run_when_a_slot_frees(tmp_path: Path) -> None:
+async def test_async_jobs_queue_and_run_when_a_slot_frees() -> None:
     """Async jobs beyond the limit wait in the queue, then all run, one slot at a time."""
-    release = tmp_path / "release"
     async with (
         running_engine(FUNCTIONS, concurrency=1) as engine,
         aiohttp.ClientSession() as http,
     ):
         api = Api(engine, http)
+        release = engine.config.functions_dir / "release"  # (a function has its own /tmp)
         token = await api.login()
         await api.invoke(token, "gate", {"release": str(release)}, sync=False)
         await wait_until(lambda: in_flight(engine, "gate") == 1, within=20)
@@ -75,14 +75,14 @@ async def test_async_jobs_queue_and_run_when_a_slot_frees(tmp_path: Path) -> Non
         assert engine.stats().functions["echo"].peak_in_flight == 1
 
 
-async def test_a_freed_slot_goes_to_a_waiting_sync_call_first(tmp_path: Path) -> None:
+async def test_a_freed_slot_goes_to_a_waiting_sync_call_first() -> None:
     """A sync call waiting for a slot is served before async jobs queued earlier."""
-    release = tmp_path / "release"
     async with (
         running_engine(FUNCTIONS, concurrency=1, schedule_wait=20) as engine,
         aiohttp.ClientSession() as http,
     ):
         api = Api(engine, http)
+        release = engine.config.functions_dir / "release"  # (a function has its own /tmp)
         token = await api.login()
         await api.invoke(token, "gate", {"release": str(release)}, sync=False)
         await wait_until(lambda: in_flight(engine, "gate") == 1, within=20)
@@ -184,14 +184,14 @@ async def test_execution_counter_counts_started_runs_only(api: Api) -> None:
     assert stats.requests_in_flight == 0
 
 
-async def test_stats_report_peak_concurrency(tmp_path: Path) -> None:
+async def test_stats_report_peak_concurrency() -> None:
     """Peak in-flight runs and peak concurrent HTTP requests are measured server-side."""
-    release = tmp_path / "release"
     async with (
         running_engine(FUNCTIONS, concurrency=4) as engine,
         aiohttp.ClientSession() as http,
     ):
         api = Api(engine, http)
+        release = engine.config.functions_dir / "release"  # (a function has its own /tmp)
         token = await api.login()
         async with anyio.create_task_group() as tg:
             for _ in range(4):
@@ -204,9 +204,9 @@ async def test_stats_report_peak_concurrency(tmp_path: Path) -> None:
         assert stats.peak_concurrent_requests >= 4
 
 
-async def test_wait_job_times_out_and_knows_no_unknown_ids(api: Api, tmp_path: Path) -> None:
+async def test_wait_job_times_out_and_knows_no_unknown_ids(api: Api) -> None:
     """wait_job raises TimeoutError at its deadline and KeyError for unknown ids."""
-    release = tmp_path / "release"
+    release = api.engine.config.functions_dir / "release"  # (a function has its own /tmp)
     token = await api.login()
     await api.invoke(token, "gate", {"release": str(release)}, sync=False)
     (job,) = api.engine.jobs("gate")

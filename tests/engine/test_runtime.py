@@ -1,4 +1,9 @@
-"""The engine's function runtime, against real Node.js and Python workers."""
+"""The engine's function runtime, against real Node.js and Python workers.
+
+Workers run contained (as by default) except in tests that check, by a pid a function reports,
+that its processes are gone: inside its pid namespace a worker's pid means nothing here.
+test_containment.py checks the same ends for contained workers.
+"""
 
 from __future__ import annotations
 
@@ -85,6 +90,15 @@ def _folder(tmp_path: Path) -> Path:
 @pytest.fixture(name="runtime")
 async def _runtime(folder: Path) -> AsyncIterator[Runtime]:
     runtime = Runtime(folder, memory_limit_mb=256)
+    yield runtime
+    await runtime.aclose()
+
+
+@pytest.fixture(name="uncontained")
+async def _uncontained(folder: Path) -> AsyncIterator[Runtime]:
+    """For tests that check, by the pid a function reports, that its processes are gone: in a
+    pid namespace that pid means nothing here (test_containment.py checks contained trees)."""
+    runtime = Runtime(folder, memory_limit_mb=256, contain=False)
     yield runtime
     await runtime.aclose()
 
@@ -687,9 +701,10 @@ async def test_crashes_are_contained(folder: Path, runtime: Runtime) -> None:
 
 
 async def test_crash_is_seen_even_when_a_forked_child_holds_the_pipes(
-    folder: Path, runtime: Runtime
+    folder: Path, uncontained: Runtime
 ) -> None:
     """A worker that forks and then dies fails at once (not at the limit); the child is killed."""
+    runtime = uncontained
     write(
         folder,
         "forker.py",
@@ -725,9 +740,10 @@ async def test_uncaught_async_error_fails_the_job_and_replaces_the_worker(
         folder,
         "timer.js",
         """
+        const worker = Math.random()  // contained workers all have the same pid
         exports.main = function (event, callback) {
           if (event.data === 'throw') setTimeout(() => { throw new EvalError('in a timer') }, 1)
-          else callback(null, process.pid)
+          else callback(null, worker)
         }
         """,
     )
@@ -753,13 +769,14 @@ async def test_concurrent_jobs_get_their_own_workers_then_reuse_them(
         folder,
         "slow.js",
         """
+        const worker = Math.random()  // contained workers all have the same pid
         exports.main = async function (event) {
           await new Promise((resolve) => setTimeout(resolve, 200))
-          return process.pid
+          return worker
         }
         """,
     )
-    pids: list[int] = []
+    pids: list[float] = []
 
     async def run() -> None:
         outcome = await call(runtime, "slow")
@@ -795,10 +812,11 @@ async def test_hot_reload_node(folder: Path, runtime: Runtime) -> None:
 
 
 @needs_node
-async def test_hot_reload_of_a_node_helper_module(folder: Path, runtime: Runtime) -> None:
+async def test_hot_reload_of_a_node_helper_module(folder: Path, uncontained: Runtime) -> None:
     """Editing name/util.js, which name/index.js requires, reloads the function: the next
     run uses the new helper, on a new worker, and the old warm worker is retired. Unchanged
     files keep the warm worker."""
+    runtime = uncontained  # (it checks that the old worker's host pid is gone)
     write(folder, "calc/util.js", "exports.version = () => 'v1'\n")
     write(
         folder,
@@ -819,9 +837,10 @@ async def test_hot_reload_of_a_node_helper_module(folder: Path, runtime: Runtime
     assert not running(old_pid)
 
 
-async def test_hot_reload_of_a_python_helper_module(folder: Path, runtime: Runtime) -> None:
+async def test_hot_reload_of_a_python_helper_module(folder: Path, uncontained: Runtime) -> None:
     """Editing a helper module a Python function imports (a neighbour, or one in a package
     folder) reloads the function on its next run; a folder function's files do not."""
+    runtime = uncontained  # (it checks that the old worker's host pid is gone)
     write(folder, "helpers.py", "GREETING = 'hi'\n")
     write(folder, "lib/words.py", "WORD = 'one'\n")
     write(
@@ -883,7 +902,7 @@ async def test_python_function_imports_its_neighbours(folder: Path, runtime: Run
 async def test_idle_workers_are_reaped(folder: Path) -> None:
     """A worker idle for longer than idle_timeout is killed and reaped."""
     write(folder, "pid.py", "import os\n\ndef main(event):\n    return os.getpid()\n")
-    runtime = Runtime(folder, idle_timeout=0.2)
+    runtime = Runtime(folder, idle_timeout=0.2, contain=False)  # host pids (see docstring)
     try:
         outcome = await call(runtime, "pid")
         assert outcome.result is not None
@@ -1018,7 +1037,7 @@ async def test_aclose_leaves_no_processes(folder: Path) -> None:
         """,
     )
     write(folder, "pid.py", "import os\n\ndef main(event):\n    return os.getpid()\n")
-    runtime = Runtime(folder)
+    runtime = Runtime(folder, contain=False)  # host pids (see the module docstring)
     node = await call(runtime, "spawner")
     py = await call(runtime, "pid")
     assert node.result is not None and py.result is not None
@@ -1066,8 +1085,9 @@ async def test_no_descriptor_leaks(folder: Path) -> None:
 
 
 @needs_node
-async def test_cancelling_a_job_kills_its_worker(folder: Path, runtime: Runtime) -> None:
+async def test_cancelling_a_job_kills_its_worker(folder: Path, uncontained: Runtime) -> None:
     """Cancelling run() mid-job kills and reaps that job's worker at once."""
+    runtime = uncontained
     write(
         folder,
         "hang.js",

@@ -147,10 +147,10 @@ GATE = (
 
 
 async def test_schedule_failed_is_retried_and_runs_once(
-    credentials: minapp_async.UserCredentials, tmp_path: Path
+    credentials: minapp_async.UserCredentials,
 ) -> None:
     """A job the engine could not schedule never ran: it is retried and then runs once."""
-    release = tmp_path / "release"
+    release = Path()  # in the functions' folder, once there is one (a function's /tmp is its own)
 
     def free_the_slot(info: CallInfo) -> None:
         # After the first refusal, let the job holding the only slot finish.
@@ -161,6 +161,7 @@ async def test_schedule_failed_is_retried_and_runs_once(
 
     functions = {**FUNCTIONS, "gate.py": GATE}
     async with running_engine(functions, concurrency=1, schedule_wait=0.2) as engine:
+        release = engine.config.functions_dir / "release"
         engine.create_user(username=credentials.username, password=credentials.password)
         async with minapp_async.Session(
             engine.client_id,
@@ -180,12 +181,12 @@ async def test_schedule_failed_is_retried_and_runs_once(
 
 
 async def test_schedule_failed_gives_up_unexecuted(
-    credentials: minapp_async.UserCredentials, tmp_path: Path
+    credentials: minapp_async.UserCredentials,
 ) -> None:
     """With the slot never freed, the retries end in a 400 that says nothing ran."""
-    release = tmp_path / "release"
     functions = {**FUNCTIONS, "gate.py": GATE}
     async with running_engine(functions, concurrency=1, schedule_wait=0.05) as engine:
+        release = engine.config.functions_dir / "release"  # (a function's /tmp is its own)
         engine.create_user(username=credentials.username, password=credentials.password)
         async with minapp_async.Session(
             engine.client_id, base_url=engine.url, credentials=credentials, retry=FAST

@@ -2,8 +2,11 @@
 
 Each job gets a worker of its own; idle workers are kept warm per function (like platform
 containers) and replaced when the function's file changes, when they misbehave, or after
-sitting idle. Time limits are enforced by killing the worker; memory limits by an RSS watchdog
-reading /proc (plus V8's heap limit for Node and an address-space backstop for Python).
+sitting idle. Each worker is launched contained where the OS allows (engine/_sandbox.py: own
+namespaces, private /tmp, no network, its whole process tree in one memory cgroup); what is not
+enforced is logged once when the runtime starts. Time limits are enforced by killing the
+worker's tree; memory limits by the tree's cgroup where there is one, else by a watchdog reading
+/proc (plus V8's heap limit for Node and an address-space backstop for Python).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import stat
 import sys
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,6 +33,7 @@ import attrs
 
 from ..._logs import get_logger
 from ..._protocol import JobStatus
+from .._sandbox import Containment, Sandbox
 from ._worker_process import (
     FD_PLACEHOLDER,
     JOBS_FD_PLACEHOLDER,
@@ -60,6 +64,8 @@ _STARTUP_TIMEOUT = 15.0  # a cold start under load; the job's own time limit sta
 _WATCH_INTERVAL = 0.05  # how often busy workers' RSS is checked against the memory limit
 _NODE_OOM_MARKERS = ("JavaScript heap out of memory", "Reached heap limit")
 _SENTINEL_NODE: Any = object()  # "node" not given: look it up on PATH
+_logger = get_logger("minapp_async.engine")
+_STOPPED_BY_SHUTDOWN = "was stopped because the engine shut down"
 #: Files of a function whose versions are watched for hot reload, at most; past that, the rest
 #: of a very large folder is not watched (the entry file always is).
 MAX_WATCHED_FILES = 1000
@@ -152,6 +158,8 @@ class Runtime:
         python: str = sys.executable,
         max_idle_per_function: int = 10,
         idle_timeout: float = 60.0,
+        contain: bool = True,
+        hidden_dirs: Sequence[str | os.PathLike[str]] = (),
         baas: BaasHandler | None = None,
     ) -> None:
         if memory_limit_mb < 16:
@@ -168,6 +176,11 @@ class Runtime:
         # invocations finds every worker warm instead of killing and respawning some.
         self._max_idle = max_idle_per_function
         self._idle_timeout = idle_timeout
+        # Containment is decided once (a ~30 ms probe), on start() or before the first spawn.
+        self._contain = contain
+        self._hidden_dirs = [os.fspath(d) for d in hidden_dirs]
+        self._sandbox: Sandbox | None = None
+        self._sandbox_lock = asyncio.Lock()
         self._run_ids = itertools.count(1)
         self._workers: set[WorkerProcess] = set()
         self._idle: dict[Path, list[WorkerProcess]] = {}
@@ -183,6 +196,42 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"<Runtime {str(self._dir)!r} workers={len(self._workers)}>"
+
+    # -- containment -----------------------------------------------------------------------
+
+    async def start(self) -> Containment:
+        """Decide how workers are contained here and log, once, what is not enforced.
+
+        Optional: the first job does it otherwise. Returns the report."""
+        return (await self._get_sandbox()).report
+
+    async def _get_sandbox(self) -> Sandbox:
+        if self._sandbox is not None:
+            return self._sandbox
+        async with self._sandbox_lock:
+            if self._sandbox is None:
+                if self._closed:
+                    raise WorkerStartError("the engine is shutting down")
+                contain, limit, hidden = self._contain, self._memory_limit_mb, self._hidden_dirs
+                # Only the probe runs on a thread; workers are forked on the loop's thread.
+                sandbox = await anyio.to_thread.run_sync(
+                    lambda: Sandbox(memory_limit_mb=limit, enabled=contain, hidden=hidden)
+                )
+                if self._closed:  # aclose() ran meanwhile
+                    sandbox.close()
+                    raise WorkerStartError("the engine is shutting down")
+                self._sandbox = sandbox
+                report = sandbox.report
+                if report.complete:
+                    _logger.info("%s", report.summary())
+                else:
+                    _logger.warning("%s", report.summary())
+            return self._sandbox
+
+    @property
+    def containment(self) -> Containment | None:
+        """What containment enforces here; None until start() or the first job."""
+        return self._sandbox.report if self._sandbox is not None else None
 
     # -- lookup ----------------------------------------------------------------------------
 
@@ -282,6 +331,8 @@ class Runtime:
             try:
                 worker = await self._spawn(function)
             except WorkerStartError as exc:
+                if self._closed:  # (its start may have failed because of the shutdown)
+                    return _failed(f"cloud function {name!r} {_STOPPED_BY_SHUTDOWN}", exc.log)
                 return _failed(f"cloud function {name!r} could not run: {exc.message}", exc.log)
         return await self._run_on(
             worker,
@@ -348,6 +399,7 @@ class Runtime:
         if (
             reason == "memory"
             or worker.oom_reported
+            or worker.oom_killed()
             or any(marker in worker.stderr_tail for marker in _NODE_OOM_MARKERS)
         ):
             return (
@@ -355,7 +407,7 @@ class Runtime:
                 f"{self._memory_limit_mb} MB and was killed"
             )
         if reason == "shutdown":
-            return f"cloud function {name!r} was stopped because the engine shut down"
+            return f"cloud function {name!r} {_STOPPED_BY_SHUTDOWN}"
         if reason == "protocol":
             return f"cloud function {name!r} failed: {worker.kill_message}"
         return f"cloud function {name!r} crashed: its {worker.exit_description()}"
@@ -430,6 +482,10 @@ class Runtime:
         # Anything else is stale: the file changed (hot reload), or the worker went bad.
         stale = [w for w in idle if w not in good]
         found = good.pop() if good else None  # the most recently used; the rest may expire
+        while found is not None and found.oom_killed():
+            # Its tree hit the memory limit while idle (a child it left running): replaced.
+            stale.append(found)
+            found = good.pop() if good else None
         self._idle[path] = good
         if stale:
             with anyio.CancelScope(shield=True):
@@ -439,11 +495,17 @@ class Runtime:
 
     async def _spawn(self, function: FunctionFile) -> WorkerProcess:
         name, path, is_node = function.name, function.path, function.is_node
+        sandbox = await self._get_sandbox()
         if is_node:
             assert self._node is not None
+            heap_mb = self._memory_limit_mb
+            if sandbox.report.tree_memory_limit:
+                # Under the tree limit, so that V8's clear "heap out of memory" comes before the
+                # kernel's silent kill when the heap is the culprit.
+                heap_mb -= max(heap_mb // 8, 8)
             argv = [
                 self._node,
-                f"--max-old-space-size={self._memory_limit_mb}",
+                f"--max-old-space-size={heap_mb}",
                 str(_NODE_WORKER),
                 FD_PLACEHOLDER,
                 JOBS_FD_PLACEHOLDER,
@@ -479,9 +541,10 @@ class Runtime:
                 key=function.key,
                 name=name,
                 startup_timeout=_STARTUP_TIMEOUT,
+                sandbox=sandbox,
             )
         except OSError as exc:
-            if is_node and isinstance(exc, (FileNotFoundError, PermissionError)):
+            if is_node and exc.filename == self._node:  # (not a cgroup the sandbox made)
                 raise WorkerStartError(self._node_missing_message()) from None
             raise WorkerStartError(f"its worker could not be started: {exc}") from None
         worker.on_baas = self._on_baas
@@ -560,7 +623,7 @@ class Runtime:
                 rss = worker.rss()
                 if worker.current_run is not None:
                     worker.current_run.peak_rss = max(worker.current_run.peak_rss, rss)
-                if rss > limit:
+                if rss > limit or worker.oom_killed():
                     # A busy worker's run() sees the death and reports it; an idle one is
                     # no longer alive, so the pool drops it.
                     worker.kill("memory")
@@ -598,6 +661,9 @@ class Runtime:
                 for worker in list(self._workers):
                     tg.start_soon(self._discard, worker)
             self._idle.clear()
+            async with self._sandbox_lock:  # a probe in flight ends first
+                if self._sandbox is not None:
+                    self._sandbox.close()
         self._finalizer.detach()
 
 

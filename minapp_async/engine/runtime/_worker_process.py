@@ -26,6 +26,7 @@ from typing import IO, Any
 import anyio
 
 from ..._logs import get_logger
+from .._sandbox import ProcessTree, Sandbox, decode_returncode
 
 _logger = get_logger("minapp_async.engine")
 
@@ -35,7 +36,6 @@ _RAW_LINE_CAP = 64 * 1024  # raw stdout/stderr lines are split at this length
 _STDERR_TAIL = 8 * 1024  # kept to recognise Node's "heap out of memory" death
 _REAP_TIMEOUT = 5.0  # a SIGKILLed process exits at once; this only bounds the pathological case
 _PIPE_EOF_TIMEOUT = 1.0  # after the process died, how long its pipes may take to report EOF
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 FD_PLACEHOLDER = "{fd}"  # in argv, replaced by the number of the worker's message pipe
 JOBS_FD_PLACEHOLDER = "{jobs_fd}"  # in argv, replaced by the number of the worker's jobs pipe
 #: on_baas(worker, message): a BaaS call the worker made (``message`` as sent, already parsed).
@@ -160,71 +160,25 @@ class _Sink(asyncio.Protocol):
     """Protocol for the jobs write pipe: nothing to read."""
 
 
-class _ProcStats:
-    """A process's memory figures from /proc (Linux), best effort: 0 when unknown.
-
-    The files stay open, so each figure costs one pread()/write(): they are read on every job.
-    """
-
-    def __init__(self, pid: int) -> None:
-        self._statm = self._open(f"/proc/{pid}/statm", os.O_RDONLY)
-        self._status = self._open(f"/proc/{pid}/status", os.O_RDONLY)
-        self._clear_refs = self._open(f"/proc/{pid}/clear_refs", os.O_WRONLY)
-
-    @staticmethod
-    def _open(path: str, flags: int) -> int | None:
-        try:
-            return os.open(path, flags | os.O_CLOEXEC)
-        except OSError:  # no /proc here, or not allowed
-            return None
-
-    def rss(self) -> int:
-        """Resident set size in bytes."""
-        if self._statm is None:
-            return 0
-        try:
-            fields = os.pread(self._statm, 256, 0).split()
-        except OSError:  # the process is gone
-            return 0
-        return int(fields[1]) * _PAGE_SIZE if len(fields) > 1 else 0
-
-    def peak(self) -> int:
-        """Peak RSS (VmHWM) in bytes since the last reset_peak()."""
-        if self._status is None:
-            return 0
-        try:
-            status = os.pread(self._status, 8192, 0)
-        except OSError:
-            return 0
-        start = status.find(b"VmHWM:")
-        end = status.find(b"kB", start)
-        if start < 0 or end < 0:
-            return 0
-        return int(status[start + 6 : end]) * 1024
-
-    def reset_peak(self) -> None:
-        # "5" resets VmHWM to the current RSS (Linux >= 4.0).
-        if self._clear_refs is not None:
-            with contextlib.suppress(OSError):
-                os.write(self._clear_refs, b"5")
-
-    def close(self) -> None:
-        for fd in (self._statm, self._status, self._clear_refs):
-            if fd is not None:
-                os.close(fd)
-        self._statm = self._status = self._clear_refs = None
-
-
 class WorkerProcess:
     """A started worker process. Not thread-safe; use from the event loop only."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], path: Path, key: object, name: str) -> None:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        tree: ProcessTree,
+        path: Path,
+        key: object,
+        name: str,
+    ) -> None:
         self._popen = popen
+        # The whole process tree: its memory figures and its end. Contained, popen.pid is the
+        # launcher (unshare), so per-process /proc figures would measure the wrong process.
+        self._tree = tree
         self.path = path  # the function's file
         self.key = key  # identifies the file's version; the pool compares it
         self.name = name
         self.pid = popen.pid
-        self._stats = _ProcStats(popen.pid)
         try:  # readable once the process has exited (Linux >= 5.3)
             self._pidfd: int | None = os.pidfd_open(popen.pid)
         except (AttributeError, OSError):
@@ -236,6 +190,7 @@ class WorkerProcess:
         self.kill_reason: str | None = None  # "timeout" | "memory" | "shutdown" | "protocol"
         self.kill_message: str | None = None
         self.oom_reported = False  # the Python worker hit its address-space backstop
+        self._oom_killed = False
         self.idle_since = 0.0
         self._ready = asyncio.Event()  # set on "ready", and also when the worker dies
         self._is_ready = False
@@ -262,32 +217,47 @@ class WorkerProcess:
         key: object,
         name: str,
         startup_timeout: float,
+        sandbox: Sandbox,
     ) -> WorkerProcess:
-        """Spawn a worker and wait until it says it is ready; raises WorkerStartError."""
+        """Spawn a worker (contained as *sandbox* can) and wait until it says it is ready;
+        raises WorkerStartError, or OSError when it could not be launched."""
         msg_read, msg_write = os.pipe()
         jobs_read, jobs_write = os.pipe()
         fds = {FD_PLACEHOLDER: str(msg_write), JOBS_FD_PLACEHOLDER: str(jobs_read)}
+        launch = None
         try:
-            popen = subprocess.Popen(  # noqa: ASYNC220 - fork/exec is quick; the wait is async
+            launch = sandbox.prepare(
                 [fds.get(arg, arg) for arg in argv],
+                env=env,
+                pass_fds=(msg_write, jobs_read),
+                cwd=cwd,
+            )
+            # On the event loop's thread, never a worker thread: the launcher's parent-death
+            # signal fires when the thread that forked it exits.
+            popen = subprocess.Popen(  # noqa: ASYNC220 - fork/exec is quick; the wait is async
+                launch.argv,
                 # Issue 12: user code that reads (or pauses) stdin sees an empty stream, never
                 # the engine's job requests.
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                pass_fds=(msg_write, jobs_read),
+                pass_fds=launch.pass_fds,
                 cwd=cwd,
-                env=dict(env),
+                env=launch.env,
                 start_new_session=True,  # its own process group: a kill takes its children too
             )
         except BaseException:
             os.close(msg_read)
             os.close(jobs_write)
+            if launch is not None:
+                with anyio.CancelScope(shield=True):
+                    await launch.tree.aclose()
             raise
         finally:
             os.close(msg_write)
             os.close(jobs_read)
-        worker = cls(popen, path, key, name)
+        launch.tree.started(popen.pid)
+        worker = cls(popen, launch.tree, path, key, name)
         try:
             with anyio.CancelScope(shield=True):
                 await worker._connect(
@@ -365,13 +335,12 @@ class WorkerProcess:
             self.current_run.settle(None)
 
     def kill(self, reason: str, message: str | None = None) -> None:
-        """SIGKILL the worker's whole process group at once (idempotent)."""
+        """SIGKILL the worker's whole process tree at once (idempotent)."""
         if self.kill_reason is None:
             self.kill_reason = reason
             self.kill_message = message
-        if self._popen.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
+        if self._popen.returncode is None:  # not reaped: the group id is still ours
+            self._tree.kill()
 
     async def close(self) -> None:
         """Kill, reap and close every pipe. Idempotent; call it shielded from cancellation."""
@@ -387,7 +356,6 @@ class WorkerProcess:
     async def _close(self) -> None:
         self.kill(self.kill_reason or "closed")
         await self._reap()
-        self._stats.close()
         if self._exit_fallback is not None:
             self._exit_fallback.cancel()
         if self._pidfd is not None:
@@ -399,6 +367,8 @@ class WorkerProcess:
         # any of them lives, so this kill cannot hit a stranger.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
+        self.oom_killed()  # read before the cgroup goes, for the death message
+        await self._tree.aclose()  # what is left of the tree, and its memory cgroup
         if self._jobs is not None and not self._jobs.is_closing():
             self._jobs.abort()  # (it closes itself when it sees the worker's end go away)
         with anyio.move_on_after(_PIPE_EOF_TIMEOUT):
@@ -438,7 +408,7 @@ class WorkerProcess:
         return self._stderr_tail.decode("utf-8", "replace")
 
     def exit_description(self) -> str:
-        code = self._popen.returncode
+        code = decode_returncode(self._popen.returncode)
         if code is None:
             return "it stopped answering"
         if code < 0:
@@ -449,12 +419,26 @@ class WorkerProcess:
         return f"worker exited with code {code}"
 
     def rss(self) -> int:
-        """Resident set size in bytes, or 0 when unknown."""
-        return self._stats.rss()
+        """Memory of the whole tree in bytes (its cgroup, else its processes' RSS), 0 when
+        unknown."""
+        return self._tree.memory()
 
     def peak_rss(self) -> int:
-        """Peak RSS in bytes since the current job began, or 0 when unknown."""
-        return self._stats.peak()
+        """The tree's peak memory in bytes since the current job began (with a cgroup; else
+        its current figure), or 0 when unknown."""
+        return self._tree.peak()
+
+    @property
+    def memory_enforced(self) -> bool:
+        """The kernel holds the whole tree to the memory limit (a memory cgroup)."""
+        return self._tree.memory_enforced
+
+    def oom_killed(self) -> bool:
+        """The kernel killed a process of the tree for exceeding the tree's memory limit
+        (remembered past close(), which removes the tree's cgroup)."""
+        if not self._oom_killed:
+            self._oom_killed = self._tree.oom_killed()
+        return self._oom_killed
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -462,7 +446,7 @@ class WorkerProcess:
         """Hand the worker a job (one JSON line, already encoded)."""
         assert self.current_run is None and self._jobs is not None
         self.current_run = run
-        self._stats.reset_peak()
+        self._tree.reset_peak()
         self._jobs.write(request)
         if self._exited:  # died while idle, after the caller checked
             run.settle(None)
