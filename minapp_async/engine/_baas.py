@@ -86,6 +86,10 @@ class BaasService:
         self._miniapp_id = 0
         self._memory_limit_mb = 0
         self._depths: collections.OrderedDict[str, int] = collections.OrderedDict()
+        #: The job whose BaaS call the tables thread is running (read by table triggers).
+        self.writer: str | None = None
+        #: Called on the loop with (caller job id, nested job id) for each nested invoke.
+        self.on_nested: Callable[[str, str], None] | None = None
 
     def bind(
         self,
@@ -137,7 +141,16 @@ class BaasService:
                 return await self._invoke(context, payload)
             except TableError as exc:
                 return {"error": {"code": exc.status, "message": exc.message}}
-        return await self.run(self.ops.answer, op, payload)
+        return await self.run(self._answer, context, op, payload)
+
+    def _answer(self, context: Any, op: str, payload: Any) -> dict[str, Any]:
+        # On the tables thread: `writer` names the calling job while its write runs, so the
+        # table triggers (called back on this thread) know whose write it was.
+        self.writer = context if isinstance(context, str) else None
+        try:
+            return self.ops.answer(op, payload)
+        finally:
+            self.writer = None
 
     async def _invoke(self, context: Any, p: Any) -> dict[str, Any]:
         if not isinstance(p, dict):
@@ -197,6 +210,8 @@ class BaasService:
                 board.unadmit(len(data_json))
             raise TableError(503, str(exc)) from None
         self._depths[job.id] = depth  # before it runs: its own calls look it up
+        if self.on_nested is not None:
+            self.on_nested(caller, job.id)
         while len(self._depths) > _MAX_DEPTHS:  # the oldest entries are long finished
             self._depths.popitem(last=False)
         # Decision: the callee's event has no `request` (the docs leave open whether the

@@ -24,6 +24,7 @@ from ._jobs import EngineStats, Job, JobBoard
 from ._sandbox import Containment
 from ._schedule import TimerStatus, TriggerRunner, platform_now
 from ._store import Store, StoreBounds
+from ._table_triggers import TableTriggers
 from ._trigger_file import load as load_triggers
 from .http import TRIGGERS, AppState, EngineSite, create_app
 from .http._invoking import build_event
@@ -82,6 +83,7 @@ class Engine:
         self._site: EngineSite | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._triggers: TriggerRunner | None = None
+        self._table_triggers: TableTriggers | None = None
         self._timer_task: asyncio.Task[None] | None = None
         self._url: str | None = None
 
@@ -199,6 +201,11 @@ class Engine:
                 triggers, self._board, self._runtime.locate, self.config, now=platform_now()
             )
             self._runner.app[TRIGGERS] = self._triggers  # for the webhook and timer routes
+            self._table_triggers = table_triggers = TableTriggers(
+                triggers.tables, self._triggers, self._baas, asyncio.get_running_loop()
+            )
+            self._baas.on_nested = table_triggers.inherit
+            self._baas.tables.on_change = table_triggers.on_change  # before any function runs
             self._timer_task = asyncio.get_running_loop().create_task(
                 self._triggers.run(), name="minapp-engine-timers"
             )
@@ -230,6 +237,8 @@ class Engine:
                 self._timer_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._timer_task
+            if self._table_triggers is not None:
+                await self._table_triggers.aclose()  # jobs being stored end first
             if self._board is not None:
                 self._board.close()
             if self._serve_task is not None:

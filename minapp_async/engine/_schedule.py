@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import anyio
@@ -67,10 +67,19 @@ class TriggerRunner:
 
     # ---- starting jobs ----
 
-    async def start_job(self, function_name: str, data: Any, *, source: str) -> Job:
-        """Store and queue an async job of *function_name* with ``event.data = data``;
-        LookupError when there is no such function, RuntimeError when the engine is shutting
-        down or the async queue is full (QueueFull)."""
+    async def start_job(
+        self,
+        function_name: str,
+        data: Any,
+        *,
+        source: str,
+        extra: Mapping[str, Any] | None = None,
+        on_job: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Store and queue an async job of *function_name* with ``event.data = data`` (and the
+        *extra* event fields); *on_job* is told the job before it is queued. LookupError when
+        there is no such function, RuntimeError when the engine is shutting down or the async
+        queue is full."""
         function = self._locate(function_name)
         if function is None:
             raise LookupError(f"cloud function {function_name!r} not found")
@@ -86,9 +95,13 @@ class TriggerRunner:
         except BaseException:
             self._board.unadmit(len(data_json))
             raise
+        if on_job is not None:
+            on_job(job)
         # Like every async job: committed to the state store, then queued.
         try:
-            await self._board.accept(job, function, self._event(job), data_json)
+            await self._board.accept(
+                job, function, {**self._event(job), **(extra or {})}, data_json
+            )
         except StoreError as exc:  # the state file cannot be written
             raise RuntimeError(str(exc)) from None
         return job

@@ -371,6 +371,11 @@ class _Where:
         return _dumps(arg)
 
 
+def check_where(where: Any) -> None:
+    """Raise TableError (400) if *where* is not a query the store accepts."""
+    _Where().build(where)
+
+
 def _regex_flags(options: str) -> int:
     flags = 0
     for ch in options:
@@ -913,6 +918,16 @@ class Tables:
             f"SELECT count(*) FROM baas_records WHERE tbl = ? AND {cond}", [tid, *builder.params]
         )
         return int(found[0][0])
+
+    def matches(self, where: Any, row: Mapping[str, Any]) -> bool:
+        """Whether *row* (a record, not stored) satisfies the query *where* (table triggers'
+        conditions use the same query language as ``find``)."""
+        builder = _Where()
+        cond = builder.build(where)
+        found = self._select_rows(
+            f"SELECT {cond} FROM (SELECT ? AS doc)", [*builder.params, _dumps(dict(row))]
+        )
+        return bool(found[0][0])
 
     def find(
         self,

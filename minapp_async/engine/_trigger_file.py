@@ -1,5 +1,5 @@
-"""The triggers file, ``minapp.triggers.json`` in the functions folder: timers and incoming
-webhooks, each naming the function it runs.
+"""The triggers file, ``minapp.triggers.json`` in the functions folder: timers, incoming
+webhooks and table triggers, each naming the function it runs.
 
     {
       "timers": [
@@ -8,8 +8,17 @@ webhooks, each naming the function it runs.
       ],
       "incoming_webhooks": [
         {"key": "7YnQmaClzc", "function": "onPayment"}
+      ],
+      "table_triggers": [
+        {"name": "countComments", "table": "comment", "events": ["create", "delete"],
+         "function": "countComments", "where": {"approved": {"$eq": true}}, "format": "v1"}
       ]
     }
+
+A table trigger's ``where`` is a query in the data tables' own language (what ``BaaS.Query``
+sends), tested on the record after the change (the deleted record for a delete); ``format``
+picks the platform's V1 ``event.data`` (the record, the default) or V2 (``{subject, event,
+before, after, schema_id, schema_name, id}``).
 
 On the platform these live in the console; locally they live next to the functions. Every
 mistake is a :class:`TriggerFileError` naming the file and the line of the entry (or of the
@@ -27,13 +36,26 @@ from typing import Any, Final
 import attrs
 
 from ._cron import CronError, CronExpression, parse_cron
+from ._tables import TableError, check_where
 
-__all__ = ["TRIGGER_FILE", "IncomingWebhook", "Timer", "TriggerFileError", "Triggers", "load"]
+__all__ = [
+    "TRIGGER_FILE",
+    "IncomingWebhook",
+    "TableTrigger",
+    "Timer",
+    "TriggerFileError",
+    "Triggers",
+    "load",
+]
 
 TRIGGER_FILE: Final = "minapp.triggers.json"
 #: The runtime's function names, and webhook keys (the platform's look like ``7YnQmaClzc``).
 _NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}", re.ASCII)
-_SECTIONS: Final = ("timers", "incoming_webhooks")
+_SECTIONS: Final = ("timers", "incoming_webhooks", "table_triggers")
+#: The platform's table names (the data tables' own rule).
+_TABLE: Final = re.compile(r"_?[A-Za-z][A-Za-z0-9_]{0,63}", re.ASCII)
+TABLE_EVENTS: Final = ("create", "update", "delete")
+TABLE_FORMATS: Final = ("v1", "v2")
 
 
 class TriggerFileError(ValueError):
@@ -61,12 +83,27 @@ class IncomingWebhook:
 
 
 @attrs.frozen
+class TableTrigger:
+    """Run *function* when a record of *table* is created, updated or deleted (*events*) and
+    the record matches *where*; ``event.data`` in the platform's V1 or V2 *format*."""
+
+    name: str
+    table: str
+    events: frozenset[str]
+    function: str
+    where: Any = None
+    format: str = "v1"
+    line: int = 0
+
+
+@attrs.frozen
 class Triggers:
     """What the triggers file configures (empty when there is no file)."""
 
     timers: Mapping[str, Timer] = attrs.field(factory=dict)
     webhooks: Mapping[str, IncomingWebhook] = attrs.field(factory=dict)
     path: Path | None = None
+    tables: Mapping[str, TableTrigger] = attrs.field(factory=dict)
 
 
 class _Located(dict[str, Any]):
@@ -142,7 +179,13 @@ class _Reader:
             if webhook.key in webhooks:
                 raise self.fail(entry.line, f"a second incoming webhook with key {webhook.key!r}")
             webhooks[webhook.key] = webhook
-        return Triggers(timers=timers, webhooks=webhooks, path=self.path)
+        tables: dict[str, TableTrigger] = {}
+        for entry in self.entries(spec, "table_triggers"):
+            trigger = self.table_trigger(entry)
+            if trigger.name in tables:
+                raise self.fail(entry.line, f"a second table trigger named {trigger.name!r}")
+            tables[trigger.name] = trigger
+        return Triggers(timers=timers, webhooks=webhooks, path=self.path, tables=tables)
 
     def entries(self, spec: _Located, section: str) -> list[_Located]:
         items = spec.get(section, [])
@@ -190,3 +233,52 @@ class _Reader:
         return IncomingWebhook(
             key=self.name(entry, "key"), function=self.name(entry, "function"), line=entry.line
         )
+
+    def table_trigger(self, entry: _Located) -> TableTrigger:
+        self.keys(entry, {"name", "table", "events", "function"}, {"where", "format"})
+        name = self.name(entry, "name")
+        table = entry["table"]
+        if not isinstance(table, str) or _TABLE.fullmatch(table) is None:
+            raise self.fail(entry.line, f"table trigger {name!r}: bad table name {table!r}")
+        events = entry["events"]
+        if (
+            not isinstance(events, list)
+            or not events
+            or not all(isinstance(e, str) and e in TABLE_EVENTS for e in events)
+        ):
+            raise self.fail(
+                entry.line,
+                f"table trigger {name!r}: events must be a non-empty list of "
+                f"{', '.join(map(repr, TABLE_EVENTS))}, got {events!r}",
+            )
+        where = entry.get("where")
+        if where is not None:
+            try:
+                check_where(where)
+            except TableError as exc:
+                raise self.fail(
+                    entry.line, f"table trigger {name!r}: where: {exc.message}"
+                ) from None
+        fmt = entry.get("format", "v1")
+        if fmt not in TABLE_FORMATS:
+            raise self.fail(
+                entry.line, f"table trigger {name!r}: format must be 'v1' or 'v2', got {fmt!r}"
+            )
+        return TableTrigger(
+            name=name,
+            table=table,
+            events=frozenset(events),
+            function=self.name(entry, "function"),
+            where=_plain(where),
+            format=fmt,
+            line=entry.line,
+        )
+
+
+def _plain(value: Any) -> Any:
+    """JSON as plain dicts and lists (the located objects are only for error messages)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

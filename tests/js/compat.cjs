@@ -6,7 +6,9 @@
 // Scenarios: anonymous (anonymousLogin, then invoke), login (username login, then invoke in
 // every form, then logout and invoke again), register (BaaS.auth.register, then invoke),
 // lottery (BaaS.auth.register, then two draws of a `lottery` function that uses the
-// in-function BaaS: the draws' results as steps draw-0 and draw-1).
+// in-function BaaS: the draws' results as steps draw-0 and draw-1), calls (a user registers
+// or logs in, then invokes the functions a JSON list names, one step each:
+//   ... calls <username> <password> <register|login> '[{"step", "function", "data"}]').
 //
 // stdout carries one JSON object per line: {"step", "ok": true, "value"} for a resolved step,
 // {"step", "ok": false, "error": {...}} for a rejected one, {"wire": {...}} for each HTTP
@@ -23,16 +25,23 @@ const STEP_TIMEOUT_MS = 15000
 
 function usage (message) {
   process.stderr.write(`compat.cjs: ${message}\n` +
-    'usage: node compat.cjs <engine url> <client id> <web|wechat> <anonymous|login|register|lottery> [username password]\n')
+    'usage: node compat.cjs <engine url> <client id> <web|wechat> <anonymous|login|register|lottery|calls> [username password [register|login calls-json]]\n')
   process.exit(2)
 }
 
-const [url, clientId, build, scenario, username, password] = process.argv.slice(2)
+const [url, clientId, build, scenario, username, password, how, callsJson] = process.argv.slice(2)
 if (!url || !/^http:\/\/127\.0\.0\.1:\d+\/?$/.test(url)) usage(`the engine url must be http://127.0.0.1:<port>, got ${JSON.stringify(url)}`)
 if (!clientId) usage('the client id is missing')
 if (build !== 'web' && build !== 'wechat') usage(`the build must be web or wechat, got ${JSON.stringify(build)}`)
-if (!['anonymous', 'login', 'register', 'lottery'].includes(scenario)) usage(`unknown scenario ${JSON.stringify(scenario)}`)
+if (!['anonymous', 'login', 'register', 'lottery', 'calls'].includes(scenario)) usage(`unknown scenario ${JSON.stringify(scenario)}`)
 if (scenario !== 'anonymous' && !(username && password)) usage(`scenario ${scenario} needs a username and a password`)
+
+let calls = []
+if (scenario === 'calls') {
+  if (how !== 'register' && how !== 'login') usage(`calls needs register or login, got ${JSON.stringify(how)}`)
+  try { calls = JSON.parse(callsJson) } catch { usage('calls needs a JSON list of {step, function, data}') }
+  if (!Array.isArray(calls)) usage('calls needs a JSON list of {step, function, data}')
+}
 
 function emit (record) {
   process.stdout.write(JSON.stringify(record) + '\n')
@@ -110,6 +119,10 @@ async function main () {
     await step('register', () => BaaS.auth.register({ username, password }), currentUser)
     await step('draw-0', () => BaaS.invoke('lottery', { seed: 0 }))
     await step('draw-1', () => BaaS.invoke('lottery', { seed: 1 }))
+  } else if (scenario === 'calls') {
+    const enter = how === 'register' ? () => BaaS.auth.register({ username, password }) : () => BaaS.auth.login({ username, password })
+    await step(how, enter, currentUser)
+    for (const call of calls) await step(call.step, () => BaaS.invoke(call.function, call.data))
   } else if (scenario === 'register') {
     await step('register', () => BaaS.auth.register({ username, password }), currentUser)
     await step('invoke', () => BaaS.invoke('helloWorld', hello))
