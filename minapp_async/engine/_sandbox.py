@@ -303,12 +303,16 @@ def _kept_dirs(paths: Iterable[str], covered: Sequence[str]) -> list[str]:
     for raw in paths:
         if not os.path.isabs(raw):
             continue
-        # The file's real folder, and the folder of the path as given: a venv's bin/python is a
-        # symlink, exec'd by its own path; with the venv's root, so pyvenv.cfg is found too.
-        given = os.path.realpath(os.path.dirname(raw))
-        candidates = [os.path.realpath(raw), given]
-        if os.path.isfile(os.path.join(os.path.dirname(given), "pyvenv.cfg")):
-            candidates.append(os.path.dirname(given))
+        # The file's real folder, and the folder of every link on the way to it: a venv's
+        # bin/python is a symlink, exec'd by its own path, and may point into another venv
+        # (Python 3.10 links a venv made by a venv's Python to that Python); with each venv's
+        # root, so pyvenv.cfg is found too.
+        candidates = [os.path.realpath(raw)]
+        for hop in _links(raw):
+            folder = os.path.realpath(os.path.dirname(hop))
+            candidates.append(folder)
+            if os.path.isfile(os.path.join(os.path.dirname(folder), "pyvenv.cfg")):
+                candidates.append(os.path.dirname(folder))
         for path in candidates:
             if not os.path.isdir(path):
                 path = os.path.dirname(path)
@@ -318,6 +322,15 @@ def _kept_dirs(paths: Iterable[str], covered: Sequence[str]) -> list[str]:
                 found.add(path)
     outermost = sorted(found)
     return [p for p in outermost if not any(p.startswith(q + "/") for q in outermost if q != p)]
+
+
+def _links(path: str) -> list[str]:
+    """*path* and every path its symlink chain passes through (at most 40, as the kernel)."""
+    chain = [path]
+    while os.path.islink(path) and len(chain) <= 40:
+        path = os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))
+        chain.append(path)
+    return chain
 
 
 def _under(path: str, directory: str) -> bool:
