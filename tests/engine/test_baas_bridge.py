@@ -4,7 +4,6 @@ lines to this test, which answers them with the dispatcher over a real SQLite fi
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from minapp_async.engine._tables import Tables
 
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.skipif(shutil.which("node") is None, reason="needs node"),
 ]
 
 HOST = Path(__file__).with_name("baas_host.cjs")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,7 +20,6 @@ from minapp_async.testing import running_engine
 
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.skipif(shutil.which("node") is None, reason="needs node"),
 ]
 
 # Modelled on the platform's lottery example (faas/lottery.js): query the prizes in stock, pick
