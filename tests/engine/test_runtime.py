@@ -7,10 +7,13 @@ test_containment.py checks the same ends for contained workers.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import os
 import re
 import shutil
+import signal
 import textwrap
 import time
 from collections.abc import AsyncIterator
@@ -70,6 +73,11 @@ def running(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def not_even_a_zombie(pid: int) -> bool:
+    """True once the process is reaped (a zombie still has its /proc entry)."""
+    return not os.path.exists(f"/proc/{pid}")
 
 
 async def wait_until_gone(pid: int) -> None:
@@ -841,6 +849,51 @@ async def test_prestart_then_close_leaves_no_worker(folder: Path) -> None:
     runtime.prestart(["pre"])
     await runtime.aclose()
     assert processes_running(real(folder / "pre.py")) == set()
+
+
+async def test_a_cancel_landing_while_a_worker_closes_still_reaps_it(
+    folder: Path, uncontained: Runtime
+) -> None:
+    """A plain task.cancel() goes through anyio's shields. One that lands while a cancelled
+    call is closing its worker (as the engine's shutdown does to every call) must not leave
+    the worker unreaped or its pipes open: the runtime's close finishes the job. The worker's
+    child, in a session of its own (uncontained, it escapes the group kill), keeps the worker's
+    output pipes open, so that close takes a while whether or not the reap is quick."""
+    write(
+        folder,
+        "slow.py",
+        """
+        import subprocess
+        import sys
+        import time
+
+        def main(event):
+            child = subprocess.Popen(
+                [sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True
+            )
+            with open(event["data"], "w") as file:
+                file.write(str(child.pid))
+            time.sleep(30)
+        """,
+    )
+    marker = folder / "child.txt"
+    fds_before = set(os.listdir("/proc/self/fd"))
+    task = asyncio.get_running_loop().create_task(call(uncontained, "slow", str(marker), 60))
+    await wait_until(lambda: marker.exists() and marker.read_text() != "", what="the job")
+    child = int(marker.read_text())
+    try:
+        (worker,) = processes_running(real(folder / "slow.py"))
+        task.cancel()
+        await asyncio.sleep(0)  # one loop step: the call sees the cancel and starts closing
+        task.cancel()  # and this one lands in the middle of that close
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await uncontained.aclose()
+        assert not_even_a_zombie(worker), "the worker was left a zombie"
+        assert set(os.listdir("/proc/self/fd")) <= fds_before, "the worker's pipes were left open"
+        gc.collect()  # an unreaped Popen or an unclosed pipe transport warns (an error) here
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 async def test_hot_reload_uses_the_new_code(folder: Path, runtime: Runtime) -> None:

@@ -210,8 +210,7 @@ class WorkerProcess:
         self._startup_log = RunLog()
         self._stderr_tail = b""
         self._exited = False  # the message pipe closed: no more replies will come
-        self._closed = False
-        self._close_done = asyncio.Event()
+        self._closing: asyncio.Task[None] | None = None
         self._readers: list[_LineReader] = []
         self._transports: list[asyncio.BaseTransport] = []
         self._jobs: asyncio.WriteTransport | None = None
@@ -356,15 +355,14 @@ class WorkerProcess:
             self._tree.kill()
 
     async def close(self) -> None:
-        """Kill, reap and close every pipe. Idempotent; call it shielded from cancellation."""
-        if self._closed:
-            await self._close_done.wait()  # someone else is closing it: wait until reaped
-            return
-        self._closed = True
-        try:
-            await self._close()
-        finally:
-            self._close_done.set()
+        """Kill, reap and close every pipe. Idempotent. The work runs in a task of its own, so
+        it reaches its end even when the caller is cancelled, also by a plain task.cancel(),
+        which goes through anyio's shields; any later close() waits for that same work."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(
+                self._close(), name=f"minapp close worker {self.pid}"
+            )
+        await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
         self.kill(self.kill_reason or "closed")
@@ -410,7 +408,7 @@ class WorkerProcess:
 
     @property
     def alive(self) -> bool:
-        return not (self._exited or self._closed or self.kill_reason is not None)
+        return not (self._exited or self._closing is not None or self.kill_reason is not None)
 
     @property
     def returncode(self) -> int | None:
