@@ -896,6 +896,55 @@ async def test_a_cancel_landing_while_a_worker_closes_still_reaps_it(
         os.kill(child, signal.SIGKILL)
 
 
+FREEZER = Path("/sys/fs/cgroup/freezer")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not FREEZER.is_dir(),
+    reason="needs root and the cgroup v1 freezer, to hold a worker past SIGKILL",
+)
+async def test_a_worker_that_outlives_its_kill_is_reaped_when_it_exits(
+    folder: Path, uncontained: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker frozen by the kernel does not die at SIGKILL until it thaws. Its close gives up
+    waiting after a while (the job is not held up), says so, and the worker is still reaped
+    when it finally exits: no zombie, no ResourceWarning."""
+    write(
+        folder,
+        "slow.py",
+        """
+        import time
+
+        def main(event):
+            open(event["data"], "w").close()
+            time.sleep(30)
+        """,
+    )
+    marker = folder / "started"
+    task = asyncio.get_running_loop().create_task(call(uncontained, "slow", str(marker), 60))
+    await wait_until(marker.exists, what="the job to start")
+    (worker,) = processes_running(real(folder / "slow.py"))
+    freezer = FREEZER / f"minapp-test-{os.getpid()}-{worker}"
+    freezer.mkdir()
+    try:
+        (freezer / "cgroup.procs").write_text(str(worker))
+        (freezer / "freezer.state").write_text("FROZEN")
+        await wait_until(
+            lambda: (freezer / "freezer.state").read_text().strip() == "FROZEN", what="frozen"
+        )
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert f"worker pid {worker} did not exit within" in caplog.text
+        assert not not_even_a_zombie(worker)
+    finally:
+        (freezer / "freezer.state").write_text("THAWED")
+        await wait_until(lambda: not (freezer / "cgroup.procs").read_text(), what="it to exit")
+        freezer.rmdir()
+    await wait_until(lambda: not_even_a_zombie(worker), what="the worker to be reaped")
+    gc.collect()  # an unreaped Popen would warn (an error) here
+
+
 async def test_hot_reload_uses_the_new_code(folder: Path, runtime: Runtime) -> None:
     """Changing the function's file makes the next run use the new code."""
     write(folder, "version.py", "def main(event):\n    return 'v1'\n")

@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -403,6 +404,8 @@ class WorkerProcess:
             _logger.warning(
                 "worker pid %d did not exit within %g s of SIGKILL", self.pid, _REAP_TIMEOUT
             )
+            # Reaped whenever it does exit, by a thread that holds nothing else.
+            threading.Thread(target=self._popen.wait, daemon=True, name="minapp reaper").start()
 
     # -- state -----------------------------------------------------------------------------
 
