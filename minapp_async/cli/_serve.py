@@ -224,6 +224,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         sys.stderr.write(f"minapp-async serve: {exc}\n")
         return EXIT_USAGE
+    _raise_open_files_limit()
     try:
         asyncio.run(
             _serve_until_stopped(
@@ -242,6 +243,23 @@ def _serve(args: argparse.Namespace) -> int:
         sys.stderr.write(f"minapp-async serve: {exc}\n")
         return EXIT_USAGE
     return EXIT_OK
+
+
+def _raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard one, as Go's runtime does at start: a
+    script fanning out thousands of calls needs a socket each, and at the common soft limit of
+    1024 the server would stop accepting connections. Only ``serve`` does this; an ``Engine``
+    embedded in someone's process leaves that process's limits alone."""
+    try:
+        import resource
+    except ImportError:  # Windows has no such limit to lift
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Linux refuses an infinite soft limit for open files; 2**20 is its usual ceiling.
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):  # a platform that refuses: keep it
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _non_negative_int(text: str) -> int:

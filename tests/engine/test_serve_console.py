@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -81,9 +82,9 @@ class Serve:
 
 
 @asynccontextmanager
-async def serve(functions: Path, *args: str) -> AsyncIterator[Serve]:
+async def serve(functions: Path, *args: str, prefix: Sequence[str] = ()) -> AsyncIterator[Serve]:
     process = await anyio.open_process(
-        [sys.executable, "-m", "minapp_async", "serve", "--functions", str(functions),
+        [*prefix, sys.executable, "-m", "minapp_async", "serve", "--functions", str(functions),
          "--port", "0", "--allow-anonymous", "--sync-time-limit", "20", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -168,3 +169,40 @@ async def test_quiet_hides_job_output(tmp_path: Path) -> None:
         assert reply.body["data"] == 1
         rest = await server.rest()
     assert rest == "shutting down\n"
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="util-linux prlimit is not on PATH")
+async def test_serve_lifts_its_open_files_limit_and_serves_past_the_old_one(
+    tmp_path: Path,
+) -> None:
+    """Started with a soft limit of 256 open files, serve lifts it to the hard limit: 400 held
+    keep-alive connections and then a call are all served. At 256 it would stop accepting."""
+    functions = tmp_path / "functions"
+    functions.mkdir()
+    (functions / "hello.py").write_text("def main(event):\n    return 'hi'\n")
+    prefix = ["prlimit", "--nofile=256:4096", "--"]
+    async with serve(functions, prefix=prefix) as server, aiohttp.ClientSession() as http:
+        limits = await anyio.Path(f"/proc/{server.process.pid}/limits").read_text()
+        assert re.search(r"Max open files\s+4096\s+4096", limits), limits
+        host_port = server.url.removeprefix("http://")
+        request = f"GET /nowhere HTTP/1.1\r\nHost: {host_port}\r\n\r\n".encode()
+        host, port = host_port.rsplit(":", 1)
+        held: list[anyio.abc.SocketStream] = []
+
+        async def hold() -> None:
+            stream = await anyio.connect_tcp(host, int(port))
+            held.append(stream)
+            await stream.send(request)
+            assert (await stream.receive()).startswith(b"HTTP/1.1 404")  # served, kept alive
+
+        try:
+            with anyio.fail_after(DEADLINE):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(400):
+                        tg.start_soon(hold)
+                api = Api(_Remote(server.url), http)  # type: ignore[arg-type]
+                reply = await api.invoke(await api.anonymous_token(), "hello")
+            assert reply.status == 200 and reply.body["data"] == "hi", reply
+        finally:
+            for stream in held:
+                await stream.aclose()
