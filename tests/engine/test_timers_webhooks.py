@@ -208,6 +208,20 @@ BAD_FILES = [
      "unknown field 'extra'"),
     ('{\n  "timers": [\n    {"name": "a",}\n  ]\n}', 3, "not valid JSON"),
     ("[]", 1, "the file must hold one JSON object"),
+    # table triggers
+    ('{"table_triggers": [\n {"name": "t", "table": "note", "function": "f"}]}', 2,
+     "missing events"),
+    (('{"table_triggers": [\n\n {"name": "t", "table": "note", "events": ["insert"], '
+     '"function": "f"}]}'), 3, "events must be a non-empty list"),
+    (('{"table_triggers": [\n {"name": "t", "table": "no such", "events": ["create"], '
+     '"function": "f"}]}'), 2, "bad table name"),
+    (('{"table_triggers": [\n {"name": "t", "table": "note", "events": ["create"], '
+     '"function": "f", "where": {"n": {"$near": 1}}}]}'), 2, "where: unknown query operator"),
+    (('{"table_triggers": [\n {"name": "t", "table": "note", "events": ["create"], '
+     '"function": "f", "format": "v3"}]}'), 2, "format must be 'v1' or 'v2'"),
+    (('{"table_triggers": [\n {"name": "t", "table": "note", "events": ["create"], '
+     '"function": "f"},\n {"name": "t", "table": "x", "events": ["delete"], "function": "g"}]}'),
+     3, "a second table trigger named 't'"),
 ]  # fmt: skip
 
 
@@ -223,10 +237,19 @@ async def test_a_bad_triggers_file_stops_the_engine(
     assert message in str(caught.value)
 
 
-async def test_serve_stops_on_a_bad_cron_naming_file_and_line(tmp_path: Path) -> None:
-    (tmp_path / TRIGGER_FILE).write_text(
-        '{\n  "timers": [\n    {"name": "a", "function": "f", "cron": "0 0 30 2 *"}\n  ]\n}'
-    )
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ('{\n  "timers": [\n    {"name": "a", "function": "f", "cron": "0 0 30 2 *"}\n  ]\n}',
+         "never fires"),
+        (('{\n  "table_triggers": [\n    {"name": "t", "table": "note", "events": "create",'
+         ' "function": "f"}\n  ]\n}'), "events must be"),
+    ],
+)  # fmt: skip
+async def test_serve_stops_on_a_bad_entry_naming_file_and_line(
+    tmp_path: Path, text: str, pattern: str
+) -> None:
+    (tmp_path / TRIGGER_FILE).write_text(text)
     with anyio.fail_after(60):
         done = await anyio.run_process(
             [sys.executable, "-m", "minapp_async", "serve", "--functions", str(tmp_path),
@@ -235,7 +258,7 @@ async def test_serve_stops_on_a_bad_cron_naming_file_and_line(tmp_path: Path) ->
         )  # fmt: skip
     assert done.returncode == 2
     stderr = done.stderr.decode()
-    assert re.search(re.escape(f"{tmp_path / TRIGGER_FILE}:3: ") + ".*never fires", stderr)
+    assert re.search(re.escape(f"{tmp_path / TRIGGER_FILE}:3: ") + ".*" + pattern, stderr)
     assert "Traceback" not in stderr
 
 
