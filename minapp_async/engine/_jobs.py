@@ -212,7 +212,7 @@ class JobBoard:
         self._idle = anyio.Event()
         self._idle.set()
         self._sync_scopes: set[anyio.CancelScope] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._committing: set[asyncio.Future[None]] = set()  # accepts whose write is queued
         self._queue_send, self._queue_receive = anyio.create_memory_object_stream[_Queued](
             float("inf")  # bounded by admit(), in count and bytes
         )
@@ -350,34 +350,45 @@ class JobBoard:
         event: dict[str, Any],
         data_json: str,
     ) -> None:
-        """Store an admitted async job (committed when this returns) and queue it. Runs to
-        its end even if the caller is cancelled meanwhile: a stored job is always queued."""
-        task = asyncio.ensure_future(self._accept(job, function, event, data_json))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        await asyncio.shield(task)
-
-    async def _accept(
-        self, job: Job, function: FunctionFile, event: dict[str, Any], data_json: str
-    ) -> None:
+        """Store an admitted async job (committed when this returns) and queue it. Once its
+        write is queued, a caller cancelled meanwhile changes nothing: the commit's callback
+        queues the job (a stored job is always queued), or frees its room if the write
+        failed."""
         size = len(data_json)
         try:
-            await self._store.accept(
+            committed = await self._store.accept_queued(
                 job.id,
                 job.function_name,
-                sync=False,
                 source=job.source,
                 request_id=job.request_id,
                 params=RawJSON(data_json),
                 user_id=job.user_id,
                 created_at=job.created_at,
-                wait=True,
             )
-        except BaseException:
+        except BaseException:  # not recorded (also when cancelled waiting for room)
             self.unadmit(size)
             self._forget(job.id)
             raise
-        self._enqueue(job.id, function, event, data_json)
+        self._committing.add(committed)
+        committed.add_done_callback(
+            lambda done: self._committed(done, job.id, function, event, data_json)
+        )
+        await asyncio.shield(committed)
+
+    def _committed(
+        self,
+        done: asyncio.Future[None],
+        job_id: str,
+        function: FunctionFile,
+        event: dict[str, Any],
+        data_json: str,
+    ) -> None:
+        self._committing.discard(done)
+        if done.cancelled() or done.exception() is not None:
+            self.unadmit(len(data_json))
+            self._forget(job_id)
+        else:
+            self._enqueue(job_id, function, event, data_json)
 
     def resume(
         self, record: JobRecord, function: FunctionFile | None, event: dict[str, Any]
@@ -494,8 +505,8 @@ class JobBoard:
         """After :meth:`serve` has stopped: let accepts under way land, and drop the async
         jobs still queued from memory. They stay waiting in the store and run at the next
         start; so do those cut off mid-run."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._committing:
+            await asyncio.gather(*self._committing, return_exceptions=True)
         with self._queue_receive:
             while True:
                 try:
