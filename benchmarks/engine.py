@@ -276,7 +276,7 @@ async def queue_run(
                 {"function_name": function, "data": {"name": "allen"}, "sync": False}
             ).encode()
             connector = aiohttp.TCPConnector(limit=64)
-            first = 0.0
+            first = first_cpu = 0.0
             async with aiohttp.ClientSession(connector=connector) as http:
                 for start in range(0, total, block):
                     cpu = _common.cpu_seconds(process.pid)
@@ -284,21 +284,24 @@ async def queue_run(
                     await _accept(http, target, block)
                     rate = block / (time.perf_counter() - started)
                     cpu_us = (_common.cpu_seconds(process.pid) - cpu) / block * 1e6
-                    first = first or rate
+                    first, first_cpu = first or rate, first_cpu or cpu_us
                     print(
                         f"jobs {start + 1:>7,}-{start + block:>7,}: {rate:>7,.0f} accepts/s "
-                        f"{rate / first:>5.2f}x | engine CPU {cpu_us:>6.0f} us/accept | "
+                        f"{rate / first:>5.2f}x | engine CPU {cpu_us:>4.0f} us/accept "
+                        f"{first_cpu / cpu_us:>4.2f}x | "
                         f"queued {_queued(state_file):>7} | RSS {_rss_mb(process.pid):>5.0f} MB"
                     )
 
 
 def _queued(state_file: Path) -> str:
-    """Async jobs the state file holds unfinished (waiting or executing), read outside the
-    timed part through a read-only connection of our own."""
+    """Jobs the state file holds waiting (accepted, not started), read outside the timed
+    part through a read-only connection of our own."""
     if not state_file.exists():
         return "?"
     with contextlib.closing(sqlite3.connect(f"file:{state_file}?mode=ro", uri=True)) as conn:
-        row = conn.execute("SELECT count(*) FROM jobs WHERE finished_at IS NULL AND NOT sync")
+        row = conn.execute(
+            "SELECT count(*) FROM jobs WHERE finished_at IS NULL AND status = 'waiting'"
+        )
         return f"{row.fetchone()[0]:,}"
 
 
@@ -446,10 +449,13 @@ def main() -> None:
         shutil.copy(HELLO_JS, functions / "helloWorld.js")
         shutil.copy(HELLO_PY, functions / "helloPython.py")
         if args.queue:
-            (functions / "holdQueue.js").write_text(HOLD_JS)
+            queue_functions = functions / "queue"  # its own folder: no holdQueue elsewhere
+            queue_functions.mkdir()
+            shutil.copy(HELLO_JS, queue_functions / "helloWorld.js")
+            (queue_functions / "holdQueue.js").write_text(HOLD_JS)
             queued = "helloWorld" if args.queue_runs else "holdQueue"
             print(f"\nasync acceptance, {args.queue:,} jobs of {queued} queued by 64 callers")
-            asyncio.run(queue_run(functions, args.queue, 10_000, args.serve_arg, queued))
+            asyncio.run(queue_run(queue_functions, args.queue, 10_000, args.serve_arg, queued))
             if args.queue_only:
                 return
         print(
