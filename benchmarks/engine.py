@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import os
 import re
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -254,19 +256,27 @@ async def cold_start(
 # ---------------------------------------------------------------- async acceptance
 
 
-async def queue_run(functions: Path, total: int, block: int, extra: Sequence[str]) -> None:
+#: The --queue run's function: it waits out its time limit, so the execution slots stay busy
+#: and every job accepted after the first few stays queued (the queue grows to N).
+HOLD_JS = "exports.main = () => new Promise(() => setInterval(() => {}, 60000))\n"
+
+
+async def queue_run(
+    functions: Path, total: int, block: int, extra: Sequence[str], function: str
+) -> None:
     with tempfile.TemporaryDirectory(prefix="minapp-bench-state-") as tmp:
-        state = [*extra, "--state", str(Path(tmp) / "state.db")] if _has_flag("--state") else []
-        if not state:
+        state_file = Path(tmp) / "state.db"
+        state = [*extra, "--state", str(state_file)] if _has_flag("--state") else [*extra]
+        if len(state) == len(extra):
             print("(serve has no --state here: acceptance measured without durable state)")
         with engine(functions, *state) as (process, url):
             token = await register(url)
-            target = engine_target("async", url, token, "helloWorld")
+            target = engine_target("async", url, token, function)
             target.body = json.dumps(
-                {"function_name": "helloWorld", "data": {"name": "allen"}, "sync": False}
+                {"function_name": function, "data": {"name": "allen"}, "sync": False}
             ).encode()
             connector = aiohttp.TCPConnector(limit=64)
-            first = 0.0
+            first = first_cpu = 0.0
             async with aiohttp.ClientSession(connector=connector) as http:
                 for start in range(0, total, block):
                     cpu = _common.cpu_seconds(process.pid)
@@ -274,11 +284,32 @@ async def queue_run(functions: Path, total: int, block: int, extra: Sequence[str
                     await _accept(http, target, block)
                     rate = block / (time.perf_counter() - started)
                     cpu_us = (_common.cpu_seconds(process.pid) - cpu) / block * 1e6
-                    first = first or rate
+                    first, first_cpu = first or rate, first_cpu or cpu_us
                     print(
                         f"jobs {start + 1:>7,}-{start + block:>7,}: {rate:>7,.0f} accepts/s "
-                        f"{rate / first:>5.2f}x | engine CPU {cpu_us:>6.0f} us/accept"
+                        f"{rate / first:>5.2f}x | engine CPU {cpu_us:>4.0f} us/accept "
+                        f"{first_cpu / cpu_us:>4.2f}x | "
+                        f"queued {_queued(state_file):>7} | RSS {_rss_mb(process.pid):>5.0f} MB"
                     )
+
+
+def _queued(state_file: Path) -> str:
+    """Jobs the state file holds waiting (accepted, not started), read outside the timed
+    part through a read-only connection of our own."""
+    if not state_file.exists():
+        return "?"
+    with contextlib.closing(sqlite3.connect(f"file:{state_file}?mode=ro", uri=True)) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM jobs WHERE finished_at IS NULL AND status = 'waiting'"
+        )
+        return f"{row.fetchone()[0]:,}"
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 async def _accept(http: aiohttp.ClientSession, target: Target, count: int) -> None:
@@ -390,6 +421,12 @@ def main() -> None:
     parser.add_argument("--queue", type=int, default=0, metavar="N", help="async acceptance to N")
     parser.add_argument("--queue-only", action="store_true", help="only the --queue part")
     parser.add_argument(
+        "--queue-runs",
+        action="store_true",
+        help="queue helloWorld, which runs meanwhile (default: a function that holds its slot "
+        "until its time limit, so the queue grows to N)",
+    )
+    parser.add_argument(
         "--serve-arg", action="append", default=[], help="extra `serve` argument (repeatable)"
     )
     args = parser.parse_args()
@@ -412,8 +449,13 @@ def main() -> None:
         shutil.copy(HELLO_JS, functions / "helloWorld.js")
         shutil.copy(HELLO_PY, functions / "helloPython.py")
         if args.queue:
-            print(f"\nasync acceptance, {args.queue:,} jobs queued by 64 callers")
-            asyncio.run(queue_run(functions, args.queue, 10_000, args.serve_arg))
+            queue_functions = functions / "queue"  # its own folder: no holdQueue elsewhere
+            queue_functions.mkdir()
+            shutil.copy(HELLO_JS, queue_functions / "helloWorld.js")
+            (queue_functions / "holdQueue.js").write_text(HOLD_JS)
+            queued = "helloWorld" if args.queue_runs else "holdQueue"
+            print(f"\nasync acceptance, {args.queue:,} jobs of {queued} queued by 64 callers")
+            asyncio.run(queue_run(queue_functions, args.queue, 10_000, args.serve_arg, queued))
             if args.queue_only:
                 return
         print(

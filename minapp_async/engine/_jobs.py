@@ -169,9 +169,11 @@ class _Slots:
         self._free += 1
 
 
-# What the async queue holds per job: its id, function, event (without data) and data as
-# JSON text: compact, and never parsed again before the worker gets it.
-_Queued = tuple[str, FunctionFile, dict[str, Any], str]
+# What the async queue holds per job: its id, function, event (without data), data as JSON
+# text (compact, and never parsed again before the worker gets it) and when it was queued
+# (time.monotonic()). A queued job is only this tuple and its in-flight Job: no task, no
+# timer, so memory and per-accept work stay flat however long the queue grows.
+_Queued = tuple[str, FunctionFile, dict[str, Any], str, float]
 
 
 class JobBoard:
@@ -210,7 +212,7 @@ class JobBoard:
         self._idle = anyio.Event()
         self._idle.set()
         self._sync_scopes: set[anyio.CancelScope] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._committing: set[asyncio.Future[None]] = set()  # accepts whose write is queued
         self._queue_send, self._queue_receive = anyio.create_memory_object_stream[_Queued](
             float("inf")  # bounded by admit(), in count and bytes
         )
@@ -348,34 +350,45 @@ class JobBoard:
         event: dict[str, Any],
         data_json: str,
     ) -> None:
-        """Store an admitted async job (committed when this returns) and queue it. Runs to
-        its end even if the caller is cancelled meanwhile: a stored job is always queued."""
-        task = asyncio.ensure_future(self._accept(job, function, event, data_json))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        await asyncio.shield(task)
-
-    async def _accept(
-        self, job: Job, function: FunctionFile, event: dict[str, Any], data_json: str
-    ) -> None:
+        """Store an admitted async job (committed when this returns) and queue it. Once its
+        write is queued, a caller cancelled meanwhile changes nothing: the commit's callback
+        queues the job (a stored job is always queued), or frees its room if the write
+        failed."""
         size = len(data_json)
         try:
-            await self._store.accept(
+            committed = await self._store.accept_queued(
                 job.id,
                 job.function_name,
-                sync=False,
                 source=job.source,
                 request_id=job.request_id,
                 params=RawJSON(data_json),
                 user_id=job.user_id,
                 created_at=job.created_at,
-                wait=True,
             )
-        except BaseException:
+        except BaseException:  # not recorded (also when cancelled waiting for room)
             self.unadmit(size)
             self._forget(job.id)
             raise
-        self._enqueue(job.id, function, event, data_json)
+        self._committing.add(committed)
+        committed.add_done_callback(
+            lambda done: self._committed(done, job.id, function, event, data_json)
+        )
+        await asyncio.shield(committed)
+
+    def _committed(
+        self,
+        done: asyncio.Future[None],
+        job_id: str,
+        function: FunctionFile,
+        event: dict[str, Any],
+        data_json: str,
+    ) -> None:
+        self._committing.discard(done)
+        if done.cancelled() or done.exception() is not None:
+            self.unadmit(len(data_json))
+            self._forget(job_id)
+        else:
+            self._enqueue(job_id, function, event, data_json)
 
     def resume(
         self, record: JobRecord, function: FunctionFile | None, event: dict[str, Any]
@@ -410,7 +423,7 @@ class JobBoard:
     ) -> None:
         self._queued_size[job_id] = len(data_json)
         try:
-            self._queue_send.send_nowait((job_id, function, event, data_json))
+            self._queue_send.send_nowait((job_id, function, event, data_json, time.monotonic()))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             # Shutting down: the job is stored and runs at the next start.
             self._dequeued(job_id)
@@ -446,11 +459,39 @@ class JobBoard:
         return final[0]
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run queued async jobs until cancelled; cancelling cancels them all."""
+        """Run queued async jobs until cancelled; cancelling cancels them all.
+
+        Jobs leave the queue in order, one at a time: the one at its head waits for a slot
+        (after any sync call waiting, see :class:`_Slots`) and gets a task only with one. The
+        platform retries an async job's scheduling for about as long as it may run, so a job
+        still without a slot ``async_time_limit`` seconds after it was queued ends
+        ``schedule_failed``; deadlines come in queue order, so the head's is always the next.
+        """
         async with anyio.create_task_group() as tg:
             task_status.started()
             async with self._queue_receive:
-                async for job_id, function, event, data_json in self._queue_receive:
+                async for job_id, function, event, data_json, queued_at in self._queue_receive:
+                    wait = queued_at + self.async_time_limit - time.monotonic()
+                    try:
+                        with anyio.move_on_after(wait) as waited:
+                            await self._slots.acquire(urgent=False)
+                    except anyio.get_cancelled_exc_class():
+                        # Shutting down: stored as waiting, it runs at the next start.
+                        self._dequeued(job_id)
+                        self._forget(job_id)
+                        raise
+                    if waited.cancelled_caught:
+                        self._finish(
+                            job_id,
+                            status=SCHEDULE_FAILED,
+                            error_msg=(
+                                f"cloud function {function.name!r} could not be scheduled: all "
+                                f"{self._concurrency} execution slots stayed busy for "
+                                f"{self.async_time_limit:g} s"
+                            ),
+                            data_json=data_json,
+                        )
+                        continue
                     tg.start_soon(self._run_async, job_id, function, event, data_json)
 
     def close(self) -> None:
@@ -464,12 +505,12 @@ class JobBoard:
         """After :meth:`serve` has stopped: let accepts under way land, and drop the async
         jobs still queued from memory. They stay waiting in the store and run at the next
         start; so do those cut off mid-run."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._committing:
+            await asyncio.gather(*self._committing, return_exceptions=True)
         with self._queue_receive:
             while True:
                 try:
-                    job_id, _, _, _ = self._queue_receive.receive_nowait()
+                    job_id, _, _, _, _ = self._queue_receive.receive_nowait()
                 except (anyio.EndOfStream, anyio.WouldBlock, anyio.ClosedResourceError):
                     break
                 self._dequeued(job_id)
@@ -478,16 +519,15 @@ class JobBoard:
     async def _run_async(
         self, job_id: str, function: FunctionFile, event: dict[str, Any], data_json: str
     ) -> None:
+        """Run an async job on the slot :meth:`serve` took for it, and free the slot."""
         try:
-            # The platform retries an async job's scheduling for about as long as it may run.
-            await self._schedule_and_run(
-                job_id,
-                function,
-                event,
-                data_json,
-                schedule_wait=self.async_time_limit,
-                urgent=False,
-            )
+            await self._execute(job_id, function, event, data_json, None)
+        except anyio.get_cancelled_exc_class():
+            # Only the engine's shutdown cancels jobs. Stored as executing, the job runs
+            # again at the next start.
+            self._dequeued(job_id)
+            self._forget(job_id)
+            raise
         except Exception:
             # A bug here must not take down serve()'s task group and every queued job with it.
             logger.exception("async job %s failed inside the engine", job_id)
@@ -495,6 +535,8 @@ class JobBoard:
                 self._finish(
                     job_id, status="execution_failed", error_msg="the engine failed to run the job"
                 )
+        finally:
+            self._slots.release()
 
     async def _schedule_and_run(
         self,

@@ -47,6 +47,17 @@ class TimerStatus:
     next_fire: dt.datetime
 
 
+@attrs.frozen
+class ReservedJob:
+    """An async job with its room in the queue taken, not yet stored (see
+    :meth:`TriggerRunner.reserve_job`)."""
+
+    job: Job
+    function: FunctionFile
+    event: dict[str, Any]
+    data_json: str
+
+
 class TriggerRunner:
     """Starts the trigger jobs: a timer's (on schedule or now) and a webhook's."""
 
@@ -80,6 +91,22 @@ class TriggerRunner:
         *extra* event fields); *on_job* is told the job before it is queued. LookupError when
         there is no such function, RuntimeError when the engine is shutting down or the async
         queue is full."""
+        reserved = self.reserve_job(function_name, data, source=source, extra=extra)
+        if on_job is not None:
+            on_job(reserved.job)
+        return await self.accept_job(reserved)
+
+    def reserve_job(
+        self,
+        function_name: str,
+        data: Any,
+        *,
+        source: str,
+        extra: Mapping[str, Any] | None = None,
+    ) -> ReservedJob:
+        """The first half of :meth:`start_job`, without waiting: the function found, room in
+        the async queue taken (same errors) and the job created. Follow with
+        :meth:`accept_job`, which gives the room back if it fails."""
         function = self._locate(function_name)
         if function is None:
             raise LookupError(f"cloud function {function_name!r} not found")
@@ -95,16 +122,18 @@ class TriggerRunner:
         except BaseException:
             self._board.unadmit(len(data_json))
             raise
-        if on_job is not None:
-            on_job(job)
-        # Like every async job: committed to the state store, then queued.
+        return ReservedJob(job, function, {**self._event(job), **(extra or {})}, data_json)
+
+    async def accept_job(self, reserved: ReservedJob) -> Job:
+        """The second half of :meth:`start_job`: like every async job, committed to the state
+        store, then queued."""
         try:
             await self._board.accept(
-                job, function, {**self._event(job), **(extra or {})}, data_json
+                reserved.job, reserved.function, reserved.event, reserved.data_json
             )
         except StoreError as exc:  # the state file cannot be written
             raise RuntimeError(str(exc)) from None
-        return job
+        return reserved.job
 
     def _event(self, job: Job) -> dict[str, Any]:
         """A trigger's event (PROTOCOL.md §7.2): no ``request``, the trigger as eventType; the

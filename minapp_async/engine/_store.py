@@ -403,6 +403,44 @@ class Store:
         Cancelled while it waits for the commit, the job is still recorded (a write cannot
         be taken back): the caller should treat it as accepted, e.g. shield accept + queue.
         """
+        request = self._accept_request(
+            job_id, function_name, sync, source, request_id, params, user_id, created_at
+        )
+        await self._submit(*request, wait=not sync if wait is None else wait)
+
+    async def accept_queued(
+        self,
+        job_id: str,
+        function_name: str,
+        *,
+        source: str,
+        request_id: str,
+        params: Any,
+        user_id: int | None = None,
+        created_at: float | None = None,
+    ) -> asyncio.Future[None]:
+        """Record a new waiting async job, returning once the write is queued (which may
+        wait for room): the future is its commit. Callbacks added to it run even if the
+        caller stops waiting, so the caller can act on the commit without a task of its own.
+        Cancelled before it returns, nothing was recorded."""
+        request = self._accept_request(
+            job_id, function_name, False, source, request_id, params, user_id, created_at
+        )
+        future = await self._queue(*request)
+        assert future is not None  # record() never skips
+        return future
+
+    def _accept_request(
+        self,
+        job_id: str,
+        function_name: str,
+        sync: bool,
+        source: str,
+        request_id: str,
+        params: Any,
+        user_id: int | None,
+        created_at: float | None,
+    ) -> tuple[str, tuple[Any, ...], Callable[[], None]]:
         params_json = _json(params)
         created = time.time() if created_at is None else created_at
         row = (job_id, function_name, sync, source, request_id, user_id, params_json, created)
@@ -412,7 +450,7 @@ class Store:
                 raise ValueError(f"job {job_id} is already waiting or executing")
             self._active[job_id] = (WAITING, len(params_json))  # ASCII: chars are bytes
 
-        await self._submit("accept", row, wait=not sync if wait is None else wait, before=record)
+        return "accept", row, record
 
     async def start(
         self, job_id: str, *, started_at: float | None = None, wait: bool = False
@@ -877,9 +915,23 @@ class Store:
         *,
         wait: bool,
     ) -> Any:
-        """Queue one request once there is room. *before* runs just before it is queued,
-        with no await in between, so memory changes only for requests really queued (not
-        for one cancelled while it waited for room); raising _Nothing there skips it."""
+        """Queue one request once there is room (see :meth:`_queue`) and, with *wait*, return
+        its result once committed."""
+        future = await self._queue(op, args, before)
+        if future is None:
+            return None
+        if not wait:
+            future.add_done_callback(self._log_failure)
+            return None
+        return await future
+
+    async def _queue(
+        self, op: str, args: Sequence[Any], before: Callable[[], None] | None = None
+    ) -> asyncio.Future[Any] | None:
+        """Queue one request once there is room; its future, None if skipped. *before* runs
+        just before it is queued, with no await in between, so memory changes only for
+        requests really queued (not for one cancelled while it waited for room); raising
+        _Nothing there skips it."""
         if self._closing:
             raise RuntimeError(f"the state store {self.path!r} is closed")
         await self._room.acquire()  # no suspension while there is room
@@ -901,10 +953,7 @@ class Store:
         # also when nobody awaits it; a failure is then logged.
         future: asyncio.Future[Any] = self._loop.create_future()
         self._outbox.append((op, tuple(args), future))
-        if not wait:
-            future.add_done_callback(self._log_failure)
-            return None
-        return await future
+        return future
 
     def _log_failure(self, future: asyncio.Future[Any]) -> None:
         if not future.cancelled() and future.exception() is not None:

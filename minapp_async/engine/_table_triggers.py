@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from .._logs import get_logger
 from ._baas import BaasService
-from ._schedule import TriggerRunner
+from ._schedule import ReservedJob, TriggerRunner
 from ._tables import Change, TableError
 from ._trigger_file import TableTrigger
 
@@ -103,24 +103,33 @@ class TableTriggers:
                     MAX_TRIGGER_DEPTH,
                 )
                 continue
-            task = self._loop.create_task(self._fire(trigger, data, depth))
+            # Room in the async queue is taken here, before any task exists: a write storm
+            # past the queue's bound is refused at once, so the tasks being stored and queued
+            # (self._starting) never outnumber the queue's max jobs.
+            try:
+                reserved = self._runner.reserve_job(
+                    trigger.function,
+                    data,
+                    source="flex_schema",
+                    extra={"flex_schema_name": trigger.table},
+                )
+            except (LookupError, RuntimeError) as exc:  # no such function; shutting down; full
+                self._not_fired(trigger, exc)
+                continue
+            # Before it is queued: its own writes must find their depth.
+            self._remember(reserved.job.id, depth)
+            task = self._loop.create_task(self._accept(trigger, reserved))
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
 
-    async def _fire(self, trigger: TableTrigger, data: Any, depth: int) -> None:
+    async def _accept(self, trigger: TableTrigger, reserved: ReservedJob) -> None:
         try:
-            await self._runner.start_job(
-                trigger.function,
-                data,
-                source="flex_schema",
-                extra={"flex_schema_name": trigger.table},
-                # Before it is queued: its own writes must find their depth.
-                on_job=lambda job: self._remember(job.id, depth),
-            )
-        except (LookupError, RuntimeError) as exc:  # no such function; shutting down; full
-            logger.error(
-                "table trigger %r (line %d) did not fire: %s", trigger.name, trigger.line, exc
-            )
+            await self._runner.accept_job(reserved)
+        except RuntimeError as exc:  # the state file cannot be written; shutting down
+            self._not_fired(trigger, exc)
+
+    def _not_fired(self, trigger: TableTrigger, exc: Exception) -> None:
+        logger.error("table trigger %r (line %d) did not fire: %s", trigger.name, trigger.line, exc)
 
     async def aclose(self) -> None:
         """Wait for the jobs being stored; no new ones start (the engine is closing)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -73,6 +74,63 @@ async def test_async_jobs_queue_and_run_when_a_slot_frees() -> None:
         assert gate.finished_at is not None
         assert all(j.started_at is not None and j.started_at >= gate.finished_at for j in echoes)
         assert engine.stats().functions["echo"].peak_in_flight == 1
+
+
+async def test_async_jobs_without_a_slot_for_their_time_limit_fail_to_schedule() -> None:
+    """Queued async jobs that get no slot within async_time_limit end schedule_failed, never
+    started, in queue order; once the slot is free, new async jobs run."""
+    async with (
+        running_engine(FUNCTIONS, concurrency=1, async_time_limit=0.5) as engine,
+        aiohttp.ClientSession() as http,
+    ):
+        api = Api(engine, http)
+        release = engine.config.functions_dir / "release"  # (a function has its own /tmp)
+        token = await api.login()
+        replies: list[Reply] = []
+
+        async def hold_the_slot() -> None:  # a sync call: the async limit does not cut it
+            replies.append(await api.invoke(token, "gate", {"release": str(release)}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hold_the_slot)
+            await wait_until(lambda: in_flight(engine, "gate") == 1, within=20)
+            for i in range(3):
+                assert (await api.invoke(token, "echo", {"i": i}, sync=False)).status == 200
+            with anyio.fail_after(20):
+                while [j.status for j in await engine.jobs("echo")] != ["schedule_failed"] * 3:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            release.touch()
+        assert replies[0].status == 200
+        for job in await engine.jobs("echo"):
+            assert job.started_at is None
+            assert "could not be scheduled" in (job.error_msg or "")
+        assert engine.executions("echo") == 0
+        assert (await api.invoke(token, "echo", {"i": 3}, sync=False)).status == 200
+        await engine.drain(timeout=30)
+        assert [j.status for j in await engine.jobs("echo")][-1] == "fulfilled"
+
+
+async def test_queued_async_jobs_hold_no_task_each() -> None:
+    """A long async queue is data, not one waiting task per job: the event loop's task
+    count stays near the concurrency while hundreds of jobs wait, and all of them run."""
+    async with (
+        running_engine(FUNCTIONS, concurrency=2) as engine,
+        aiohttp.ClientSession() as http,
+    ):
+        api = Api(engine, http)
+        release = engine.config.functions_dir / "release"  # (a function has its own /tmp)
+        token = await api.login()
+        for _ in range(2):
+            await api.invoke(token, "gate", {"release": str(release)}, sync=False)
+        await wait_until(lambda: in_flight(engine, "gate") == 2, within=20)
+        before = len(asyncio.all_tasks())
+        for i in range(300):
+            assert (await api.invoke(token, "echo", {"i": i}, sync=False)).status == 200
+        assert engine.stats().queued_jobs == 300
+        assert len(asyncio.all_tasks()) < before + 20
+        release.touch()
+        await engine.drain(timeout=60)
+        assert [j.status for j in await engine.jobs("echo")] == ["fulfilled"] * 300
 
 
 async def test_a_freed_slot_goes_to_a_waiting_sync_call_first() -> None:

@@ -4,6 +4,7 @@ enableTrigger: false fire none; a trigger writing its own table stops at a bound
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -165,3 +166,56 @@ async def test_a_trigger_writing_its_own_table_stops_at_the_bound(api: Api) -> N
     assert all(j.status == "fulfilled" for j in jobs)
     (row,) = engine.tables.rows("counter")
     assert row["n"] == 1 + MAX_TRIGGER_DEPTH
+
+
+async def test_a_write_storm_past_the_queue_bound_is_refused_without_a_task_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1,000 creates in one call fire 1,000 triggers while the only slot is busy: the async
+    queue's bound (5) admits 5 jobs, the rest are refused and logged at once, the writes all
+    stand, and the triggers being stored never hold more than a handful of tasks."""
+    loop = asyncio.get_running_loop()
+    live = peak = 0
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        nonlocal live, peak
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        live += 1
+        peak = max(peak, live)
+
+        def done(_: object) -> None:
+            nonlocal live
+            live -= 1
+
+        task.add_done_callback(done)
+        return task
+
+    async with (
+        running_engine(
+            functions(), allow_anonymous=True, concurrency=1, max_queued_jobs=5
+        ) as engine,
+        aiohttp.ClientSession() as http,
+    ):
+        api = Api(engine, http)
+        token = await api.anonymous_token()
+        items = [{"title": f"n{i}"} for i in range(1000)]
+        loop.set_task_factory(counting)
+        try:
+            reply = await api.invoke(token, "write", {"op": "createMany", "fields": items})
+        finally:
+            loop.set_task_factory(None)
+        assert reply.body["code"] == 0, reply.body
+        assert reply.body["data"] == 1000
+        await engine.drain(JOB_TIMEOUT)
+        assert len(engine.tables.rows("note")) == 1000
+        jobs = await engine.jobs("recorder")
+        assert [j.status for j in jobs] == ["fulfilled"] * 5
+        refused = [r for r in caplog.records if "did not fire" in r.getMessage()]
+        assert len(refused) == 995
+        assert "queue is full" in refused[0].getMessage()
+        assert peak < 50, peak
+        assert (
+            await api.invoke(token, "write", {"op": "create", "fields": {"t": 1}})
+        ).status == 200
+        await engine.drain(JOB_TIMEOUT)
+        assert len(await engine.jobs("recorder")) == 6

@@ -194,9 +194,13 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
 # ---------------------------------------------------------------- who may call
 
 
+_LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
 def _is_loopback_name(name: str) -> bool:
-    # *.localhost is loopback by definition (RFC 6761), and browsers resolve it so.
-    if name == "localhost" or name.endswith(".localhost"):
+    # *.localhost is loopback by definition (RFC 6761), and browsers resolve it so. The
+    # usual names answer without parsing an address (this runs for every request).
+    if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
