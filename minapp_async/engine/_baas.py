@@ -52,7 +52,11 @@ def _connect(state: str | Path) -> sqlite3.Connection:
         Path(where).parent.mkdir(parents=True, exist_ok=True)
     # check_same_thread=False: opened here, then used only by the tables thread.
     db = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
-    db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    try:
+        db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    except BaseException:
+        db.close()
+        raise
     return db
 
 

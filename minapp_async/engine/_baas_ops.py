@@ -77,8 +77,21 @@ class Outbox:
     """Messages sent from functions, kept in SQLite (the engine's state database)."""
 
     def __init__(self, db: sqlite3.Connection | str | Path) -> None:
-        self._db = db if isinstance(db, sqlite3.Connection) else sqlite3.connect(str(db))
-        self._db.executescript(_OUTBOX_DDL)
+        # A connection given is shared and stays open; one opened here is closed by close().
+        if isinstance(db, sqlite3.Connection):
+            self._db, self._owned = db, False
+        else:
+            self._db, self._owned = sqlite3.connect(str(db)), True
+        try:
+            self._db.executescript(_OUTBOX_DDL)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close the connection this outbox opened (a shared one is its owner's to close)."""
+        if self._owned:
+            self._db.close()
 
     def record(self, kind: str, data: Mapping[str, Any]) -> int:
         with self._db:

@@ -585,9 +585,13 @@ class Tables:
             self._owned = True
         self.auto_create = auto_create
         self.on_change = on_change
-        self._db.create_function("baas_regexp", 3, _sql_regexp, deterministic=True)
-        self._db.create_function("baas_icontains", 2, _sql_icontains, deterministic=True)
-        self._db.executescript(_DDL)
+        try:
+            self._db.create_function("baas_regexp", 3, _sql_regexp, deterministic=True)
+            self._db.create_function("baas_icontains", 2, _sql_icontains, deterministic=True)
+            self._db.executescript(_DDL)
+        except BaseException:
+            self.close()  # a connection opened here is not left to the garbage collector
+            raise
 
     def close(self) -> None:
         if self._owned:

@@ -140,19 +140,51 @@ async def test_json_nested_too_deeply_is_a_400(engine: Engine) -> None:
     await assert_serving(engine)
 
 
+#: Deeper than any Python's JSON parser goes (3.10 and 3.11 stop near 1,000 levels, 3.12 near
+#: 1,500, 3.13 near 10,000) and than Node's JSON.stringify goes on its default stack (~4,000).
+TOO_DEEP = 20_000
+
+
 async def test_a_deeply_nested_result_is_a_clear_failure() -> None:
-    """A function whose result is too deep for the engine's parser fails with a 400 saying so
-    (not a hang to the time limit, not a 500)."""
+    """A function whose result is nested deeper than its worker can write it fails, saying
+    so (not a hang to the time limit, not a 500), and the engine keeps serving."""
     deep_js = (
         "exports.main = async () => {\n"
-        "  let x = []\n  for (let i = 0; i < 1500; i++) x = [x]\n  return x\n}\n"
+        f"  let x = []\n  for (let i = 0; i < {TOO_DEEP}; i++) x = [x]\n  return x\n}}\n"
     )
-    async with running_engine({"deep.js": deep_js}, allow_anonymous=True) as engine:
+    async with running_engine({**FUNCTIONS, "deep.js": deep_js}, allow_anonymous=True) as engine:
         async with aiohttp.ClientSession() as http:
             api = Api(engine, http)
-            reply = await api.invoke(await api.anonymous_token(), "deep", {})
+            with anyio.fail_after(DEADLINE):
+                reply = await api.invoke(await api.anonymous_token(), "deep", {})
+            # The function failed (a 200 carrying code 1, as any failed function).
+            assert (200, 1, None) == (reply.status, reply.body["code"], reply.body["data"])
+            message = reply.body["error"]["message"]
+            assert "result is not JSON-serialisable: Maximum call stack size exceeded" in message
+        await assert_serving(engine)
+
+
+async def test_a_worker_message_too_deep_to_parse_is_a_clear_failure() -> None:
+    """A line on the worker's message channel nested deeper than the engine's JSON parser
+    goes, on every Python, fails the job with a 400 saying so (not a hang to the time limit,
+    not a 500), and the engine keeps serving. No worker writes such a result itself (see
+    above), so the function writes the line on its worker's message fd (argv[2]) and waits."""
+    line = "[" * TOO_DEEP + "]" * TOO_DEEP + "\n"
+    deep_js = (
+        "const fs = require('fs')\n"
+        "exports.main = async () => {\n"
+        f"  fs.writeSync(Number(process.argv[2]), {json.dumps(line)})\n"
+        "  return new Promise(() => {})  // the engine ends the job on reading that line\n"
+        "}\n"
+    )
+    async with running_engine({**FUNCTIONS, "deep.js": deep_js}, allow_anonymous=True) as engine:
+        async with aiohttp.ClientSession() as http:
+            api = Api(engine, http)
+            with anyio.fail_after(DEADLINE):
+                reply = await api.invoke(await api.anonymous_token(), "deep", {})
             assert 400 == reply.status
             assert "nested too deeply" in reply.error_msg
+        await assert_serving(engine)
 
 
 def _raise_fd_limit(wanted: int) -> int:

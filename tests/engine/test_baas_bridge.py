@@ -3,8 +3,10 @@ lines to this test, which answers them with the dispatcher over a real SQLite fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +71,18 @@ class Bridge:
         return msg["t"], msg.get("result", msg.get("error"))
 
 
+@contextlib.contextmanager
+def open_bridge(tmp_path: Path, **options: Any) -> Iterator[Bridge]:
+    """A bridge over tmp_path/state.db; its two connections are closed on the way out."""
+    with contextlib.closing(Tables(tmp_path / "state.db")) as tables:
+        with contextlib.closing(Outbox(str(tmp_path / "state.db"))) as outbox:
+            yield Bridge(tmp_path, BaasOps(tables, outbox, **options))
+
+
 @pytest.fixture(name="bridge")
-def _bridge(tmp_path: Path) -> Bridge:
-    tables = Tables(tmp_path / "state.db")
-    return Bridge(tmp_path, BaasOps(tables, Outbox(str(tmp_path / "state.db"))))
+def _bridge(tmp_path: Path) -> Iterator[Bridge]:
+    with open_bridge(tmp_path) as bridge:
+        yield bridge
 
 
 LOTTERY = """
@@ -303,8 +313,6 @@ async def test_invoke_returns_the_callee_envelope(tmp_path: Path) -> None:
         seen.append((name, params, sync))
         return {"code": 0, "data": {"echo": params}, "error": {}}
 
-    tables = Tables(tmp_path / "state.db")
-    bridge = Bridge(tmp_path, BaasOps(tables, Outbox(str(tmp_path / "state.db")), invoke=invoke))
     source = """
     exports.main = async () => {
       const env = await BaaS.invoke('child', { n: 1 })
@@ -312,7 +320,8 @@ async def test_invoke_returns_the_callee_envelope(tmp_path: Path) -> None:
       return { env, old: { status: old.status, data: old.data } }
     }
     """
-    out = await bridge.run(source)
+    with open_bridge(tmp_path, invoke=invoke) as bridge:
+        out = await bridge.run(source)
     assert out["env"] == {"code": 0, "data": {"echo": {"n": 1}}, "error": {}}
     assert out["old"] == {
         "status": 200,

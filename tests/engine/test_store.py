@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sqlite3
 import subprocess
@@ -569,9 +570,8 @@ async def test_a_file_in_use_by_another_engine_is_refused(path: Path) -> None:
 async def test_a_file_from_a_newer_version_is_refused(path: Path) -> None:
     async with await Store.open(path):
         pass
-    connection = sqlite3.connect(path)
-    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    connection.close()
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StoreError, match="newer minapp_async"):
         await Store.open(path)
 

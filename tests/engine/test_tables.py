@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -77,13 +78,12 @@ def test_reads_of_unknown_tables_and_records_are_404(tables: Tables) -> None:
 
 
 def test_strict_mode_makes_unknown_tables_404_and_unknown_fields_400(tmp_path: Path) -> None:
-    strict = Tables(tmp_path / "s.db", auto_create=False)
-    assert _error(strict.create, "goods", {"a": 1}).status == 404
-    strict.create_table("goods", [{"name": "a", "type": "integer"}])
-    assert strict.create("goods", {"a": 1})["a"] == 1
-    err = _error(strict.create, "goods", {"b": 1})
-    assert (err.status, "'b'" in err.message) == (400, True)
-    strict.close()
+    with contextlib.closing(Tables(tmp_path / "s.db", auto_create=False)) as strict:
+        assert _error(strict.create, "goods", {"a": 1}).status == 404
+        strict.create_table("goods", [{"name": "a", "type": "integer"}])
+        assert strict.create("goods", {"a": 1})["a"] == 1
+        err = _error(strict.create, "goods", {"b": 1})
+        assert (err.status, "'b'" in err.message) == (400, True)
 
 
 @pytest.mark.parametrize(
@@ -427,12 +427,12 @@ def test_bad_operators_name_the_problem(tables: Tables, where: dict[str, Any], w
 
 def test_on_change_sees_every_committed_write(tmp_path: Path) -> None:
     seen: list[Change] = []
-    t = Tables(tmp_path / "c.db", on_change=seen.append)
-    row = t.create("x", {"n": 1})
-    t.update("x", row["id"], {"n": 2}, enable_trigger=False)
-    t.delete("x", row["id"])
-    with pytest.raises(TableError):
-        t.update("x", row["id"], {"n": 3})
+    with contextlib.closing(Tables(tmp_path / "c.db", on_change=seen.append)) as t:
+        row = t.create("x", {"n": 1})
+        t.update("x", row["id"], {"n": 2}, enable_trigger=False)
+        t.delete("x", row["id"])
+        with pytest.raises(TableError):
+            t.update("x", row["id"], {"n": 3})
     assert [(c.event, c.enable_trigger) for c in seen] == [
         ("create", True),
         ("update", False),
@@ -441,22 +441,19 @@ def test_on_change_sees_every_committed_write(tmp_path: Path) -> None:
     assert seen[1].before is not None and seen[1].before["n"] == 1
     assert seen[1].after is not None and seen[1].after["n"] == 2
     assert seen[2].after is None
-    t.close()
 
 
 def test_a_shared_connection_keeps_data_for_other_connections(tmp_path: Path) -> None:
     path = tmp_path / "shared.db"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE engine_own (x INTEGER)")
-    conn.commit()
-    t = Tables(conn)
-    t.create("goods", {"name": "x"})
-    other = Tables(path)
-    assert other.count("goods") == 1
-    assert conn.execute("SELECT count(*) FROM engine_own").fetchone() == (0,)
-    other.close()
-    t.close()
-    conn.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE engine_own (x INTEGER)")
+        conn.commit()
+        t = Tables(conn)
+        t.create("goods", {"name": "x"})
+        with contextlib.closing(Tables(path)) as other:
+            assert other.count("goods") == 1
+        t.close()  # a shared connection stays open: its owner closes it
+        assert conn.execute("SELECT count(*) FROM engine_own").fetchone() == (0,)
 
 
 def test_user_table_ids_are_integers(tables: Tables) -> None:
