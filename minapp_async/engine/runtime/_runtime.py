@@ -113,31 +113,80 @@ class FunctionFile:
         return self.path.suffix == ".js"
 
 
-def _fingerprint(root: Path, *, skip: Callable[[os.DirEntry[str]], bool]) -> int:
-    """A number that changes when any file under *root* is edited, added, removed or renamed:
-    a hash of every file's path, size and modification time (stat only, no reading), over at
-    most MAX_WATCHED_FILES files."""
-    entries: list[tuple[str, int, int]] = []
-    pending = [str(root)]
-    while pending and len(entries) < MAX_WATCHED_FILES:
+class _Listings:
+    """The folders of a functions folder, each listed once and listed again only when its
+    modification time (or inode) changes, which adding, removing or renaming an entry does.
+
+    Editing a file in place leaves its folder's mtime alone, so the files themselves are
+    still stat()ed on every call; what is saved is reading every folder. A folder whose mtime
+    is recent is not remembered: an entry added within the same timestamp tick as the
+    listing would leave the mtime unchanged (git's "racy" case)."""
+
+    #: A folder's listing is remembered once its mtime is this many seconds old.
+    SETTLED: Final = 2.0
+    _MAX: Final = 4096  # folders remembered (a very large tree starts over past that)
+
+    def __init__(self) -> None:
+        # folder -> ((inode, mtime), its sub-folders, its other entries), full paths
+        self._known: dict[str, tuple[tuple[int, int], list[str], list[str]]] = {}
+
+    def get(self, folder: str) -> tuple[list[str], list[str]] | None:
+        """*folder*'s sub-folders (watched ones only) and other entries; None if unreadable."""
         try:
-            with os.scandir(pending.pop()) as scan:
+            info = os.stat(folder)
+        except OSError:
+            return None
+        key = (info.st_ino, info.st_mtime_ns)
+        known = self._known.get(folder)
+        if known is not None and known[0] == key:
+            return known[1], known[2]
+        settled = time.time_ns() - info.st_mtime_ns > self.SETTLED * 1e9
+        folders: list[str] = []
+        files: list[str] = []
+        try:
+            with os.scandir(folder) as scan:
                 for entry in scan:
-                    if entry.name.startswith(".") or skip(entry):
+                    if entry.name.startswith("."):
                         continue
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             if entry.name not in _UNWATCHED_DIRS:
-                                pending.append(entry.path)
+                                folders.append(entry.path)
                             continue
-                        info = entry.stat()
-                    except OSError:  # gone meanwhile, or a dangling symlink
+                    except OSError:  # gone meanwhile
                         continue
-                    entries.append((entry.path, info.st_size, info.st_mtime_ns))
+                    files.append(entry.path)
         except OSError:
-            continue
-    entries.sort()
-    return hash(tuple(entries))
+            self._known.pop(folder, None)
+            return None
+        if settled:
+            if len(self._known) >= self._MAX:
+                self._known.clear()
+            self._known[folder] = (key, folders, files)
+        else:
+            self._known.pop(folder, None)
+        return folders, files
+
+    def fingerprint(self, root: Path, *, skip: Callable[[str], bool]) -> int:
+        """A number that changes when any file under *root* is edited, added, removed or
+        renamed: a hash of every file's path, size and modification time (stat only, no
+        reading), over at most MAX_WATCHED_FILES files. *skip* leaves out sub-folders."""
+        entries: list[tuple[str, int, int]] = []
+        pending = [str(root)]
+        while pending and len(entries) < MAX_WATCHED_FILES:
+            listing = self.get(pending.pop())
+            if listing is None:
+                continue
+            folders, files = listing
+            pending.extend(f for f in folders if not skip(f))
+            for path in files:
+                try:
+                    info = os.stat(path)
+                except OSError:  # gone meanwhile, or a dangling symlink
+                    continue
+                entries.append((path, info.st_size, info.st_mtime_ns))
+        entries.sort()
+        return hash(tuple(entries))
 
 
 def _kill_groups(pgids: set[int]) -> None:
@@ -197,6 +246,7 @@ class Runtime:
         # name -> (what locate() found, the path it was found at, its device, the names that
         # would take precedence): revalidated by _still_valid on each call.
         self._located: dict[str, tuple[FunctionFile, str, int, tuple[str, ...]]] = {}
+        self._listings = _Listings()
         self._pgids: set[int] = set()
         self._finalizer = weakref.finalize(self, _kill_groups, self._pgids)
         self._housekeeper: asyncio.Task[None] | None = None
@@ -317,20 +367,19 @@ class Runtime:
         """The fingerprint of the files an entry file may load: for ``name/index.js`` its
         folder; for ``name.js`` and ``name.py`` the functions folder, without the folders
         of ``name/index.js`` functions (helpers such as ``util.py`` or ``lib/`` live there,
-        and every single-file function may import them). Checked on every call: a scan of
-        a few stat() calls, no file is read."""
+        and every single-file function may import them). Checked on every call: a stat()
+        per file and per folder (folders are read again only when they changed), no file
+        is read."""
         if entry.parent != self._dir:
-            return _fingerprint(entry.parent, skip=lambda _: False)
+            return self._listings.fingerprint(entry.parent, skip=lambda _: False)
         top = str(self._dir)
 
-        def other_function(entry: os.DirEntry[str]) -> bool:
-            return (
-                os.path.dirname(entry.path) == top
-                and entry.is_dir()
-                and os.path.isfile(os.path.join(entry.path, "index.js"))
+        def other_function(folder: str) -> bool:
+            return os.path.dirname(folder) == top and os.path.isfile(
+                os.path.join(folder, "index.js")
             )
 
-        return _fingerprint(self._dir, skip=other_function)
+        return self._listings.fingerprint(self._dir, skip=other_function)
 
     def find(self, name: str) -> Path | None:
         """The path of the function's source file, or None."""
@@ -458,8 +507,9 @@ class Runtime:
         try:
             worker.begin(run, request)
             self._watch_busy()
-            with anyio.move_on_after(time_limit):
-                await asyncio.shield(run.finished)
+            # asyncio.wait leaves the future alone on a timeout or a cancellation (no shield
+            # needed) and costs less than a cancel scope on every job.
+            await asyncio.wait((run.finished,), timeout=time_limit)
             elapsed_ms = (time.perf_counter() - started) * 1000
             envelope = run.finished.result() if run.finished.done() else None
             run.peak_rss = max(run.peak_rss, worker.peak_rss())
