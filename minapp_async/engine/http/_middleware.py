@@ -6,6 +6,7 @@ Every error reply is ``{"status": "error", "error_msg": "..."}`` JSON (PROTOCOL.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -194,6 +195,7 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
 # ---------------------------------------------------------------- who may call
 
 
+@functools.lru_cache(maxsize=256)  # asked on every request, mostly for the same few names
 def _is_loopback_name(name: str) -> bool:
     # *.localhost is loopback by definition (RFC 6761), and browsers resolve it so.
     if name == "localhost" or name.endswith(".localhost"):
