@@ -64,6 +64,8 @@ _PY_WORKER = _HERE / "_py_worker.py"
 _STARTUP_TIMEOUT = 15.0  # a cold start under load; the job's own time limit starts after it
 _WATCH_INTERVAL = 0.05  # how often busy workers' RSS is checked against the memory limit
 _NODE_OOM_MARKERS = ("JavaScript heap out of memory", "Reached heap limit")
+#: What json.dumps(..., allow_nan=False) does, without building an encoder per job.
+_encode_job: Final = json.JSONEncoder(allow_nan=False).encode
 _MAX_LOCATED: Final = 4096  # functions whose resolution is remembered (a folder rarely has more)
 _SENTINEL_NODE: Any = object()  # "node" not given: look it up on PATH
 _logger = get_logger("minapp_async.engine")
@@ -221,6 +223,7 @@ class Runtime:
         if max_idle_per_function < 0:
             raise ValueError(f"max_idle_per_function must be >= 0, got {max_idle_per_function!r}")
         self._dir = Path(functions_dir).resolve()
+        self._dir_text = str(self._dir)
         self._memory_limit_mb = memory_limit_mb
         self._node_given = node if node is not _SENTINEL_NODE else None
         # Resolved once; None when there is no usable node, so .js jobs fail with a clear message.
@@ -370,9 +373,9 @@ class Runtime:
         and every single-file function may import them). Checked on every call: a stat()
         per file and per folder (folders are read again only when they changed), no file
         is read."""
-        if entry.parent != self._dir:
+        if os.path.dirname(entry) != self._dir_text:  # (no Path built and compared)
             return self._listings.fingerprint(entry.parent, skip=lambda _: False)
-        top = str(self._dir)
+        top = self._dir_text
 
         def other_function(folder: str) -> bool:
             return os.path.dirname(folder) == top and os.path.isfile(
@@ -432,7 +435,7 @@ class Runtime:
         name = function.name
         run_id = next(self._run_ids)
         try:
-            line = json.dumps({"t": "job", "j": run_id, "e": event}, allow_nan=False)
+            line = _encode_job({"t": "job", "j": run_id, "e": event})
             if data_json is not None:  # '..."e": {...}}' -> '..."e": {...,"data":<json>}}'
                 line = f'{line[:-2]}{"," if event else ""}"data":{data_json}}}}}'
             request = (line + "\n").encode()
