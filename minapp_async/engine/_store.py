@@ -279,10 +279,6 @@ class Store:
         # Requests made during one turn of the loop go to the writer together: one wake-up.
         self._requests: queue.SimpleQueue[list[_Op]] = queue.SimpleQueue()
         self._outbox: list[_Op] = []
-        # The outbox's pending hand-over: at the end of this turn of the loop once a request
-        # someone awaits is in it; after _LINGER while it holds only no-wait requests.
-        self._hand_over_soon = False
-        self._hand_over_timer: asyncio.TimerHandle | None = None
         self._room = _Room(self.bounds.max_pending)
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -899,8 +895,7 @@ class Store:
             self._room.release()
             raise
         assert self._loop is not None
-        if not self._hand_over_soon:
-            self._hand_over_soon = True
+        if not self._outbox:
             self._loop.call_soon(self._hand_over)
         # Every request that took room carries a future (the writer counts room by them),
         # also when nobody awaits it; a failure is then logged.
@@ -920,27 +915,17 @@ class Store:
     ) -> None:
         """Queue one request without waiting and without taking room (the callers' own
         bounds limit these: jobs running, the Python API). A batch of only such requests
-        that all succeed costs no wake-up of the loop.
-
-        Such requests wait up to ``_LINGER`` seconds on the loop for more (or until a
-        request someone awaits takes them along), so a steady stream of sync calls costs
-        one commit and one wake-up of the writer per many calls. Handing each one over at
-        once woke the writer about twice per sync call, and each wake-up took the GIL from
-        the loop in the middle of a call."""
+        that all succeed costs no wake-up of the loop."""
         if self._closing:
             raise RuntimeError(f"the state store {self.path!r} is closed")
         if before is not None:
             before()
         assert self._loop is not None
         if not self._outbox:
-            self._hand_over_timer = self._loop.call_later(_LINGER, self._hand_over)
+            self._loop.call_soon(self._hand_over)
         self._outbox.append((op, tuple(args), None))
 
     def _hand_over(self) -> None:
-        self._hand_over_soon = False
-        if self._hand_over_timer is not None:
-            self._hand_over_timer.cancel()
-            self._hand_over_timer = None
         if self._outbox:
             self._requests.put(self._outbox)
             self._outbox = []
@@ -994,6 +979,7 @@ class Store:
                     batch += self._requests.get_nowait()
                 except queue.Empty:
                     break
+            self._linger(batch)
             outcomes: list[_Outcome] = []
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -1026,6 +1012,25 @@ class Store:
         conn.close()
         self._unlock()
         self._post([(stop, None, False, None)])
+
+    def _linger(self, batch: list[_Op]) -> None:
+        """A batch that nobody waits for (sync calls' records, job starts and ends) waits
+        up to ``_LINGER`` seconds for more, so a steady stream of sync calls costs one commit
+        per many calls, not one each; the first request someone awaits ends the wait."""
+        if any(future is not None for _, _, future in batch):
+            return
+        deadline = time.monotonic() + _LINGER
+        while len(batch) < self.bounds.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                more = self._requests.get(timeout=left)
+            except queue.Empty:
+                return
+            batch += more
+            if any(future is not None for _, _, future in more):
+                return
 
     def _lock(self) -> None:
         """Hold an flock on ``<file>.lock`` while open: one engine per state file. (SQLite's
@@ -1353,7 +1358,7 @@ class Store:
 
 
 _OPEN_TOKEN: Final = object()
-#: How long no-wait writes are held on the loop for more before the writer gets them (s).
+#: How long the writer holds a batch of no-wait writes for more (seconds).
 _LINGER: Final = 0.02
 
 
