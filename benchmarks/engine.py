@@ -13,6 +13,7 @@ logged-in user (the real auth check; each call writes a job record).
     python benchmarks/engine.py --cli            # + `minapp-async invoke` against `import aiohttp`
     python benchmarks/engine.py --queue 100000   # + async acceptance up to 100,000 queued jobs
     python benchmarks/engine.py --serve-arg=--no-contain   # workers launched uncontained
+    python benchmarks/engine.py --no-pin         # no CPU pinning: the scheduler places all
 
 Every figure is printed as a ratio to an anchor, with the goal of the engine speed issue.
 """
@@ -429,7 +430,12 @@ def main() -> None:
     parser.add_argument(
         "--serve-arg", action="append", default=[], help="extra `serve` argument (repeatable)"
     )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="no CPU pinning (load generator and servers)"
+    )
     args = parser.parse_args()
+    global PINNED
+    PINNED = PINNED and not args.no_pin
     if not FF_BIN.exists():
         raise SystemExit("the anchors are not installed: npm ci --prefix benchmarks")
     print(_common.machine_notes())

@@ -145,6 +145,13 @@ class _Slots:
         self._free = total
         self._waiters: tuple[deque[anyio.Event], deque[anyio.Event]] = (deque(), deque())
 
+    def try_acquire(self) -> bool:
+        """Take a free slot if there is one (there is none while anyone waits)."""
+        if self._free > 0:
+            self._free -= 1
+            return True
+        return False
+
     async def acquire(self, *, urgent: bool) -> None:
         if self._free > 0:
             self._free -= 1
@@ -204,7 +211,8 @@ class JobBoard:
         self.max_queued_bytes = max_queued_bytes
         self._slots = _Slots(concurrency)
         self._inflight: dict[str, Job] = {}  # waiting or executing
-        self._done: dict[str, anyio.Event] = {}
+        # Made by wait() for a job in flight; set when the job is forgotten.
+        self._done: dict[str, asyncio.Event] = {}
         self._queued_size: dict[str, int] = {}  # async jobs not started yet -> bytes
         self.queued_jobs = 0  # reserved by admit() or queued
         self.queued_bytes = 0
@@ -255,7 +263,6 @@ class JobBoard:
             rerun=rerun,
         )
         self._inflight[job.id] = job
-        self._done[job.id] = anyio.Event()
         if len(self._inflight) == 1:
             self._idle = anyio.Event()
         return job
@@ -305,6 +312,9 @@ class JobBoard:
         """The job once it has finished; TimeoutError after *timeout* seconds, KeyError for
         an unknown id."""
         done = self._done.get(job_id)
+        if done is None and job_id in self._inflight:
+            # Made here, not per job: most jobs are never waited for by id.
+            done = self._done[job_id] = asyncio.Event()
         if done is not None:
             with anyio.fail_after(timeout):
                 await done.wait()
@@ -551,9 +561,13 @@ class JobBoard:
     ) -> None:
         name = function.name
         try:
-            with anyio.move_on_after(schedule_wait) as waited:
-                await self._slots.acquire(urgent=urgent)
-            if waited.cancelled_caught:
+            if not self._slots.try_acquire():  # no cancel scope when a slot is free
+                with anyio.move_on_after(schedule_wait) as waited:
+                    await self._slots.acquire(urgent=urgent)
+                waited_out = waited.cancelled_caught
+            else:
+                waited_out = False
+            if waited_out:
                 self._finish(
                     job_id,
                     status=SCHEDULE_FAILED,
@@ -644,7 +658,9 @@ class JobBoard:
             return
         finally:
             stats = self._stats[name]
-            self._stats[name] = attrs.evolve(stats, in_flight=stats.in_flight - 1)
+            self._stats[name] = FunctionStats(
+                stats.executions, stats.in_flight - 1, stats.peak_in_flight
+            )
         # The runtime's outcome is already in job terms: its status and, when there is no
         # result, an error message.
         self._finish(

@@ -1018,6 +1018,45 @@ async def test_hot_reload_of_a_python_helper_module(folder: Path, uncontained: R
     assert third.result is not None and third.result["data"][:2] == ["hello again", "two words"]
 
 
+async def test_hot_reload_with_remembered_folder_listings(folder: Path, runtime: Runtime) -> None:
+    """Folders are listed again only when their mtime changes, and only remembered once that
+    mtime is settled: a file added to a folder whose mtime then reads as before (two changes
+    within one timestamp tick) is still seen, and so are additions to and in-place edits in
+    a folder listed long ago."""
+    write(folder, "lib/a.py", "A = 1\n")
+    write(
+        folder,
+        "listing.py",
+        "import os\n\nHERE = os.path.dirname(os.path.abspath(__file__))\n"
+        "FILES = sorted(os.listdir(os.path.join(HERE, 'lib')))\n"
+        "SIZE = os.path.getsize(os.path.join(HERE, 'lib', 'a.py'))\n\n"
+        "def main(event):\n    return [FILES, SIZE]\n",
+    )
+    lib = folder / "lib"
+
+    async def seen() -> Any:
+        outcome = await call(runtime, "listing")
+        assert outcome.result is not None, outcome.error_msg
+        return outcome.result["data"]
+
+    assert await seen() == [["a.py"], 6]
+    # A recent folder: an entry added with the folder's mtime put back as it was.
+    before = lib.stat()
+    write(folder, "lib/b.py", "B = 2\n")
+    os.utime(lib, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert await seen() == [["a.py", "b.py"], 6]
+    # A settled folder (mtime an hour ago): listed once, then remembered.
+    past = time.time_ns() - 3600 * 10**9
+    os.utime(lib, ns=(past, past))
+    assert await seen() == [["a.py", "b.py"], 6]
+    assert await seen() == [["a.py", "b.py"], 6]
+    write(folder, "lib/a.py", "A = 'edited'\n")  # in place: lib's mtime stays
+    assert lib.stat().st_mtime_ns == past
+    assert await seen() == [["a.py", "b.py"], 13]
+    write(folder, "lib/c.py", "C = 3\n")  # a new entry: lib's mtime moves
+    assert await seen() == [["a.py", "b.py", "c.py"], 13]
+
+
 @needs_node
 async def test_workers_get_a_clean_environment(
     folder: Path, runtime: Runtime, monkeypatch: pytest.MonkeyPatch

@@ -64,6 +64,8 @@ _PY_WORKER = _HERE / "_py_worker.py"
 _STARTUP_TIMEOUT = 15.0  # a cold start under load; the job's own time limit starts after it
 _WATCH_INTERVAL = 0.05  # how often busy workers' RSS is checked against the memory limit
 _NODE_OOM_MARKERS = ("JavaScript heap out of memory", "Reached heap limit")
+#: What json.dumps(..., allow_nan=False) does, without building an encoder per job.
+_encode_job: Final = json.JSONEncoder(allow_nan=False).encode
 _MAX_LOCATED: Final = 4096  # functions whose resolution is remembered (a folder rarely has more)
 _SENTINEL_NODE: Any = object()  # "node" not given: look it up on PATH
 _logger = get_logger("minapp_async.engine")
@@ -113,31 +115,80 @@ class FunctionFile:
         return self.path.suffix == ".js"
 
 
-def _fingerprint(root: Path, *, skip: Callable[[os.DirEntry[str]], bool]) -> int:
-    """A number that changes when any file under *root* is edited, added, removed or renamed:
-    a hash of every file's path, size and modification time (stat only, no reading), over at
-    most MAX_WATCHED_FILES files."""
-    entries: list[tuple[str, int, int]] = []
-    pending = [str(root)]
-    while pending and len(entries) < MAX_WATCHED_FILES:
+class _Listings:
+    """The folders of a functions folder, each listed once and listed again only when its
+    modification time (or inode) changes, which adding, removing or renaming an entry does.
+
+    Editing a file in place leaves its folder's mtime alone, so the files themselves are
+    still stat()ed on every call; what is saved is reading every folder. A folder whose mtime
+    is recent is not remembered: an entry added within the same timestamp tick as the
+    listing would leave the mtime unchanged (git's "racy" case)."""
+
+    #: A folder's listing is remembered once its mtime is this many seconds old.
+    SETTLED: Final = 2.0
+    _MAX: Final = 4096  # folders remembered (a very large tree starts over past that)
+
+    def __init__(self) -> None:
+        # folder -> ((inode, mtime), its sub-folders, its other entries), full paths
+        self._known: dict[str, tuple[tuple[int, int], list[str], list[str]]] = {}
+
+    def get(self, folder: str) -> tuple[list[str], list[str]] | None:
+        """*folder*'s sub-folders (watched ones only) and other entries; None if unreadable."""
         try:
-            with os.scandir(pending.pop()) as scan:
+            info = os.stat(folder)
+        except OSError:
+            return None
+        key = (info.st_ino, info.st_mtime_ns)
+        known = self._known.get(folder)
+        if known is not None and known[0] == key:
+            return known[1], known[2]
+        settled = time.time_ns() - info.st_mtime_ns > self.SETTLED * 1e9
+        folders: list[str] = []
+        files: list[str] = []
+        try:
+            with os.scandir(folder) as scan:
                 for entry in scan:
-                    if entry.name.startswith(".") or skip(entry):
+                    if entry.name.startswith("."):
                         continue
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             if entry.name not in _UNWATCHED_DIRS:
-                                pending.append(entry.path)
+                                folders.append(entry.path)
                             continue
-                        info = entry.stat()
-                    except OSError:  # gone meanwhile, or a dangling symlink
+                    except OSError:  # gone meanwhile
                         continue
-                    entries.append((entry.path, info.st_size, info.st_mtime_ns))
+                    files.append(entry.path)
         except OSError:
-            continue
-    entries.sort()
-    return hash(tuple(entries))
+            self._known.pop(folder, None)
+            return None
+        if settled:
+            if len(self._known) >= self._MAX:
+                self._known.clear()
+            self._known[folder] = (key, folders, files)
+        else:
+            self._known.pop(folder, None)
+        return folders, files
+
+    def fingerprint(self, root: Path, *, skip: Callable[[str], bool]) -> int:
+        """A number that changes when any file under *root* is edited, added, removed or
+        renamed: a hash of every file's path, size and modification time (stat only, no
+        reading), over at most MAX_WATCHED_FILES files. *skip* leaves out sub-folders."""
+        entries: list[tuple[str, int, int]] = []
+        pending = [str(root)]
+        while pending and len(entries) < MAX_WATCHED_FILES:
+            listing = self.get(pending.pop())
+            if listing is None:
+                continue
+            folders, files = listing
+            pending.extend(f for f in folders if not skip(f))
+            for path in files:
+                try:
+                    info = os.stat(path)
+                except OSError:  # gone meanwhile, or a dangling symlink
+                    continue
+                entries.append((path, info.st_size, info.st_mtime_ns))
+        entries.sort()
+        return hash(tuple(entries))
 
 
 def _kill_groups(pgids: set[int]) -> None:
@@ -172,6 +223,7 @@ class Runtime:
         if max_idle_per_function < 0:
             raise ValueError(f"max_idle_per_function must be >= 0, got {max_idle_per_function!r}")
         self._dir = Path(functions_dir).resolve()
+        self._dir_text = str(self._dir)
         self._memory_limit_mb = memory_limit_mb
         self._node_given = node if node is not _SENTINEL_NODE else None
         # Resolved once; None when there is no usable node, so .js jobs fail with a clear message.
@@ -197,6 +249,7 @@ class Runtime:
         # name -> (what locate() found, the path it was found at, its device, the names that
         # would take precedence): revalidated by _still_valid on each call.
         self._located: dict[str, tuple[FunctionFile, str, int, tuple[str, ...]]] = {}
+        self._listings = _Listings()
         self._pgids: set[int] = set()
         self._finalizer = weakref.finalize(self, _kill_groups, self._pgids)
         self._housekeeper: asyncio.Task[None] | None = None
@@ -317,20 +370,19 @@ class Runtime:
         """The fingerprint of the files an entry file may load: for ``name/index.js`` its
         folder; for ``name.js`` and ``name.py`` the functions folder, without the folders
         of ``name/index.js`` functions (helpers such as ``util.py`` or ``lib/`` live there,
-        and every single-file function may import them). Checked on every call: a scan of
-        a few stat() calls, no file is read."""
-        if entry.parent != self._dir:
-            return _fingerprint(entry.parent, skip=lambda _: False)
-        top = str(self._dir)
+        and every single-file function may import them). Checked on every call: a stat()
+        per file and per folder (folders are read again only when they changed), no file
+        is read."""
+        if os.path.dirname(entry) != self._dir_text:  # (no Path built and compared)
+            return self._listings.fingerprint(entry.parent, skip=lambda _: False)
+        top = self._dir_text
 
-        def other_function(entry: os.DirEntry[str]) -> bool:
-            return (
-                os.path.dirname(entry.path) == top
-                and entry.is_dir()
-                and os.path.isfile(os.path.join(entry.path, "index.js"))
+        def other_function(folder: str) -> bool:
+            return os.path.dirname(folder) == top and os.path.isfile(
+                os.path.join(folder, "index.js")
             )
 
-        return _fingerprint(self._dir, skip=other_function)
+        return self._listings.fingerprint(self._dir, skip=other_function)
 
     def find(self, name: str) -> Path | None:
         """The path of the function's source file, or None."""
@@ -383,7 +435,7 @@ class Runtime:
         name = function.name
         run_id = next(self._run_ids)
         try:
-            line = json.dumps({"t": "job", "j": run_id, "e": event}, allow_nan=False)
+            line = _encode_job({"t": "job", "j": run_id, "e": event})
             if data_json is not None:  # '..."e": {...}}' -> '..."e": {...,"data":<json>}}'
                 line = f'{line[:-2]}{"," if event else ""}"data":{data_json}}}}}'
             request = (line + "\n").encode()
@@ -458,10 +510,14 @@ class Runtime:
         try:
             worker.begin(run, request)
             self._watch_busy()
-            with anyio.move_on_after(time_limit):
-                await asyncio.shield(run.finished)
+            # A timer that ends the run costs less per job than a cancel scope and a shield
+            # (a cancellation here only cancels the run's own future; the worker then goes).
+            timer = asyncio.get_running_loop().call_later(time_limit, run.expire)
+            try:
+                envelope = await run.finished
+            finally:
+                timer.cancel()
             elapsed_ms = (time.perf_counter() - started) * 1000
-            envelope = run.finished.result() if run.finished.done() else None
             run.peak_rss = max(run.peak_rss, worker.peak_rss())
             if envelope is not None:
                 worker.end()
@@ -474,7 +530,7 @@ class Runtime:
                     execution_time_ms=elapsed_ms,
                     mem_usage=run.peak_rss,
                 )
-            if not run.finished.done():
+            if run.timed_out:
                 worker.kill("timeout")
         except BaseException:
             # Cancelled (or worse) mid-job: the worker's state is unknown, so it goes.

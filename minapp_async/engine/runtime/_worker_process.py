@@ -107,6 +107,7 @@ class Run:
         self._on_log = on_log
         # The result envelope, or None when the worker died first.
         self.finished: asyncio.Future[dict[str, Any] | None] = loop.create_future()
+        self.timed_out = False  # ended by its time limit (finished then holds None)
         self.peak_rss = 0
 
     def add_log(self, line: str) -> None:
@@ -117,6 +118,12 @@ class Run:
     def settle(self, envelope: dict[str, Any] | None) -> None:
         if not self.finished.done():
             self.finished.set_result(envelope)
+
+    def expire(self) -> None:
+        """Its time limit passed: it ends now, without a result (unless it already ended)."""
+        if not self.finished.done():
+            self.timed_out = True
+            self.finished.set_result(None)
 
 
 class _LineReader(asyncio.Protocol):
