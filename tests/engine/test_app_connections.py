@@ -164,6 +164,30 @@ async def test_a_deeply_nested_result_is_a_clear_failure() -> None:
         await assert_serving(engine)
 
 
+async def test_a_deeply_nested_python_result_is_a_clear_failure() -> None:
+    """The same for a Python function: its worker says the result cannot be written (its
+    RecursionError is not a crash of the worker), and the next call reuses that worker."""
+    deep_py = (
+        "import os\n\nWORKER = os.urandom(8).hex()\n\ndef main(event):\n"
+        "    if event['data'].get('worker'):\n        return WORKER\n"
+        f"    x = []\n    for _ in range({TOO_DEEP}):\n        x = [x]\n    return x\n"
+    )
+    async with running_engine({**FUNCTIONS, "deep.py": deep_py}, allow_anonymous=True) as engine:
+        async with aiohttp.ClientSession() as http:
+            api = Api(engine, http)
+            token = await api.anonymous_token()
+            with anyio.fail_after(DEADLINE):
+                before = await api.invoke(token, "deep", {"worker": True})
+                reply = await api.invoke(token, "deep", {})
+                after = await api.invoke(token, "deep", {"worker": True})
+            assert (200, 1, None) == (reply.status, reply.body["code"], reply.body["data"])
+            message = reply.body["error"]["message"]
+            assert "result is not JSON-serialisable" in message, message
+            assert reply.body["error"]["type"] == "RecursionError"
+            assert before.body["data"] == after.body["data"]  # the same worker served both
+        await assert_serving(engine)
+
+
 async def test_a_worker_message_too_deep_to_parse_is_a_clear_failure() -> None:
     """A line on the worker's message channel nested deeper than the engine's JSON parser
     goes, on every Python, fails the job with a 400 saying so (not a hang to the time limit,

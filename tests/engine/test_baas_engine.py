@@ -245,7 +245,15 @@ def main(event):
         notes.get(row["id"]).result()
     except BaaS.Error as exc:
         missing = [exc.code, exc.message]
+    deep = []
+    for _ in range(20_000):  # deeper than json.dumps goes: refused before it is sent
+        deep = [deep]
+    try:
+        notes.create({"deep": deep})
+    except BaaS.Error as exc:
+        too_deep = [exc.code, exc.message]
     return {
+        "too_deep": too_deep,
         "found": [r["id"] for r in found["objects"]] == [row["id"]],
         "gone": gone,
         "missing": missing,
@@ -475,6 +483,7 @@ async def test_plain_python_function_waits_for_results(api: Api) -> None:
     out = await _ok(api, None, "sync_py", {"text": "hi"})
     assert out["found"] is True and out["gone"] is None and out["count"] == 0
     assert out["missing"][0] == 404, out
+    assert out["too_deep"][0] == 605 and "payload is not JSON" in out["too_deep"][1], out
 
 
 async def test_unknown_tables_are_created_unless_strict(http: aiohttp.ClientSession) -> None:

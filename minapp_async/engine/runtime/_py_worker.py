@@ -259,7 +259,7 @@ class _Calls:
                 },
                 allow_nan=False,
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:  # (nested too deeply)
             raise BaaSError(605, f"invalid argument: {op} payload is not JSON: {exc}") from None
         answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._inbox.expect(call_id, answer.set_result)  # set on the inbox thread
@@ -544,7 +544,7 @@ class _Worker:
             message["recycle"] = True
         try:
             line = json.dumps(message, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:  # (nested too deeply)
             reason = f"the cloud function's result is not JSON-serialisable: {exc}"
             error = {"message": reason, "stack": "", "type": type(exc).__name__}
             message["r"] = {"code": 1, "data": None, "error": error}
