@@ -121,7 +121,7 @@ async def test_a_bad_chunk_gets_a_json_error(engine: Engine) -> None:
 
 async def test_json_nested_too_deeply_is_a_400(engine: Engine) -> None:
     """A body nested deeper than the engine takes, even one Python could still parse, is a
-    400 naming the limit; so is a function's result nested too deeply to read back."""
+    400 naming the limit (a function's deep result: the tests below)."""
     async with aiohttp.ClientSession() as http:
         api = Api(engine, http)
         token = await api.anonymous_token()
