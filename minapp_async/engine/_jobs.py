@@ -22,7 +22,7 @@ from anyio.abc import TaskStatus
 
 from .._logs import get_logger
 from .._protocol import FINISHED_STATUSES, SCHEDULE_FAILED, JobStatus
-from ._store import JobRecord, RawJSON, Store, new_job_id
+from ._store import EndedJob, JobRecord, RawJSON, Store, new_job_id
 from .runtime import FunctionFile, Runtime, timed_out_message
 
 logger = get_logger("minapp_async.engine")
@@ -707,32 +707,40 @@ class JobBoard:
                 final.append(ended_job)
             if self._console is not None:
                 self._console.job_finished(ended_job)
-        fields: dict[str, Any] = {
-            "status": status,
-            "result": result,
-            "log": log,
-            "error_msg": error_msg,
-            "execution_time_ms": execution_time_ms,
-            "mem_usage": mem_usage,
-            "finished_at": ended,
-        }
         try:
             if job.sync:
                 self._store.record_nowait(
-                    job_id,
-                    job.function_name,
-                    sync=True,
-                    source=job.source,
-                    request_id=job.request_id,
-                    params=RawJSON(data_json),
-                    created_at=job.created_at,
-                    started_at=job.started_at,
-                    user_id=job.user_id,
-                    **fields,
+                    EndedJob(
+                        job_id,
+                        job.function_name,
+                        True,
+                        job.source,
+                        job.request_id,
+                        RawJSON(data_json),
+                        status,
+                        job.created_at,
+                        job.started_at,
+                        ended,
+                        job.user_id,
+                        result,
+                        log,
+                        error_msg,
+                        execution_time_ms,
+                        mem_usage,
+                    )
                 )
             else:
                 self._dequeued(job_id)
-                self._store.finish_nowait(job_id, **fields)
+                self._store.finish_nowait(
+                    job_id,
+                    status=status,
+                    result=result,
+                    log=log,
+                    error_msg=error_msg,
+                    execution_time_ms=execution_time_ms,
+                    mem_usage=mem_usage,
+                    finished_at=ended,
+                )
         except (RuntimeError, KeyError) as exc:  # the store closed under a stuck job
             logger.error("could not record the end of job %s: %s", job_id, exc)
         self._forget(job_id)

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 import attrs
 
@@ -217,6 +217,58 @@ class JobPage:
 
     total: int
     jobs: list[JobRecord]
+
+
+class EndedJob(NamedTuple):
+    """A job that has already ended, as :meth:`Store.record` writes it in one go.
+    ``finished_at`` defaults to the time the record is made."""
+
+    id: str
+    function_name: str
+    sync: bool
+    source: str
+    request_id: str
+    params: Any
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None = None
+    user_id: int | None = None
+    result: Any = None
+    log: str = ""
+    error_msg: str | None = None
+    execution_time_ms: float = 0.0
+    mem_usage: int = 0
+
+
+def _ended_row(job: EndedJob) -> tuple[Any, ...]:
+    """The ``jobs`` row of an :class:`EndedJob` (the INSERT of a "record" request)."""
+    if job.status not in FINISHED_STATUSES:
+        raise ValueError(f"status must be one of {sorted(FINISHED_STATUSES)}")
+    params_json = _json(job.params)
+    result_json = None if job.result is None else _json(job.result)
+    log_bytes = job.log.encode("utf-8", "backslashreplace")  # lone surrogates stay readable
+    started_at = job.started_at
+    return (
+        job.id,
+        job.function_name,
+        job.sync,
+        job.source,
+        job.request_id,
+        job.user_id,
+        params_json,
+        job.status,
+        job.created_at,
+        started_at,
+        time.time() if job.finished_at is None else job.finished_at,
+        0 if started_at is None else 1,
+        result_json,
+        log_bytes,
+        job.error_msg,
+        job.execution_time_ms,
+        job.mem_usage,
+        len(params_json) + len(result_json or "") + len(log_bytes),
+    )
 
 
 def new_job_id() -> str:
@@ -544,140 +596,16 @@ class Store:
 
         return "finish", row, record
 
-    async def record(
-        self,
-        job_id: str,
-        function_name: str,
-        *,
-        sync: bool,
-        source: str,
-        request_id: str,
-        params: Any,
-        status: str,
-        created_at: float,
-        started_at: float | None,
-        finished_at: float | None = None,
-        user_id: int | None = None,
-        result: Any = None,
-        log: str = "",
-        error_msg: str | None = None,
-        execution_time_ms: float = 0.0,
-        mem_usage: int = 0,
-        wait: bool = False,
-    ) -> None:
+    async def record(self, job: EndedJob, *, wait: bool = False) -> None:
         """Record a job that has already ended, in one write: for a sync call, whose whole
         life happened while its caller waited (accept + start + finish cost three writes).
         Such a job is not in the file while it runs, so a crash cannot leave it behind."""
-        await self._submit(
-            "record",
-            self._record_row(
-                job_id,
-                function_name,
-                sync,
-                source,
-                request_id,
-                params,
-                status,
-                created_at,
-                started_at,
-                finished_at,
-                user_id,
-                result,
-                log,
-                error_msg,
-                execution_time_ms,
-                mem_usage,
-            ),
-            wait=wait,
-        )
+        await self._submit("record", _ended_row(job), wait=wait)
 
-    def record_nowait(
-        self,
-        job_id: str,
-        function_name: str,
-        *,
-        sync: bool,
-        source: str,
-        request_id: str,
-        params: Any,
-        status: str,
-        created_at: float,
-        started_at: float | None,
-        finished_at: float | None = None,
-        user_id: int | None = None,
-        result: Any = None,
-        log: str = "",
-        error_msg: str | None = None,
-        execution_time_ms: float = 0.0,
-        mem_usage: int = 0,
-    ) -> None:
+    def record_nowait(self, job: EndedJob) -> None:
         """:meth:`record` without waiting, for the event loop's hot path (sync calls are
         bounded by the engine's concurrency, so they may take room past the bound)."""
-        row = self._record_row(
-            job_id,
-            function_name,
-            sync,
-            source,
-            request_id,
-            params,
-            status,
-            created_at,
-            started_at,
-            finished_at,
-            user_id,
-            result,
-            log,
-            error_msg,
-            execution_time_ms,
-            mem_usage,
-        )
-        self._submit_nowait("record", row, None)
-
-    @staticmethod
-    def _record_row(
-        job_id: str,
-        function_name: str,
-        sync: bool,
-        source: str,
-        request_id: str,
-        params: Any,
-        status: str,
-        created_at: float,
-        started_at: float | None,
-        finished_at: float | None,
-        user_id: int | None,
-        result: Any,
-        log: str,
-        error_msg: str | None,
-        execution_time_ms: float,
-        mem_usage: int,
-    ) -> tuple[Any, ...]:
-        if status not in FINISHED_STATUSES:
-            raise ValueError(f"status must be one of {sorted(FINISHED_STATUSES)}")
-        params_json = _json(params)
-        result_json = None if result is None else _json(result)
-        log_bytes = log.encode("utf-8", "backslashreplace")
-        row = (
-            job_id,
-            function_name,
-            sync,
-            source,
-            request_id,
-            user_id,
-            params_json,
-            status,
-            created_at,
-            started_at,
-            time.time() if finished_at is None else finished_at,
-            0 if started_at is None else 1,
-            result_json,
-            log_bytes,
-            error_msg,
-            execution_time_ms,
-            mem_usage,
-            len(params_json) + len(result_json or "") + len(log_bytes),
-        )
-        return row
+        self._submit_nowait("record", _ended_row(job), None)
 
     async def get(self, job_id: str) -> JobRecord | None:
         """One job with its params, result and log; None if unknown or pruned."""

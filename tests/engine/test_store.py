@@ -17,6 +17,7 @@ import pytest
 
 from minapp_async.engine._store import (
     SCHEMA_VERSION,
+    EndedJob,
     RawJSON,
     Store,
     StoreBounds,
@@ -97,21 +98,23 @@ async def test_a_sync_call_is_recorded_in_one_write(path: Path) -> None:
         await store.flush()
         before = len(statements)
         await store.record(
-            "s1",
-            "hello",
-            sync=True,
-            source="sdk",
-            request_id="r-s1",
-            params={"name": "allen"},
-            status="deadline_exceeded",
-            created_at=10.0,
-            started_at=11.0,
-            finished_at=13.0,
-            user_id=5,
-            result=RawJSON('{"code": 1, "data": null}'),  # as a worker sent it
-            log="started\n",
-            error_msg="timed out",
-            execution_time_ms=2000.0,
+            EndedJob(
+                id="s1",
+                function_name="hello",
+                sync=True,
+                source="sdk",
+                request_id="r-s1",
+                params={"name": "allen"},
+                status="deadline_exceeded",
+                created_at=10.0,
+                started_at=11.0,
+                finished_at=13.0,
+                user_id=5,
+                result=RawJSON('{"code": 1, "data": null}'),  # as a worker sent it
+                log="started\n",
+                error_msg="timed out",
+                execution_time_ms=2000.0,
+            ),
             wait=True,
         )
         written = [s for s in statements[before:] if s not in ("BEGIN IMMEDIATE", "COMMIT")]
