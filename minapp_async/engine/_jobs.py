@@ -642,25 +642,16 @@ class JobBoard:
             stats.executions + 1, in_flight, max(stats.peak_in_flight, in_flight)
         )
         try:
+            running = self._runner.run(
+                function, event, time_limit=limit, data_json=data_json, on_log=self._echo(job_id)
+            )
             if scope is not None:
                 scope.deadline = anyio.current_time() + limit + RUNTIME_GRACE
-                outcome = await self._runner.run(
-                    function,
-                    event,
-                    time_limit=limit,
-                    data_json=data_json,
-                    on_log=self._echo(job_id),
-                )
+                outcome = await running
                 scope.deadline = math.inf
             else:
                 with anyio.move_on_after(limit + RUNTIME_GRACE) as backstop:
-                    outcome = await self._runner.run(
-                        function,
-                        event,
-                        time_limit=limit,
-                        data_json=data_json,
-                        on_log=self._echo(job_id),
-                    )
+                    outcome = await running
                 if backstop.cancelled_caught:
                     self._backstopped(job_id, data_json, final)
                     return
