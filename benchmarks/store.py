@@ -21,7 +21,7 @@ from pathlib import Path
 
 import _common  # noqa: F401 - puts the checkout first on sys.path
 
-from minapp_async.engine._store import Store, new_job_id
+from minapp_async.engine._store import EndedJob, Store, new_job_id
 
 PARAMS = {"name": "allen", "n": 1}
 RESULT = {"code": 0, "data": {"message": "hello allen"}, "error": {}}
@@ -38,18 +38,20 @@ async def sync_records(store: Store, count: int, concurrency: int) -> None:
             if not write:
                 continue
             await store.record(
-                new_job_id(),
-                "helloWorld",
-                sync=True,
-                source="sdk",
-                request_id="r",
-                params=PARAMS,
-                status="fulfilled",
-                created_at=began,
-                started_at=began,
-                result=RESULT,
-                execution_time_ms=1.0,
-                mem_usage=40_000_000,
+                EndedJob(
+                    id=new_job_id(),
+                    function_name="helloWorld",
+                    sync=True,
+                    source="sdk",
+                    request_id="r",
+                    params=PARAMS,
+                    status="fulfilled",
+                    created_at=began,
+                    started_at=began,
+                    result=RESULT,
+                    execution_time_ms=1.0,
+                    mem_usage=40_000_000,
+                ),
             )
 
     for write in (False, True, False, True):

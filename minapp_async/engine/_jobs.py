@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from anyio.abc import TaskStatus
 
 from .._logs import get_logger
 from .._protocol import FINISHED_STATUSES, SCHEDULE_FAILED, JobStatus
-from ._store import JobRecord, RawJSON, Store, new_job_id
+from ._store import EndedJob, JobRecord, RawJSON, Store, new_job_id
 from .runtime import FunctionFile, Runtime, timed_out_message
 
 logger = get_logger("minapp_async.engine")
@@ -450,7 +451,11 @@ class JobBoard:
         self, job_id: str, function: FunctionFile, event: dict[str, Any], data_json: str
     ) -> Job:
         """Run a sync job now: wait at most ``schedule_wait`` for a slot, then run it; its
-        record is written once it ended."""
+        record is written once it ended.
+
+        One cancel scope serves the job's whole life: :meth:`close` cancels it at shutdown,
+        and while the runtime runs the job its deadline is the backstop (an async job's is a
+        scope of its own, see :meth:`_execute`)."""
         final: list[Job] = []
         with anyio.CancelScope() as scope:
             self._sync_scopes.add(scope)
@@ -463,6 +468,7 @@ class JobBoard:
                     schedule_wait=self._schedule_wait,
                     urgent=True,
                     final=final,
+                    scope=scope,
                 )
             finally:
                 self._sync_scopes.discard(scope)
@@ -558,6 +564,7 @@ class JobBoard:
         schedule_wait: float,
         urgent: bool,
         final: list[Job] | None = None,
+        scope: anyio.CancelScope | None = None,
     ) -> None:
         name = function.name
         try:
@@ -580,14 +587,16 @@ class JobBoard:
                 )
                 return
             try:
-                await self._execute(job_id, function, event, data_json, final)
+                await self._execute(job_id, function, event, data_json, final, scope)
             finally:
                 self._slots.release()
         except anyio.get_cancelled_exc_class():
-            # Only the engine's shutdown cancels jobs.
+            # Only the engine's shutdown cancels jobs, and the backstop a sync job's scope.
             job = self._inflight.get(job_id)
             if job is not None:
-                if job.sync:
+                if job.sync and scope is not None and scope.cancel_called and not self._closed:
+                    self._backstopped(job_id, data_json, final)  # (_execute set the deadline)
+                elif job.sync:
                     self._finish(
                         job_id,
                         status="execution_rejected"
@@ -610,7 +619,12 @@ class JobBoard:
         event: dict[str, Any],
         data_json: str,
         final: list[Job] | None,
+        scope: anyio.CancelScope | None = None,
     ) -> None:
+        """Run a job on the slot it holds. A sync job passes its own *scope*: the backstop
+        is then that scope's deadline, set for the runtime's run only, and a cancellation
+        by it reaches :meth:`_schedule_and_run` (a scope's deadline costs less than a scope
+        of its own per job)."""
         job = self._inflight[job_id]
         name = job.function_name
         sync = job.sync
@@ -628,24 +642,19 @@ class JobBoard:
             stats.executions + 1, in_flight, max(stats.peak_in_flight, in_flight)
         )
         try:
-            with anyio.move_on_after(limit + RUNTIME_GRACE) as backstop:
-                outcome = await self._runner.run(
-                    function,
-                    event,
-                    time_limit=limit,
-                    data_json=data_json,
-                    on_log=self._echo(job_id),
-                )
-            if backstop.cancelled_caught:
-                logger.error("the runtime did not stop job %s of %r at its limit", job_id, name)
-                self._finish(
-                    job_id,
-                    status="deadline_exceeded",
-                    error_msg=timed_out_message(name, limit),
-                    data_json=data_json,
-                    final=final,
-                )
-                return
+            running = self._runner.run(
+                function, event, time_limit=limit, data_json=data_json, on_log=self._echo(job_id)
+            )
+            if scope is not None:
+                scope.deadline = anyio.current_time() + limit + RUNTIME_GRACE
+                outcome = await running
+                scope.deadline = math.inf
+            else:
+                with anyio.move_on_after(limit + RUNTIME_GRACE) as backstop:
+                    outcome = await running
+                if backstop.cancelled_caught:
+                    self._backstopped(job_id, data_json, final)
+                    return
         except Exception:
             logger.exception("running job %s of %r failed inside the engine", job_id, name)
             self._finish(
@@ -671,6 +680,19 @@ class JobBoard:
             mem_usage=outcome.mem_usage,
             execution_time_ms=outcome.execution_time_ms,
             error_msg=outcome.error_msg,
+            data_json=data_json,
+            final=final,
+        )
+
+    def _backstopped(self, job_id: str, data_json: str, final: list[Job] | None) -> None:
+        """The runtime overran its limit by ``RUNTIME_GRACE``: the backstop ended the job."""
+        job = self._inflight[job_id]
+        name = job.function_name
+        logger.error("the runtime did not stop job %s of %r at its limit", job_id, name)
+        self._finish(
+            job_id,
+            status="deadline_exceeded",
+            error_msg=timed_out_message(name, self.time_limit(sync=job.sync)),
             data_json=data_json,
             final=final,
         )
@@ -707,32 +729,40 @@ class JobBoard:
                 final.append(ended_job)
             if self._console is not None:
                 self._console.job_finished(ended_job)
-        fields: dict[str, Any] = {
-            "status": status,
-            "result": result,
-            "log": log,
-            "error_msg": error_msg,
-            "execution_time_ms": execution_time_ms,
-            "mem_usage": mem_usage,
-            "finished_at": ended,
-        }
         try:
             if job.sync:
                 self._store.record_nowait(
-                    job_id,
-                    job.function_name,
-                    sync=True,
-                    source=job.source,
-                    request_id=job.request_id,
-                    params=RawJSON(data_json),
-                    created_at=job.created_at,
-                    started_at=job.started_at,
-                    user_id=job.user_id,
-                    **fields,
+                    EndedJob(
+                        job_id,
+                        job.function_name,
+                        True,
+                        job.source,
+                        job.request_id,
+                        RawJSON(data_json),
+                        status,
+                        job.created_at,
+                        job.started_at,
+                        ended,
+                        job.user_id,
+                        result,
+                        log,
+                        error_msg,
+                        execution_time_ms,
+                        mem_usage,
+                    )
                 )
             else:
                 self._dequeued(job_id)
-                self._store.finish_nowait(job_id, **fields)
+                self._store.finish_nowait(
+                    job_id,
+                    status=status,
+                    result=result,
+                    log=log,
+                    error_msg=error_msg,
+                    execution_time_ms=execution_time_ms,
+                    mem_usage=mem_usage,
+                    finished_at=ended,
+                )
         except (RuntimeError, KeyError) as exc:  # the store closed under a stuck job
             logger.error("could not record the end of job %s: %s", job_id, exc)
         self._forget(job_id)

@@ -25,6 +25,7 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -36,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 import attrs
 
@@ -219,6 +220,58 @@ class JobPage:
     jobs: list[JobRecord]
 
 
+class EndedJob(NamedTuple):
+    """A job that has already ended, as :meth:`Store.record` writes it in one go.
+    ``finished_at`` defaults to the time the record is made."""
+
+    id: str
+    function_name: str
+    sync: bool
+    source: str
+    request_id: str
+    params: Any
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None = None
+    user_id: int | None = None
+    result: Any = None
+    log: str = ""
+    error_msg: str | None = None
+    execution_time_ms: float = 0.0
+    mem_usage: int = 0
+
+
+def _ended_row(job: EndedJob) -> tuple[Any, ...]:
+    """The ``jobs`` row of an :class:`EndedJob` (the INSERT of a "record" request)."""
+    if job.status not in FINISHED_STATUSES:
+        raise ValueError(f"status must be one of {sorted(FINISHED_STATUSES)}")
+    params_json = _json(job.params)
+    result_json = None if job.result is None else _json(job.result)
+    log_bytes = job.log.encode("utf-8", "backslashreplace")  # lone surrogates stay readable
+    started_at = job.started_at
+    return (
+        job.id,
+        job.function_name,
+        job.sync,
+        job.source,
+        job.request_id,
+        job.user_id,
+        params_json,
+        job.status,
+        job.created_at,
+        started_at,
+        time.time() if job.finished_at is None else job.finished_at,
+        0 if started_at is None else 1,
+        result_json,
+        log_bytes,
+        job.error_msg,
+        job.execution_time_ms,
+        job.mem_usage,
+        len(params_json) + len(result_json or "") + len(log_bytes),
+    )
+
+
 def new_job_id() -> str:
     """32 hex digits like the engine's job ids, but in time order: microseconds since the
     epoch, a random number per process, a counter. Ordered ids keep the id index
@@ -276,9 +329,18 @@ class Store:
         self.busy_timeout = 5.0
         self._lock_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Requests made during one turn of the loop go to the writer together: one wake-up.
-        self._requests: queue.SimpleQueue[list[_Op]] = queue.SimpleQueue()
+        # Requests made during one turn of the loop go to the writer together.
         self._outbox: list[_Op] = []
+        self._outbox_urgent = False  # it holds a request that carries a future
+        # Handed over, not yet taken by the writer; guarded by _mutex, as is _writer_state.
+        # The loop rings _bell only when the writer must wake: it is idle, or it lingers
+        # and a request carrying a future arrived (or a full batch). Requests nobody waits
+        # for join a lingering batch without waking the writer (no GIL taken per call).
+        self._pending: list[_Op] = []
+        self._pending_urgent = False
+        self._mutex = threading.Lock()
+        self._bell: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._writer_state = _WRITING
         self._room = _Room(self.bounds.max_pending)
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -344,7 +406,9 @@ class Store:
     def _close_after_open(self, ready: asyncio.Future[None]) -> None:
         if ready.exception() is None:
             self._closing = True
-            self._requests.put([(_STOP, (), None)])
+            self._outbox.append((_STOP, (), None))
+            self._outbox_urgent = True
+            self._hand_over()
 
     @property
     def in_memory(self) -> bool:
@@ -364,6 +428,7 @@ class Store:
             self._closing = True
             self._closed = self._loop.create_future()
             self._outbox.append((_STOP, (), self._closed))
+            self._outbox_urgent = True
             self._hand_over()
         await asyncio.shield(self._closed)
         if self._thread is not None:
@@ -544,140 +609,16 @@ class Store:
 
         return "finish", row, record
 
-    async def record(
-        self,
-        job_id: str,
-        function_name: str,
-        *,
-        sync: bool,
-        source: str,
-        request_id: str,
-        params: Any,
-        status: str,
-        created_at: float,
-        started_at: float | None,
-        finished_at: float | None = None,
-        user_id: int | None = None,
-        result: Any = None,
-        log: str = "",
-        error_msg: str | None = None,
-        execution_time_ms: float = 0.0,
-        mem_usage: int = 0,
-        wait: bool = False,
-    ) -> None:
+    async def record(self, job: EndedJob, *, wait: bool = False) -> None:
         """Record a job that has already ended, in one write: for a sync call, whose whole
         life happened while its caller waited (accept + start + finish cost three writes).
         Such a job is not in the file while it runs, so a crash cannot leave it behind."""
-        await self._submit(
-            "record",
-            self._record_row(
-                job_id,
-                function_name,
-                sync,
-                source,
-                request_id,
-                params,
-                status,
-                created_at,
-                started_at,
-                finished_at,
-                user_id,
-                result,
-                log,
-                error_msg,
-                execution_time_ms,
-                mem_usage,
-            ),
-            wait=wait,
-        )
+        await self._submit("record", _ended_row(job), wait=wait)
 
-    def record_nowait(
-        self,
-        job_id: str,
-        function_name: str,
-        *,
-        sync: bool,
-        source: str,
-        request_id: str,
-        params: Any,
-        status: str,
-        created_at: float,
-        started_at: float | None,
-        finished_at: float | None = None,
-        user_id: int | None = None,
-        result: Any = None,
-        log: str = "",
-        error_msg: str | None = None,
-        execution_time_ms: float = 0.0,
-        mem_usage: int = 0,
-    ) -> None:
+    def record_nowait(self, job: EndedJob) -> None:
         """:meth:`record` without waiting, for the event loop's hot path (sync calls are
         bounded by the engine's concurrency, so they may take room past the bound)."""
-        row = self._record_row(
-            job_id,
-            function_name,
-            sync,
-            source,
-            request_id,
-            params,
-            status,
-            created_at,
-            started_at,
-            finished_at,
-            user_id,
-            result,
-            log,
-            error_msg,
-            execution_time_ms,
-            mem_usage,
-        )
-        self._submit_nowait("record", row, None)
-
-    @staticmethod
-    def _record_row(
-        job_id: str,
-        function_name: str,
-        sync: bool,
-        source: str,
-        request_id: str,
-        params: Any,
-        status: str,
-        created_at: float,
-        started_at: float | None,
-        finished_at: float | None,
-        user_id: int | None,
-        result: Any,
-        log: str,
-        error_msg: str | None,
-        execution_time_ms: float,
-        mem_usage: int,
-    ) -> tuple[Any, ...]:
-        if status not in FINISHED_STATUSES:
-            raise ValueError(f"status must be one of {sorted(FINISHED_STATUSES)}")
-        params_json = _json(params)
-        result_json = None if result is None else _json(result)
-        log_bytes = log.encode("utf-8", "backslashreplace")
-        row = (
-            job_id,
-            function_name,
-            sync,
-            source,
-            request_id,
-            user_id,
-            params_json,
-            status,
-            created_at,
-            started_at,
-            time.time() if finished_at is None else finished_at,
-            0 if started_at is None else 1,
-            result_json,
-            log_bytes,
-            error_msg,
-            execution_time_ms,
-            mem_usage,
-            len(params_json) + len(result_json or "") + len(log_bytes),
-        )
-        return row
+        self._submit_nowait("record", _ended_row(job), None)
 
     async def get(self, job_id: str) -> JobRecord | None:
         """One job with its params, result and log; None if unknown or pruned."""
@@ -953,6 +894,7 @@ class Store:
         # also when nobody awaits it; a failure is then logged.
         future: asyncio.Future[Any] = self._loop.create_future()
         self._outbox.append((op, tuple(args), future))
+        self._outbox_urgent = True
         return future
 
     def _log_failure(self, future: asyncio.Future[Any]) -> None:
@@ -975,9 +917,22 @@ class Store:
         self._outbox.append((op, tuple(args), None))
 
     def _hand_over(self) -> None:
-        if self._outbox:
-            self._requests.put(self._outbox)
-            self._outbox = []
+        outbox = self._outbox
+        if not outbox:
+            return
+        urgent = self._outbox_urgent
+        self._outbox = []
+        self._outbox_urgent = False
+        with self._mutex:
+            pending = self._pending
+            pending += outbox
+            self._pending_urgent = self._pending_urgent or urgent
+            state = self._writer_state
+            if state == _IDLE or (
+                state == _LINGERING and (urgent or len(pending) >= self.bounds.max_batch)
+            ):
+                self._writer_state = _WRITING
+                self._bell.put(None)  # under the mutex: a ring the writer sees is in the bell
 
     def _batch_done(self, outcomes: list[_Outcome], queued: int) -> None:
         """On the loop: hand out one batch's results and make room for *queued* requests."""
@@ -1022,17 +977,18 @@ class Store:
         self._post([(ready, None, False, None)])
         stop: asyncio.Future[Any] | None = None
         while stop is None:
-            batch = self._requests.get()
-            while len(batch) < self.bounds.max_batch:
-                try:
-                    batch += self._requests.get_nowait()
-                except queue.Empty:
-                    break
-            self._linger(batch)
+            batch = self._take_batch()
             outcomes: list[_Outcome] = []
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                records: list[tuple[tuple[Any, ...], asyncio.Future[Any] | None]] = []
                 for op, args, future in batch:
+                    if op == "record":  # written together, before the next other request
+                        records.append((args, future))
+                        continue
+                    if records:
+                        self._insert_records(conn, records, outcomes)
+                        records = []
                     if op == _STOP:
                         stop = future
                         continue
@@ -1041,6 +997,8 @@ class Store:
                         outcomes.append((future, self._apply(conn, op, args), False, accepted))
                     except Exception as exc:  # noqa: BLE001 - that request fails, not the batch
                         outcomes.append((future, self._error(exc), True, accepted))
+                if records:
+                    self._insert_records(conn, records, outcomes)
                 self._prune_jobs(conn)
                 conn.execute("COMMIT")
             except Exception as exc:  # noqa: BLE001 - the writer must outlive a failed batch
@@ -1062,24 +1020,74 @@ class Store:
         self._unlock()
         self._post([(stop, None, False, None)])
 
-    def _linger(self, batch: list[_Op]) -> None:
-        """A batch that nobody waits for (sync calls' records, job starts and ends) waits
-        up to ``_LINGER`` seconds for more, so a steady stream of sync calls costs one commit
-        per many calls, not one each; the first request someone awaits ends the wait."""
-        if any(future is not None for _, _, future in batch):
-            return
-        deadline = time.monotonic() + _LINGER
-        while len(batch) < self.bounds.max_batch:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
+    def _insert_records(
+        self,
+        conn: sqlite3.Connection,
+        records: list[tuple[tuple[Any, ...], asyncio.Future[Any] | None]],
+        outcomes: list[_Outcome],
+    ) -> None:
+        """Write ended jobs ("record" requests) with one multi-row INSERT per
+        ``_ROWS_PER_INSERT``: SQLite runs it in one step, so the writer hands the GIL back
+        once per statement, not once per row. A statement that fails has changed nothing
+        (SQLite undoes it whole): its rows are then written one by one, so only the bad one
+        fails, as if each had been written alone. Outcomes are added for the requests that
+        carry a future and for failures (a silent success needs no word back)."""
+        for start in range(0, len(records), _ROWS_PER_INSERT):
+            chunk = records[start : start + _ROWS_PER_INSERT]
             try:
-                more = self._requests.get(timeout=left)
+                conn.execute(_records_insert(len(chunk)), [v for row, _ in chunk for v in row])
+            except Exception:  # noqa: BLE001 - find the failing row below
+                for row, future in chunk:
+                    try:
+                        self._apply(conn, "record", row)
+                    except Exception as exc:  # noqa: BLE001 - that request fails, not the batch
+                        outcomes.append((future, self._error(exc), True, None))
+                    else:
+                        if future is not None:
+                            outcomes.append((future, None, False, None))
+                continue
+            self._finished += len(chunk)
+            self._finished_bytes += sum(row[-1] for row, _ in chunk)
+            outcomes.extend(
+                (future, None, False, None) for _, future in chunk if future is not None
+            )
+
+    def _take_batch(self) -> list[_Op]:
+        """On the writer: wait for requests and take the next batch. A batch that nobody
+        waits for (sync calls' records, job starts and ends) waits ``_LINGER`` seconds for
+        more, so a steady stream of sync calls costs one commit per many calls, not one
+        each; a request someone awaits (or a full batch) ends the wait. Only those ring the
+        bell meanwhile: the writer wakes about twice per batch, not once per hand-over."""
+        max_batch = self.bounds.max_batch
+        with self._mutex:
+            idle = not self._pending
+            self._writer_state = _IDLE if idle else _WRITING
+        if idle:
+            self._bell.get()  # the ringer set _WRITING
+        with self._mutex:
+            linger = not self._pending_urgent and len(self._pending) < max_batch
+            if linger:
+                self._writer_state = _LINGERING
+        if linger:
+            try:
+                self._bell.get(timeout=_LINGER)
             except queue.Empty:
-                return
-            batch += more
-            if any(future is not None for _, _, future in more):
-                return
+                with self._mutex:
+                    rung = self._writer_state != _LINGERING  # rung as the wait ended
+                    self._writer_state = _WRITING
+                if rung:
+                    self._bell.get()  # put under the mutex, so already there
+        with self._mutex:
+            batch = self._pending
+            if len(batch) > max_batch:
+                self._pending = batch[max_batch:]
+                batch = batch[:max_batch]
+                self._pending_urgent = any(f is not None for _, _, f in self._pending)
+            else:
+                self._pending = []
+                self._pending_urgent = False
+            self._writer_state = _WRITING
+        return batch
 
     def _lock(self) -> None:
         """Hold an flock on ``<file>.lock`` while open: one engine per state file. (SQLite's
@@ -1246,13 +1254,7 @@ class Store:
                 args,
             )
         elif op == "record":
-            conn.execute(
-                "INSERT INTO jobs (id, function_name, sync, source, request_id, user_id, params, "
-                "status, created_at, started_at, finished_at, attempts, result, log, error_msg, "
-                "execution_time_ms, mem_usage, size) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                args,
-            )
+            conn.execute(_records_insert(1), args)
             self._finished += 1
             self._finished_bytes += args[-1]
         elif op == "start":
@@ -1407,8 +1409,30 @@ class Store:
 
 
 _OPEN_TOKEN: Final = object()
+#: Rows per multi-row INSERT of ended jobs: 50 x 18 values stays under 999, the bound on
+#: a statement's parameters of SQLite before 3.32.
+_ROWS_PER_INSERT: Final = 50
+_RECORD_INSERT: Final = (
+    "INSERT INTO jobs (id, function_name, sync, source, request_id, user_id, params, status, "
+    "created_at, started_at, finished_at, attempts, result, log, error_msg, execution_time_ms, "
+    "mem_usage, size) VALUES "
+)
+_RECORD_VALUES: Final = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+@functools.cache
+def _records_insert(rows: int) -> str:
+    """The INSERT of *rows* ended jobs (at most ``_ROWS_PER_INSERT`` distinct texts, each
+    prepared once by the connection's statement cache)."""
+    return _RECORD_INSERT + ", ".join([_RECORD_VALUES] * rows)
+
+
 #: How long the writer holds a batch of no-wait writes for more (seconds).
 _LINGER: Final = 0.02
+# The writer's states, as the loop sees them when it hands requests over.
+_WRITING: Final = 0  # writing, or about to look at _pending: no ring needed
+_IDLE: Final = 1  # waiting for any request
+_LINGERING: Final = 2  # holding a batch nobody waits for, for more
 
 
 class _Room:

@@ -198,6 +198,35 @@ async def test_sync_time_limit_kills_the_job_while_others_succeed() -> None:
         assert quick.body["data"] == "slept"
 
 
+async def test_the_backstop_ends_a_sync_job_the_runtime_does_not_end(tmp_path: Path) -> None:
+    """The runtime's own limit starts once a worker is up; a worker that never comes up (a
+    "node" that never says it is ready) is cut off by the board's backstop, the limit plus
+    its grace: the call ends deadline_exceeded, its record is kept and its slot freed."""
+    hung_node = tmp_path / "node"
+    hung_node.write_text("#!/bin/sh\nexec sleep 60\n")
+    hung_node.chmod(0o755)
+    functions = {
+        "stuck.js": "exports.main = async () => 'never'\n",
+        "greet.py": "def main(event, callback):\n    callback(None, 'hi')\n",
+    }
+    async with (
+        running_engine(
+            functions, node=str(hung_node), sync_time_limit=0.2, concurrency=1
+        ) as engine,
+        aiohttp.ClientSession() as http,
+    ):
+        api = Api(engine, http)
+        token = await api.login()
+        reply = await api.invoke(token, "stuck", {})
+        assert reply.status == 400
+        assert reply.body["job_status"] == "deadline_exceeded"
+        assert reply.error_msg == "cloud function 'stuck' timed out after 200 ms"
+        (job,) = await engine.jobs("stuck")
+        assert (job.status, job.result) == ("deadline_exceeded", None)
+        # Its only slot was given back: the next call runs.
+        assert (await api.invoke(token, "greet", {})).body["data"] == "hi"
+
+
 async def test_async_time_limit_kills_the_job() -> None:
     """An async job over its limit ends deadline_exceeded and is readable afterwards."""
     async with (

@@ -17,6 +17,7 @@ import pytest
 
 from minapp_async.engine._store import (
     SCHEMA_VERSION,
+    EndedJob,
     RawJSON,
     Store,
     StoreBounds,
@@ -97,21 +98,23 @@ async def test_a_sync_call_is_recorded_in_one_write(path: Path) -> None:
         await store.flush()
         before = len(statements)
         await store.record(
-            "s1",
-            "hello",
-            sync=True,
-            source="sdk",
-            request_id="r-s1",
-            params={"name": "allen"},
-            status="deadline_exceeded",
-            created_at=10.0,
-            started_at=11.0,
-            finished_at=13.0,
-            user_id=5,
-            result=RawJSON('{"code": 1, "data": null}'),  # as a worker sent it
-            log="started\n",
-            error_msg="timed out",
-            execution_time_ms=2000.0,
+            EndedJob(
+                id="s1",
+                function_name="hello",
+                sync=True,
+                source="sdk",
+                request_id="r-s1",
+                params={"name": "allen"},
+                status="deadline_exceeded",
+                created_at=10.0,
+                started_at=11.0,
+                finished_at=13.0,
+                user_id=5,
+                result=RawJSON('{"code": 1, "data": null}'),  # as a worker sent it
+                log="started\n",
+                error_msg="timed out",
+                execution_time_ms=2000.0,
+            ),
             wait=True,
         )
         written = [s for s in statements[before:] if s not in ("BEGIN IMMEDIATE", "COMMIT")]
@@ -134,6 +137,45 @@ async def test_a_sync_call_is_recorded_in_one_write(path: Path) -> None:
             job.error_msg,
         )
         assert [] == await store.recover()
+
+
+def ended(job_id: str, status: str = "fulfilled") -> EndedJob:
+    return EndedJob(
+        id=job_id,
+        function_name="hello",
+        sync=True,
+        source="sdk",
+        request_id=f"r-{job_id}",
+        params={"n": job_id},
+        status=status,
+        created_at=1.0,
+        started_at=2.0,
+    )
+
+
+async def test_sync_records_share_inserts_and_a_bad_one_fails_alone(path: Path) -> None:
+    statements: list[str] = []
+    async with await Store.open(path, on_statement=statements.append) as store:
+        await store.flush()
+        before = len(statements)
+        # Handed over together (no await between), so written by one batch; the 61st
+        # repeats the 11th's id, which the file refuses.
+        for i in range(120):
+            store.record_nowait(ended(f"s{i:03}") if i != 60 else ended("s010", "execution_failed"))
+        await store.flush()
+        inserts = [s for s in statements[before:] if s.startswith("INSERT INTO jobs")]
+        assert len(inserts) < 119  # rows share statements
+        assert 119 == store.stats.finished == (await store.list_jobs()).total
+        with pytest.raises(StoreError, match="UNIQUE"):
+            await store.record(ended("s000", "execution_failed"), wait=True)
+        await store.record(ended("s999"), wait=True)
+    async with await Store.open(path) as store:
+        assert 120 == (await store.list_jobs()).total
+        first = await store.get("s010")
+        assert first is not None and {"n": "s010"} == first.params
+        assert "fulfilled" == first.status
+        other = await store.get("s000")
+        assert other is not None and "fulfilled" == other.status
 
 
 async def test_job_lists_filter_page_and_count(store: Store) -> None:
