@@ -975,8 +975,9 @@ class Store:
         if on_statement is not None:
             conn.set_trace_callback(on_statement)
         self._post([(ready, None, False, None)])
-        stop: asyncio.Future[Any] | None = None
-        while stop is None:
+        stopping = False
+        stop: asyncio.Future[Any] | None = None  # None: a stop nobody waits for
+        while not stopping:
             batch = self._take_batch()
             outcomes: list[_Outcome] = []
             try:
@@ -990,7 +991,7 @@ class Store:
                         self._insert_records(conn, records, outcomes)
                         records = []
                     if op == _STOP:
-                        stop = future
+                        stopping, stop = True, future
                         continue
                     accepted = args[0] if op == "accept" else None
                     try:

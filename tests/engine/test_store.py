@@ -8,12 +8,14 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from support import wait_until
 
 from minapp_async.engine._store import (
     SCHEMA_VERSION,
@@ -285,6 +287,19 @@ async def test_a_closed_store_refuses_work_and_closes_once(path: Path) -> None:
 
 
 # ---- concurrency ----
+
+
+async def test_an_open_cancelled_midway_lets_the_file_go(path: Path) -> None:
+    """Cancelled while the writer opens the file, the store closes it once open: the writer
+    thread ends and its lock is released, so the file opens again."""
+    with anyio.move_on_after(0):
+        await Store.open(path)
+    writer = f"minapp state writer {path}"
+    await wait_until(
+        lambda: all(t.name != writer for t in threading.enumerate()), what="the writer to end"
+    )
+    async with await Store.open(path) as again:
+        assert not again.in_memory
 
 
 async def test_many_async_writers_all_land(path: Path) -> None:
