@@ -52,10 +52,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        text = raw.decode("utf-8")
-        if text.startswith("\ufeff"):  # as json.loads: a BOM is not JSON
-            raise ValueError("Unexpected UTF-8 BOM (decode using utf-8-sig)")
-        body = _decode(text)
+        body = _decode(raw.decode("utf-8"))  # a leading BOM is not JSON: a 400, as before
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not valid UTF-8") from None
     except RecursionError:
