@@ -66,6 +66,10 @@ class Faults:
     def __repr__(self) -> str:
         return f"<Faults armed={self._armed!r}>"
 
+    def __bool__(self) -> bool:
+        """Whether a fault is armed (every request asks, so this copies nothing)."""
+        return bool(self._armed)
+
     def add(
         self,
         kind: FaultKind,

@@ -37,6 +37,7 @@ async def assert_still_serving(api: Api, token: str) -> None:
         (b"{not json", "not valid JSON"),
         (b'{"function_name": "echo"', "not valid JSON"),
         (b"\xff\xfe garbage", "not valid UTF-8"),
+        (b'\xef\xbb\xbf{"function_name": "echo"}', "not valid JSON"),  # a BOM is not JSON
         (b"[1, 2]", "must be a JSON object, got array"),
         (b'"echo"', "must be a JSON object, got string"),
         (b'{"function_name": "echo", "data": NaN}', "NaN is not valid JSON"),

@@ -24,7 +24,7 @@ from ..._protocol import (
 )
 from .._accounts import AccountError, Accounts, User, public_user
 from ._invoking import encode_data, invoke, lookup
-from ._middleware import CLIENT_JOB_ROUTE, STATE, ApiError, safe_name
+from ._middleware import CLIENT_JOB_ROUTE, STATE, ApiError, json_reply, safe_name
 from ._parsing import json_body, sync_flag, uint
 
 _SCHEME: Final = USER_AUTH_SCHEME.lower()  # schemes are case-insensitive (RFC 9110 §11.1)
@@ -78,14 +78,14 @@ async def _anonymous_login(request: web.Request) -> web.Response:
     accounts = request.app[STATE].accounts
     user = await accounts.create_anonymous_user()
     token = await accounts.open_session(user)
-    return web.json_response(
+    return json_reply(
         {"token": token, "user_id": user.id, "expires_in": accounts.session_ttl}, status=201
     )
 
 
 async def _login_reply(accounts: Accounts, user: User) -> web.Response:
     token = await accounts.open_session(user)
-    return web.json_response(
+    return json_reply(
         {
             **public_user(user),
             "token": token,
@@ -137,20 +137,20 @@ async def _user_info(request: web.Request) -> web.Response:
     user = request.app[STATE].accounts.user(user_id) if user_id is not None else None
     if user is None:
         raise ApiError(404, f"user {safe_name(raw)} not found")
-    return web.json_response(public_user(user))
+    return json_reply(public_user(user))
 
 
 async def _destroy_session(request: web.Request) -> web.Response:
     _check_client_id(request)
     _, token = _current_user(request)
     await request.app[STATE].accounts.destroy_session(token)
-    return web.json_response({"message": "Destroy succeed.", "status": "ok"}, status=201)
+    return json_reply({"message": "Destroy succeed.", "status": "ok"}, status=201)
 
 
 async def _latest_sdk_version(request: web.Request) -> web.Response:
     # The WeChat build asks this once a day and reads a field named after its platform; the
     # reply's shape is undocumented. An empty object reads as "no newer version".
-    return web.json_response({})
+    return json_reply({})
 
 
 # ---------------------------------------------------------------- the job route

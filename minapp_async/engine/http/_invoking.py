@@ -16,7 +16,7 @@ from .._config import EngineConfig
 from .._jobs import QUEUE_FULL_RETRY_AFTER, Job, QueueFull
 from .._store import StoreError
 from ..runtime import FunctionFile
-from ._middleware import STATE, ApiError, request_id, safe_name
+from ._middleware import STATE, ApiError, json_reply, request_id, safe_name
 from ._parsing import env_id, json_type
 
 
@@ -197,17 +197,17 @@ async def invoke(
     and drops the parsed body first: a queued job's params are kept only as JSON text."""
     if not sync:
         await accept_async(request, function, data_json=data_json, source=source, user=user)
-        return web.json_response(ACCEPTED_REPLY)
+        return json_reply(ACCEPTED_REPLY)
     job = await run_sync(request, function, data_json=data_json, source=source, user=user)
     if job.result is not None:
         # User-code failures come back as 200 with code 1: the SDK resolves with them.
-        return web.json_response(job.result)
+        return json_reply(job.result)
     # Platform failures (scheduling, timeout, a dead worker) are 400s (PROTOCOL.md §7.3).
     # The job's status is our addition: it tells a client whether the function ever started
     # (schedule_failed: it did not, so a retry cannot run it twice).
     body: dict[str, Any] = error_reply(job.error_msg or f"cloud function {function.name!r} failed")
     body[JOB_STATUS_FIELD] = job.status
-    return web.json_response(body, status=400)
+    return json_reply(body, status=400)
 
 
 _to_json: Final = json.JSONEncoder(separators=(",", ":")).encode
