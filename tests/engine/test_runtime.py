@@ -476,6 +476,88 @@ async def test_python_logs_have_levels(folder: Path, runtime: Runtime) -> None:
     ]
 
 
+@pytest.mark.parametrize("language", ["py", "js"])
+async def test_raw_output_written_before_the_result_is_in_its_log(
+    folder: Path, runtime: Runtime, language: str
+) -> None:
+    """Lines a function writes straight to its stdout and stderr descriptors, just before it
+    returns, reach that job's log every time: they travel on other pipes than the result, and
+    the result must not overtake them."""
+    if language == "py":
+        write(
+            folder,
+            "raw.py",
+            """
+            import os
+
+            def main(event):
+                for i in range(event["data"]):
+                    os.write(1, b"out %d\\n" % i)
+                    os.write(2, b"err %d\\n" % i)
+                return "ok"
+            """,
+        )
+    else:
+        write(
+            folder,
+            "raw.js",
+            """
+            const fs = require('fs')
+            exports.main = async (event) => {
+              for (let i = 0; i < event.data; i++) {
+                fs.writeSync(1, `out ${i}\\n`)
+                fs.writeSync(2, `err ${i}\\n`)
+              }
+              return 'ok'
+            }
+            """,
+        )
+    for lines in (1, 1, 50, 1, 500):
+        outcome = await call(runtime, "raw", lines)
+        assert outcome.result == {"code": 0, "data": "ok", "error": {}}
+        logged = log_lines(outcome)
+        assert [m for level, m in logged if level == "LOG"] == [f"out {i}" for i in range(lines)]
+        assert [m for level, m in logged if level == "ERROR"] == [f"err {i}" for i in range(lines)]
+
+
+async def test_a_child_flooding_stdout_does_not_hold_the_engine(
+    folder: Path, runtime: Runtime
+) -> None:
+    """A child a function leaves writing to the worker's stdout without end: the next jobs on
+    that worker still end at once with their results (reading what came before a result is
+    bounded), and their logs stay capped."""
+    write(
+        folder,
+        "flood.py",
+        """
+        import subprocess
+        import sys
+        import time
+
+        def main(event):
+            if event["data"] == "start":
+                code = "import os\\nwhile True:\\n    os.write(1, b'x' * 4000 + b'\\\\n')"
+                subprocess.Popen([sys.executable, "-c", code])
+            else:
+                time.sleep(0.05)  # a job that runs a while, as the flood goes on
+            return event["data"]
+        """,
+    )
+    with anyio.fail_after(30):
+        assert (await call(runtime, "flood", "start")).result == {
+            "code": 0,
+            "data": "start",
+            "error": {},
+        }
+        flooded = 0
+        for n in range(5):
+            outcome = await call(runtime, "flood", n)
+            assert outcome.result == {"code": 0, "data": n, "error": {}}
+            assert len(outcome.log) <= 1024 * 1024 + 4096
+            flooded += "x" * 4000 in outcome.log
+        assert flooded  # the child did flood (its lines reach the jobs that run meanwhile)
+
+
 async def test_python_result_must_be_json(folder: Path, runtime: Runtime) -> None:
     """Data that JSON cannot carry is an execution failure naming the problem."""
     write(folder, "obj.py", "def main(event):\n    return {'x': object()}\n")

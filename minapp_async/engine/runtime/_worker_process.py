@@ -36,6 +36,8 @@ _MESSAGE_CAP = 32 * 1024 * 1024  # one protocol line (a result) may not be large
 _RAW_LINE_CAP = 64 * 1024  # raw stdout/stderr lines are split at this length
 _STDERR_TAIL = 8 * 1024  # kept to recognise Node's "heap out of memory" death
 _REAP_TIMEOUT = 5.0  # a SIGKILLed process exits at once; this only bounds the pathological case
+_DRAIN_CHUNK = 64 * 1024  # a pipe's usual capacity
+_DRAIN_READS = 16  # 1 MiB: the most an unprivileged process can make its pipe hold
 _PIPE_EOF_TIMEOUT = 1.0  # after the process died, how long its pipes may take to report EOF
 FD_PLACEHOLDER = "{fd}"  # in argv, replaced by the number of the worker's message pipe
 JOBS_FD_PLACEHOLDER = "{jobs_fd}"  # in argv, replaced by the number of the worker's jobs pipe
@@ -220,6 +222,7 @@ class WorkerProcess:
         self._exited = False  # the message pipe closed: no more replies will come
         self._closing: asyncio.Task[None] | None = None
         self._readers: list[_LineReader] = []
+        self._output: list[tuple[int, _LineReader]] = []  # stdout and stderr: (fd, reader)
         self._transports: list[asyncio.BaseTransport] = []
         self._jobs: asyncio.WriteTransport | None = None
         self.on_baas: BaasCallback | None = None  # None: BaaS calls are answered "unsupported"
@@ -319,6 +322,7 @@ class WorkerProcess:
                 transport, _ = await loop.connect_read_pipe(lambda r=reader: r, pipe)  # type: ignore[misc]
                 self._transports.append(transport)
                 self._readers.append(reader)
+            self._output = [(pipe.fileno(), reader) for pipe, reader in pipes[1:]]
             jobs, _ = await loop.connect_write_pipe(_Sink, jobs_pipe)
             self._jobs = jobs
             self._transports.append(jobs)
@@ -511,6 +515,7 @@ class WorkerProcess:
             if message.get("recycle"):
                 self.recycle = True
             if run is not None and message.get("j") == run.id:
+                self._drain_output()
                 run.settle(message["r"])
         elif kind == "baas":
             if self.on_baas is not None:
@@ -532,6 +537,23 @@ class WorkerProcess:
             f"its result is larger than {_MESSAGE_CAP // (1024 * 1024)} MiB, the most the "
             "engine accepts",
         )
+
+    def _drain_output(self) -> None:
+        """Read what the worker wrote to its stdout and stderr before it sent its result: those
+        pipes are read apart from the message pipe, and their lines belong to this job."""
+        for fd, reader in self._output:
+            # At most what a pipe can hold (a function may enlarge its own to 1 MiB): a child
+            # left writing without end must not keep the loop here.
+            for _ in range(_DRAIN_READS):
+                if reader.closed.is_set():  # (once closed, the fd may be someone else's)
+                    break
+                try:
+                    data = os.read(fd, _DRAIN_CHUNK)  # the transport made it non-blocking
+                except OSError:  # nothing more now (EAGAIN), or the pipe is gone
+                    break
+                if not data:  # end of file: its transport sees it too, and closes
+                    break
+                reader.data_received(data)
 
     def _raw_reader(self, level: str, *, keep_tail: bool = False) -> _LineReader:
         def on_line(raw: bytes) -> None:
