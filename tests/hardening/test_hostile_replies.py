@@ -377,7 +377,9 @@ def deflate_bomb(inflated: int, *, wbits: int) -> bytes:
     return b"".join([*parts, packer.compress(b'"}'), packer.flush()])
 
 
-async def invoke_against(server: Hostile, handler: Handler, cap: int = SMALL_CAP) -> Any:
+async def invoke_against(
+    server: Hostile, handler: Handler, cap: int = SMALL_CAP, deadline: float = 20
+) -> Any:
     server.routes[JOB_PATH] = handler
     async with Session(
         CLIENT_ID,
@@ -387,7 +389,7 @@ async def invoke_against(server: Hostile, handler: Handler, cap: int = SMALL_CAP
         retry=Retry(attempts=1),
     ) as s:
         with anyio.fail_after(30):
-            return await outcome(s.invoke("f", timeout=20))
+            return await outcome(s.invoke("f", timeout=deadline))
 
 
 @pytest.mark.parametrize("wbits", [15, -15], ids=["zlib-deflate", "raw-deflate"])
@@ -458,9 +460,12 @@ async def test_chunks_of_absurd_size_are_an_herror(server: Hostile) -> None:
     assert isinstance(err, minapp_async.ResponseFormatError), repr(err)
     assert "max_reply_bytes" in err.message
 
+    # aiohttp (3.14) reports this chunk size at once when it comes with the headers, but loses
+    # the error when it comes after them (the body's reader is never told): the call then
+    # ends at its own deadline, still an HError. A short one keeps the test quick.
     absurd = raw_reply(head, b"ffffffffffffffffffff\r\n", b"a" * 1000)
-    err = await invoke_against(server, absurd)
-    assert isinstance(err, minapp_async.HError), repr(err)
+    err = await invoke_against(server, absurd, deadline=2)
+    assert isinstance(err, (minapp_async.NetworkError, minapp_async.RequestTimeoutError)), repr(err)
 
 
 @pytest.mark.parametrize(
