@@ -100,15 +100,24 @@ def positive_number(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An argparse type for counts (concurrency, megabytes): a whole number >= 1."""
+def _int_at_least(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be >= {least}, got {text}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts (concurrency, megabytes): a whole number >= 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type for counts where 0 means none (idle workers): a whole number >= 0."""
+    return _int_at_least(text, 0)
 
 
 def _reject_constant(name: str) -> Any:

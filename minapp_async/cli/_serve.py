@@ -19,7 +19,15 @@ import attrs
 
 from .._protocol import ASYNC_TIME_LIMIT, SYNC_TIME_LIMIT
 from .._version import __version__
-from ._options import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Command, positive_int, positive_number
+from ._options import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    Command,
+    non_negative_int,
+    positive_int,
+    positive_number,
+)
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -124,7 +132,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-idle-workers",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=None,
         metavar="N",
         help="warm workers kept across all functions, least recently used retired first "
@@ -260,16 +268,6 @@ def _raise_open_files_limit() -> None:
     if soft != resource.RLIM_INFINITY and soft < wanted:
         with contextlib.suppress(ValueError, OSError):  # a platform that refuses: keep it
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 async def _serve_until_stopped(engine: Engine, *, secret_given: bool, quiet: bool) -> None:
