@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -171,7 +170,18 @@ async def test_quiet_hides_job_output(tmp_path: Path) -> None:
     assert rest == "shutting down\n"
 
 
-@pytest.mark.skipif(shutil.which("prlimit") is None, reason="util-linux prlimit is not on PATH")
+#: Runs the rest of its argv with a soft open-files limit of 256 (hard 4096), as a shell with
+#: ``ulimit -n 256`` would start it.
+LOW_LIMIT = [
+    sys.executable,
+    "-c",
+    (
+        "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096)); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    ),
+]
+
+
 async def test_serve_lifts_its_open_files_limit_and_serves_past_the_old_one(
     tmp_path: Path,
 ) -> None:
@@ -180,8 +190,7 @@ async def test_serve_lifts_its_open_files_limit_and_serves_past_the_old_one(
     functions = tmp_path / "functions"
     functions.mkdir()
     (functions / "hello.py").write_text("def main(event):\n    return 'hi'\n")
-    prefix = ["prlimit", "--nofile=256:4096", "--"]
-    async with serve(functions, prefix=prefix) as server, aiohttp.ClientSession() as http:
+    async with serve(functions, prefix=LOW_LIMIT) as server, aiohttp.ClientSession() as http:
         limits = await anyio.Path(f"/proc/{server.process.pid}/limits").read_text()
         assert re.search(r"Max open files\s+4096\s+4096", limits), limits
         host_port = server.url.removeprefix("http://")
