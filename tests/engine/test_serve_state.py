@@ -154,7 +154,10 @@ def rss(pid: int) -> int:
     return int(match[1]) * 1024
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists(),
+    reason="reads the serve process's RSS from /proc (Linux)",
+)
 async def test_forty_async_requests_of_a_mebibyte_keep_rss_bounded(tmp_path: Path) -> None:
     """40 async invokes of ~1 MiB each (many small values: the costliest to parse) raise the
     engine's RSS by well under 4x the bytes received; their results go to the state file."""

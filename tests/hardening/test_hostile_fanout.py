@@ -293,7 +293,9 @@ def job_hanging(numbers: set[int]) -> Any:
     return handle
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+@pytest.mark.skipif(
+    sys.platform == "win32", reason="Windows has no SIGINT to send to a child process"
+)
 async def test_cli_map_aborted_mid_flight_records_the_calls_it_cut_off(
     server: Hostile, tmp_path: Path
 ) -> None:
