@@ -1048,6 +1048,22 @@ async def test_hot_reload_node(folder: Path, runtime: Runtime) -> None:
 
 
 @needs_node
+async def test_hot_reload_in_a_huge_function_folder(folder: Path, runtime: Runtime) -> None:
+    """A function folder with far more files and folders than are watched (3,000 of each):
+    its entry file's edits are still seen, whatever part of the tree goes unwatched."""
+    data = folder / "huge" / "data"
+    data.mkdir(parents=True)
+    for i in range(3000):
+        (data / f"f{i}.txt").write_text("x")
+        (data / f"d{i}").mkdir()
+    write(folder, "huge/index.js", "exports.main = async () => 'v1'\n")
+    assert (await call(runtime, "huge")).result == {"code": 0, "data": "v1", "error": {}}
+    write(folder, "huge/index.js", "exports.main = async () => 'version two'\n")
+    outcome = await call(runtime, "huge")
+    assert outcome.result == {"code": 0, "data": "version two", "error": {}}
+
+
+@needs_node
 async def test_hot_reload_of_a_node_helper_module(folder: Path, uncontained: Runtime) -> None:
     """Editing name/util.js, which name/index.js requires, reloads the function: the next
     run uses the new helper, on a new worker, and the old warm worker is retired. Unchanged

@@ -70,8 +70,8 @@ _MAX_LOCATED: Final = 4096  # functions whose resolution is remembered (a folder
 _SENTINEL_NODE: Any = object()  # "node" not given: look it up on PATH
 _logger = get_logger("minapp_async.engine")
 _STOPPED_BY_SHUTDOWN = "was stopped because the engine shut down"
-#: Files of a function whose versions are watched for hot reload, at most; past that, the rest
-#: of a very large folder is not watched (the entry file always is).
+#: Files and folders of a function watched for hot reload, at most; past that, the rest of a
+#: very large tree is not watched (the entry file always is).
 MAX_WATCHED_FILES = 1000
 #: Folders never watched: installed packages (large, and changed by npm, not by edits),
 #: caches, version control, and the engine's own state.
@@ -158,6 +158,8 @@ class _Listings:
                     except OSError:  # gone meanwhile
                         continue
                     files.append(entry.path)
+                    if len(files) + len(folders) >= MAX_WATCHED_FILES:
+                        break  # the rest of a huge folder is not watched
         except OSError:
             self._known.pop(folder, None)
             return None
@@ -172,16 +174,19 @@ class _Listings:
     def fingerprint(self, root: Path, *, skip: Callable[[str], bool]) -> int:
         """A number that changes when any file under *root* is edited, added, removed or
         renamed: a hash of every file's path, size and modification time (stat only, no
-        reading), over at most MAX_WATCHED_FILES files. *skip* leaves out sub-folders."""
+        reading), over at most MAX_WATCHED_FILES files and folders in all: the work per call
+        is bounded however large the tree. *skip* leaves out sub-folders."""
         entries: list[tuple[str, int, int]] = []
         pending = [str(root)]
-        while pending and len(entries) < MAX_WATCHED_FILES:
+        visited = 0
+        while pending and len(entries) + visited < MAX_WATCHED_FILES:
+            visited += 1
             listing = self.get(pending.pop())
             if listing is None:
                 continue
             folders, files = listing
             pending.extend(f for f in folders if not skip(f))
-            for path in files:
+            for path in files[: MAX_WATCHED_FILES - len(entries) - visited]:
                 try:
                     info = os.stat(path)
                 except OSError:  # gone meanwhile, or a dangling symlink
