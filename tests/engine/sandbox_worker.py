@@ -143,6 +143,11 @@ def main() -> None:
         if SCENARIO == "spawn":
             while True:
                 signal.pause()
+        # spawn_exit: exit once the test has seen the descendants (it creates "go" in our
+        # folder), so that they are not gone before it could count them.
+        deadline = time.monotonic() + 30
+        while not os.path.exists("go") and time.monotonic() < deadline:
+            time.sleep(0.01)
     elif SCENARIO == "spy":
         send(t="spy", **spy(int(ARGS[0]), int(ARGS[1])))
     elif SCENARIO == "hog":
